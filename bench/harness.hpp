@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: MIT
+// The bench harness: every case measures shmkit and its baselines in the same run, in real
+// processes, and prints one row per case: the shmkit figure, each baseline's figure and the
+// ratio (how many times better shmkit is: >1 means shmkit wins, whichever way the unit runs).
+// The same rows are appended as JSON lines to $SHMKIT_BENCH_JSON when it is set.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <sched.h>
+#include <string>
+#include <string_view>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <vector>
+
+#include <fmt/format.h>
+
+namespace shmkit::bench {
+
+struct figure {
+  std::string who;  // "shmkit", "pipe(2)", "boost::interprocess", ...
+  double value;     // NaN when the baseline is not available on this machine
+};
+
+enum class better { higher, lower };
+
+inline double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+}
+
+inline double percentile(std::vector<double>& sorted, double p) {
+  if (sorted.empty()) return 0;
+  std::size_t i = static_cast<std::size_t>(p / 100.0 * (sorted.size() - 1) + 0.5);
+  return sorted[std::min(i, sorted.size() - 1)];
+}
+
+// Quick mode (SHMKIT_BENCH_QUICK=1, used by the test suite's smoke run) scales work down.
+inline bool quick() {
+  const char* q = std::getenv("SHMKIT_BENCH_QUICK");
+  return q != nullptr && *q != '\0' && *q != '0';
+}
+inline long scaled(long n) { return quick() ? std::max(1L, n / 100) : n; }
+
+// Pins the calling process to one CPU (no-op when the CPU is not ours). Returns success.
+inline bool pin_to(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return ::sched_setaffinity(0, sizeof set, &set) == 0;
+}
+
+inline int cpus_available() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+  return CPU_COUNT(&set);
+}
+
+// Runs fn in a forked child and returns at once; the child exits with 0 after fn.
+inline pid_t fork_run(const std::function<void()>& fn) {
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    fn();
+    std::fflush(nullptr);
+    std::_Exit(0);
+  }
+  return pid;
+}
+inline void reap(pid_t pid) {
+  int st;
+  ::waitpid(pid, &st, 0);
+}
+
+class table {
+ public:
+  explicit table(std::string suite) : suite_(std::move(suite)) {
+    std::printf("\n== %s ==\n", suite_.c_str());
+    std::printf("%-44s %-22s %12s  %-34s %12s %8s\n", "case", "unit", "shmkit", "baseline",
+                "figure", "ratio");
+    std::fflush(stdout);
+  }
+
+  // One row per baseline; the shmkit figure is repeated for each.
+  void row(std::string_view name, std::string_view unit, better dir, double shmkit,
+           const std::vector<figure>& baselines) {
+    for (const auto& b : baselines) {
+      const double ratio = (b.value != b.value || shmkit == 0 || b.value == 0)
+                               ? 0.0
+                               : (dir == better::higher ? shmkit / b.value : b.value / shmkit);
+      std::printf("%-44s %-22s %12s  %-34s %12s %7.2fx\n", std::string(name).c_str(),
+                  std::string(unit).c_str(), num(shmkit).c_str(), b.who.c_str(),
+                  b.value != b.value ? "n/a" : num(b.value).c_str(), ratio);
+      json(name, unit, dir, shmkit, b, ratio);
+    }
+    if (baselines.empty()) {
+      std::printf("%-44s %-22s %12s\n", std::string(name).c_str(), std::string(unit).c_str(),
+                  num(shmkit).c_str());
+      json(name, unit, dir, shmkit, {"", 0.0 / 0.0}, 0);
+    }
+    std::fflush(stdout);
+  }
+
+ private:
+  static std::string num(double v) {
+    if (v >= 1e7) return fmt::format("{:.3g}", v);
+    if (v >= 100) return fmt::format("{:.0f}", v);
+    if (v >= 1) return fmt::format("{:.2f}", v);
+    return fmt::format("{:.3f}", v);
+  }
+  void json(std::string_view name, std::string_view unit, better dir, double shmkit,
+            const figure& b, double ratio) {
+    const char* path = std::getenv("SHMKIT_BENCH_JSON");
+    if (path == nullptr || *path == '\0') return;
+    if (std::FILE* f = std::fopen(path, "a")) {
+      auto val = [](double v) { return v != v ? std::string("null") : fmt::format("{}", v); };
+      std::fprintf(f,
+                   "{\"suite\":\"%s\",\"case\":\"%s\",\"unit\":\"%s\",\"better\":\"%s\","
+                   "\"shmkit\":%s,\"baseline\":\"%s\",\"baseline_value\":%s,\"ratio\":%s}\n",
+                   suite_.c_str(), std::string(name).c_str(), std::string(unit).c_str(),
+                   dir == better::higher ? "higher" : "lower", val(shmkit).c_str(),
+                   b.who.c_str(), val(b.value).c_str(), val(ratio).c_str());
+      std::fclose(f);
+    }
+  }
+  std::string suite_;
+};
+
+using clock = std::chrono::steady_clock;
+inline double seconds_since(clock::time_point t) {
+  return std::chrono::duration<double>(clock::now() - t).count();
+}
+
+}  // namespace shmkit::bench

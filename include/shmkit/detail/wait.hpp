@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: MIT
+// The wait layer: the one place where a process goes to sleep and is woken, across
+// processes. A bounded spin with a pause instruction, then a futex (never FUTEX_PRIVATE) on a
+// 32-bit word in shared memory. Porting shmkit to another kernel means porting this file and
+// lib/wait.cpp.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <cstdint>
+#include <optional>
+
+namespace shmkit::detail {
+
+using clock = std::chrono::steady_clock;  // CLOCK_MONOTONIC, the futex's clock
+using time_point = clock::time_point;
+
+// Converts any duration to an absolute deadline, saturating instead of overflowing.
+template <class Rep, class Period>
+time_point deadline_after(std::chrono::duration<Rep, Period> d) noexcept {
+  const auto now = clock::now();
+  if (d <= d.zero()) return now;
+  const auto max_left = time_point::max() - now;
+  if (d >= std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(max_left) ||
+      std::chrono::duration_cast<clock::duration>(d) >= max_left)
+    return time_point::max();
+  return now + std::chrono::duration_cast<clock::duration>(d);
+}
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+// Sleeps while *word == expected, until woken or `until` (nullopt: no limit). Returns true when
+// woken or when the word had already changed, false on timeout. Spurious returns are possible,
+// so callers re-check their condition.
+bool futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected,
+                std::optional<time_point> until) noexcept;
+
+// Wakes up to n sleepers on `word`; returns how many were woken.
+int futex_wake(std::atomic<std::uint32_t>* word, int n = INT_MAX) noexcept;
+
+// How long a waiter spins before it sleeps. About a futex round trip: a peer that answers
+// within it is caught without a system call on either side.
+inline constexpr std::chrono::nanoseconds spin_budget{8000};
+
+// Spins while !pred(), up to `budget`. Returns pred()'s last value.
+template <class Pred>
+bool spin_until(Pred&& pred, std::chrono::nanoseconds budget = spin_budget) {
+  if (pred()) return true;
+  if (budget <= budget.zero()) return false;
+  const auto end = clock::now() + budget;
+  for (;;) {
+    for (int i = 0; i < 32; ++i) {
+      cpu_relax();
+      if (pred()) return true;
+    }
+    if (clock::now() >= end) return pred();
+  }
+}
+
+// An event count in shared memory: sleepers wait for a condition on other shared state, and
+// whoever changes that state calls notify_*(), which makes a system call only when somebody
+// sleeps. Standard layout, no pointers; lives inside a segment.
+//
+// The protocol (Dekker-style, all seq_cst): a waiter increments `waiters`, reads `seq`, then
+// re-checks its condition; a notifier changes the state, increments `seq`, then reads
+// `waiters`. Either the waiter sees the new state, or the notifier sees the waiter and the
+// waiter's futex_wait on the old `seq` value returns at once or is woken.
+//
+// A process killed while counted in `waiters` leaves the count high: that costs later
+// notifiers a needless futex_wake call, never a missed wake-up.
+struct waitpoint {
+  std::atomic<std::uint32_t> seq{0};
+  std::atomic<std::uint32_t> waiters{0};
+
+  static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
+
+  void notify_one() noexcept { notify(1); }
+  void notify_all() noexcept { notify(INT_MAX); }
+
+  void notify(int n) noexcept {
+    seq.fetch_add(1, std::memory_order_seq_cst);
+    if (waiters.load(std::memory_order_seq_cst) != 0) futex_wake(&seq, n);
+  }
+
+  // Waits until pred() holds (true) or `until` passes (false). Spins for spin_budget first.
+  template <class Pred>
+  bool wait_until(Pred&& pred, std::optional<time_point> until,
+                  std::chrono::nanoseconds spin = spin_budget) {
+    if (spin_until(pred, spin)) return true;
+    for (;;) {
+      waiters.fetch_add(1, std::memory_order_seq_cst);
+      const std::uint32_t key = seq.load(std::memory_order_seq_cst);
+      if (pred()) {
+        waiters.fetch_sub(1, std::memory_order_seq_cst);
+        return true;
+      }
+      futex_wait(&seq, key, until);
+      waiters.fetch_sub(1, std::memory_order_seq_cst);
+      if (pred()) return true;
+      if (until && clock::now() >= *until) return false;
+    }
+  }
+};
+
+}  // namespace shmkit::detail

@@ -1,0 +1,7 @@
+// SPDX-License-Identifier: MIT
+// The whole of shmkit: Python-style multiprocessing for C++, on shared memory.
+#pragma once
+
+#include "shmkit/error.hpp"
+#include "shmkit/naming.hpp"
+#include "shmkit/shared_memory.hpp"

@@ -1,0 +1,409 @@
+// SPDX-License-Identifier: MIT
+#include "shmkit/detail/segment.hpp"
+
+#include <boost/interprocess/exceptions.hpp>
+#include <boost/interprocess/shared_memory_object.hpp>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <optional>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <thread>
+#include <unistd.h>
+
+#include "shmkit/detail/identity.hpp"
+#include "shmkit/error.hpp"
+
+namespace bip = boost::interprocess;
+
+namespace shmkit {
+
+void validate_name(std::string_view name) {
+  auto bad = [&](std::string_view why) {
+    throw std::invalid_argument(fmt::format("shmkit: invalid name '{}': {}", name, why));
+  };
+  if (name.empty()) bad("empty (names are 1..200 characters)");
+  if (name.size() > 200) bad(fmt::format("{} characters (names are 1..200 characters)", name.size()));
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '.' || c == '_' || c == '-';
+    if (!ok) bad("names may hold only A-Z a-z 0-9 . _ -");
+  }
+}
+
+std::string file_name(std::string_view name) {
+  validate_name(name);
+  return fmt::format("{}{}", name_prefix, name);
+}
+
+bool remove(std::string_view name) {
+  const std::string file = "/" + file_name(name);
+  if (::shm_unlink(file.c_str()) == 0) return true;
+  if (errno == ENOENT) return false;
+  throw error(fmt::format("shmkit: cannot remove '{}': {}", name, std::strerror(errno)));
+}
+
+}  // namespace shmkit
+
+namespace shmkit::detail {
+namespace {
+
+constexpr std::size_t page_size = 4096;
+
+std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
+
+std::string errno_text(int e) { return std::strerror(e); }
+
+std::string what_of(std::string_view name, segment_spec spec) {
+  std::string s = kind_name(static_cast<std::uint32_t>(spec.kind));
+  if (spec.type.hash != 0) s += fmt::format("<{}>", spec.type.name);
+  return name.empty() ? "anonymous " + s : fmt::format("{} '{}'", s, name);
+}
+
+std::string shm_free_text() {
+  struct statvfs v {};
+  if (::statvfs("/dev/shm", &v) != 0) return {};
+  return fmt::format(" (/dev/shm has {} bytes free)",
+                     static_cast<unsigned long long>(v.f_bavail) * v.f_frsize);
+}
+
+// Sizes the file, reserves its pages and maps it. Throws shmkit::error (the caller removes a
+// named file it created).
+std::byte* size_reserve_map(int fd, std::size_t total, const std::string& what) {
+  if (::ftruncate(fd, static_cast<off_t>(total)) != 0)
+    throw error(fmt::format("shmkit: cannot size {} to {} bytes: {}", what, total,
+                            errno_text(errno)));
+  int r;
+  do {
+    r = ::posix_fallocate(fd, 0, static_cast<off_t>(total));
+  } while (r == EINTR);
+  if (r != 0)
+    throw error(fmt::format("shmkit: cannot reserve {} bytes for {}: {}{}", total, what,
+                            errno_text(r), r == ENOSPC ? shm_free_text() : std::string()));
+  void* p = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED)
+    throw error(fmt::format("shmkit: cannot map {} ({} bytes): {}", what, total,
+                            errno_text(errno)));
+  return static_cast<std::byte*>(p);
+}
+
+void fill_header(std::byte* base, std::size_t total, std::size_t payload, segment_spec spec) {
+  auto* h = new (base) segment_header{};
+  h->magic = segment_magic;
+  h->version = layout_version;
+  h->kind = static_cast<std::uint32_t>(spec.kind);
+  h->type_hash = spec.type.hash;
+  h->total_size = total;
+  h->payload_offset = payload_alignment;
+  h->payload_size = payload;
+  h->creator = process_identity();
+  timespec ts{};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  h->created_ns = static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  h->header_size = sizeof(segment_header);
+  h->pointer_size = sizeof(void*);
+  const std::size_t n = std::min(spec.type.name.size(), sizeof h->type_name - 1);
+  std::memcpy(h->type_name, spec.type.name.data(), n);
+  h->type_name[n] = '\0';
+  h->mapped_size.store(total, std::memory_order_relaxed);
+}
+
+std::size_t total_for(std::size_t payload) {
+  if (payload > (std::size_t(1) << 46))
+    throw error(fmt::format("shmkit: a segment of {} bytes is beyond any machine", payload));
+  return round_up(payload_alignment + payload, page_size);
+}
+
+int dup_cloexec(int fd) {
+  int d = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (d < 0) throw error(fmt::format("shmkit: cannot keep a descriptor: {}", errno_text(errno)));
+  return d;
+}
+
+// Reads the header of a segment someone else made, waiting (bounded) for its creator to
+// publish it, and checks it against `spec`. Returns the size to map.
+std::size_t check_header(int fd, std::string_view name, segment_spec spec) {
+  const std::string what = what_of(name, spec);
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  auto pause = std::chrono::microseconds(50);
+  for (;;) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0)
+      throw error(fmt::format("shmkit: cannot stat {}: {}", what, errno_text(errno)));
+    const auto file_size = static_cast<std::size_t>(st.st_size);
+    if (file_size != 0 && file_size < payload_alignment)
+      throw error(fmt::format("shmkit: '{}' is not a shmkit object: {} bytes, smaller than a "
+                              "shmkit header (expected {})",
+                              name, file_size, what));
+    if (file_size >= payload_alignment) {
+      void* p = ::mmap(nullptr, payload_alignment, PROT_READ, MAP_SHARED, fd, 0);
+      if (p == MAP_FAILED)
+        throw error(fmt::format("shmkit: cannot map the header of {}: {}", what,
+                                errno_text(errno)));
+      const auto* h = static_cast<const segment_header*>(p);
+      const std::uint32_t ready = h->ready.load(std::memory_order_acquire);
+      // acquire: pairs with the release store of `ready` in segment::publish(); every
+      // header field below was written before it.
+      const std::uint32_t magic = h->magic;
+      std::string problem;
+      bool wait = false;
+      std::size_t result = 0;
+      if ((magic != 0 && magic != segment_magic) || (ready != 0 && ready != ready_word)) {
+        problem = fmt::format("'{}' is not a shmkit object (foreign or corrupted header: magic "
+                              "{:#x}, expected {:#x}; expected {})",
+                              name, magic, segment_magic, what);
+      } else if (ready != ready_word) {
+        const std::uint64_t creator = h->creator;
+        if (creator != 0 && !identity_alive(creator))
+          problem = fmt::format("shmkit: {} was never finished: its creator (pid {}) died while "
+                                "building it",
+                                what, identity_pid(creator));
+        else
+          wait = true;
+      } else if (h->version != layout_version || h->header_size != sizeof(segment_header) ||
+                 h->pointer_size != sizeof(void*)) {
+        problem = fmt::format("shmkit: '{}' was made by an incompatible shmkit build (layout "
+                              "version {}, header {} bytes; this build expects version {}, "
+                              "header {} bytes)",
+                              name, h->version, h->header_size, layout_version,
+                              sizeof(segment_header));
+      } else if (h->kind != static_cast<std::uint32_t>(spec.kind)) {
+        problem = fmt::format("shmkit: '{}' holds a {}, not a {}", name, kind_name(h->kind),
+                              kind_name(static_cast<std::uint32_t>(spec.kind)));
+      } else if (h->type_hash != spec.type.hash) {
+        const std::size_t n = ::strnlen(h->type_name, sizeof h->type_name);
+        problem = fmt::format("shmkit: {} '{}' has element type {}, not {}",
+                              kind_name(h->kind), name, std::string_view(h->type_name, n),
+                              spec.type.name);
+      } else {
+        const std::uint64_t want = std::max<std::uint64_t>(
+            h->total_size, h->mapped_size.load(std::memory_order_acquire));
+        if (h->payload_offset != payload_alignment ||
+            h->payload_offset + h->payload_size > h->total_size || want > file_size)
+          problem = fmt::format("shmkit: {} is corrupted: its header describes {} bytes but the "
+                                "file holds {}",
+                                what, want, file_size);
+        else
+          result = want;
+      }
+      ::munmap(p, payload_alignment);
+      if (!problem.empty()) {
+        if (problem.rfind("shmkit: ", 0) != 0) problem = "shmkit: " + problem;
+        throw error(problem);
+      }
+      if (!wait) return result;
+    }
+    if (std::chrono::steady_clock::now() > give_up)
+      throw error(fmt::format("shmkit: {} was not finished by its creator within 10 s", what));
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(5000));
+  }
+}
+
+}  // namespace
+
+std::string kind_name(std::uint32_t kind) {
+  switch (static_cast<object_kind>(kind)) {
+    case object_kind::shared_memory: return "shared_memory";
+    case object_kind::mutex: return "mutex";
+    case object_kind::recursive_mutex: return "recursive_mutex";
+    case object_kind::semaphore: return "semaphore";
+    case object_kind::bounded_semaphore: return "bounded_semaphore";
+    case object_kind::condition_variable: return "condition_variable";
+    case object_kind::event: return "event";
+    case object_kind::barrier: return "barrier";
+    case object_kind::queue: return "queue";
+    case object_kind::joinable_queue: return "joinable_queue";
+    case object_kind::pipe: return "pipe";
+    case object_kind::value: return "value";
+    case object_kind::array: return "array";
+    case object_kind::manager: return "manager";
+    case object_kind::internal: return "internal";
+  }
+  return fmt::format("unknown kind {}", kind);
+}
+
+segment::~segment() {
+  if (base_ != nullptr) ::munmap(base_, mapped_);
+  if (fd_ >= 0) ::close(fd_);
+  if (owns_name_ && owner_pid_ == ::getpid()) {
+    const std::string file = "/" + std::string(name_prefix) + name_;
+    ::shm_unlink(file.c_str());
+  }
+}
+
+std::string segment::describe() const {
+  const std::string kind = base_ ? kind_name(header()->kind) : "segment";
+  return named() ? fmt::format("{} '{}'", kind, name_) : "anonymous " + kind;
+}
+
+segment segment::create_anonymous(segment_spec spec, std::size_t payload, bool growable) {
+  const std::size_t total = total_for(payload);
+  const std::string what = what_of({}, spec);
+  int fd = ::memfd_create("shmkit", MFD_CLOEXEC);
+  if (fd < 0)
+    throw error(fmt::format("shmkit: cannot create {}: {}", what, errno_text(errno)));
+  segment s;
+  try {
+    s.base_ = size_reserve_map(fd, total, what);
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  s.mapped_ = total;
+  fill_header(s.base_, total, payload, spec);
+  if (growable)
+    s.fd_ = fd;
+  else
+    ::close(fd);
+  return s;
+}
+
+segment segment::create(std::string_view name, segment_spec spec, std::size_t payload,
+                        permissions perms, bool growable) {
+  const std::string file = file_name(name);
+  const std::string what = what_of(name, spec);
+  const std::size_t total = total_for(payload);
+  bip::permissions p;
+  p.set_permissions(perms.mode());
+  std::optional<bip::shared_memory_object> shm;
+  try {
+    shm.emplace(bip::create_only, file.c_str(), bip::read_write, p);
+  } catch (const bip::interprocess_exception& e) {
+    if (e.get_error_code() == bip::already_exists_error)
+      throw error(fmt::format("shmkit: cannot create {}: the name already exists", what));
+    throw error(fmt::format("shmkit: cannot create {}: {}", what, e.what()));
+  }
+  const int fd = shm->get_mapping_handle().handle;
+  segment s;
+  try {
+    s.base_ = size_reserve_map(fd, total, what);
+    if (growable) s.fd_ = dup_cloexec(fd);
+  } catch (...) {
+    if (s.base_) ::munmap(s.base_, total);
+    s.base_ = nullptr;
+    bip::shared_memory_object::remove(file.c_str());
+    throw;
+  }
+  s.mapped_ = total;
+  s.name_ = std::string(name);
+  s.owns_name_ = true;
+  s.owner_pid_ = ::getpid();
+  fill_header(s.base_, total, payload, spec);
+  return s;
+}
+
+segment segment::open(std::string_view name, segment_spec spec, bool growable) {
+  const std::string file = file_name(name);
+  const std::string what = what_of(name, spec);
+  std::optional<bip::shared_memory_object> shm;
+  try {
+    shm.emplace(bip::open_only, file.c_str(), bip::read_write);
+  } catch (const bip::interprocess_exception& e) {
+    if (e.get_error_code() == bip::not_found_error)
+      throw error(fmt::format("shmkit: cannot open {}: no object of that name", what));
+    throw error(fmt::format("shmkit: cannot open {}: {}", what, e.what()));
+  }
+  const int fd = shm->get_mapping_handle().handle;
+  const std::size_t total = check_header(fd, name, spec);
+  void* p = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED)
+    throw error(fmt::format("shmkit: cannot map {}: {}", what, errno_text(errno)));
+  segment s;
+  s.base_ = static_cast<std::byte*>(p);
+  s.mapped_ = total;
+  s.name_ = std::string(name);
+  if (growable) s.fd_ = dup_cloexec(fd);
+  return s;
+}
+
+segment segment::open_or_create(std::string_view name, segment_spec spec, std::size_t payload,
+                                bool& created, permissions perms, bool growable) {
+  validate_name(name);
+  // Another process may create or remove the name between our two attempts: retry a few times.
+  for (int attempt = 0;; ++attempt) {
+    try {
+      segment s = create(name, spec, payload, perms, growable);
+      created = true;
+      return s;
+    } catch (const error&) {
+      if (attempt >= 8) throw;
+    }
+    try {
+      segment s = open(name, spec, growable);
+      created = false;
+      return s;
+    } catch (const error& e) {
+      if (attempt >= 8 || std::string_view(e.what()).find("no object of that name") ==
+                              std::string_view::npos)
+        throw;
+    }
+  }
+}
+
+void segment::publish() noexcept {
+  // release: pairs with the acquire load of `ready` in check_header(); the header and the
+  // payload built before this are visible to every opener that sees ready_word.
+  header()->ready.store(ready_word, std::memory_order_release);
+}
+
+void segment::grow(std::size_t total) {
+  if (fd_ < 0) throw std::logic_error("shmkit: grow() on a segment that is not growable");
+  total = round_up(total, page_size);
+  if (total <= mapped_) return;
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0)
+    throw error(fmt::format("shmkit: cannot stat {}: {}", describe(), errno_text(errno)));
+  const auto old_file = static_cast<std::size_t>(st.st_size);
+  if (total > old_file) {
+    if (::ftruncate(fd_, static_cast<off_t>(total)) != 0)
+      throw error(fmt::format("shmkit: cannot grow {} to {} bytes: {}", describe(), total,
+                              errno_text(errno)));
+    int r;
+    do {
+      r = ::posix_fallocate(fd_, 0, static_cast<off_t>(total));
+    } while (r == EINTR);
+    if (r != 0) {
+      (void)!::ftruncate(fd_, static_cast<off_t>(old_file));
+      throw error(fmt::format("shmkit: cannot grow {} to {} bytes: {}{}", describe(), total,
+                              errno_text(r), r == ENOSPC ? shm_free_text() : std::string()));
+    }
+  }
+  remap(total);
+  // release: pairs with the acquire load in refresh(); the new size is backed before others
+  // learn of it.
+  header()->mapped_size.store(total, std::memory_order_release);
+}
+
+bool segment::refresh() {
+  if (fd_ < 0 || base_ == nullptr) return false;
+  const std::size_t want = header()->mapped_size.load(std::memory_order_acquire);
+  if (want <= mapped_) return false;
+  remap(want);
+  return true;
+}
+
+void segment::remap(std::size_t total) {
+  void* p = ::mremap(base_, mapped_, total, MREMAP_MAYMOVE);
+  if (p == MAP_FAILED)
+    throw error(fmt::format("shmkit: cannot map {} at {} bytes: {}", describe(), total,
+                            errno_text(errno)));
+  base_ = static_cast<std::byte*>(p);
+  mapped_ = total;
+}
+
+}  // namespace shmkit::detail
+
+namespace shmkit::detail {
+
+void throw_payload_too_small(const segment& s, std::size_t want) {
+  throw error(fmt::format("shmkit: {} is corrupted: its payload holds {} bytes, fewer than the "
+                          "{} its state needs",
+                          s.describe(), s.payload_size(), want));
+}
+
+}  // namespace shmkit::detail
