@@ -4,6 +4,7 @@
 #include <boost/interprocess/exceptions.hpp>
 #include <boost/interprocess/shared_memory_object.hpp>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <fcntl.h>
@@ -116,6 +117,24 @@ std::size_t total_for(std::size_t payload) {
   if (payload > (std::size_t(1) << 46))
     throw error(fmt::format("shmkit: a segment of {} bytes is beyond any machine", payload));
   return round_up(payload_alignment + payload, page_size);
+}
+
+// Anonymous memory is not bounded by /dev/shm's size but by the machine's memory: refuse a
+// reservation that cannot succeed instead of letting fallocate push the machine into the OOM
+// killer. Small requests skip the check (it reads /proc/meminfo).
+void check_memory_available(std::size_t total, const std::string& what) {
+  if (total < (std::size_t(64) << 20)) return;
+  std::FILE* f = std::fopen("/proc/meminfo", "re");
+  if (f == nullptr) return;
+  char line[256];
+  unsigned long long kib = 0;
+  while (std::fgets(line, sizeof line, f) != nullptr)
+    if (std::sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
+  std::fclose(f);
+  if (kib != 0 && total / 1024 > kib)
+    throw error(fmt::format("shmkit: cannot reserve {} bytes for {}: the machine has {} bytes "
+                            "of memory available",
+                            total, what, kib * 1024));
 }
 
 int dup_cloexec(int fd) {
@@ -231,8 +250,14 @@ segment::~segment() {
   if (base_ != nullptr) ::munmap(base_, mapped_);
   if (fd_ >= 0) ::close(fd_);
   if (owns_name_ && owner_pid_ == ::getpid()) {
-    const std::string file = "/" + std::string(name_prefix) + name_;
-    ::shm_unlink(file.c_str());
+    // Remove the name only if it still refers to the file we created: after an explicit
+    // remove() somebody else may have made a new object of the same name.
+    const std::string path = "/dev/shm/" + std::string(name_prefix) + name_;
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && st.st_ino == inode_) {
+      const std::string file = "/" + std::string(name_prefix) + name_;
+      ::shm_unlink(file.c_str());
+    }
   }
 }
 
@@ -244,6 +269,7 @@ std::string segment::describe() const {
 segment segment::create_anonymous(segment_spec spec, std::size_t payload, bool growable) {
   const std::size_t total = total_for(payload);
   const std::string what = what_of({}, spec);
+  check_memory_available(total, what);
   int fd = ::memfd_create("shmkit", MFD_CLOEXEC);
   if (fd < 0)
     throw error(fmt::format("shmkit: cannot create {}: {}", what, errno_text(errno)));
@@ -293,6 +319,8 @@ segment segment::create(std::string_view name, segment_spec spec, std::size_t pa
   s.name_ = std::string(name);
   s.owns_name_ = true;
   s.owner_pid_ = ::getpid();
+  struct stat st {};
+  if (::fstat(fd, &st) == 0) s.inode_ = st.st_ino;
   fill_header(s.base_, total, payload, spec);
   return s;
 }

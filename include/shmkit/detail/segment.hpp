@@ -133,6 +133,7 @@ class segment {
     std::swap(name_, other.name_);
     std::swap(owns_name_, other.owns_name_);
     std::swap(owner_pid_, other.owner_pid_);
+    std::swap(inode_, other.inode_);
   }
   void remap(std::size_t total);
 
@@ -142,6 +143,7 @@ class segment {
   std::string name_;
   bool owns_name_ = false;
   int owner_pid_ = 0;  // the process whose destructor may remove the name
+  unsigned long inode_ = 0;  // of the file created, so that only that file is removed
 };
 
 }  // namespace shmkit::detail
