@@ -143,9 +143,14 @@ int dup_cloexec(int fd) {
   return d;
 }
 
-// Reads the header of a segment someone else made, waiting (bounded) for its creator to
-// publish it, and checks it against `spec`. Returns the size to map.
-std::size_t check_header(int fd, std::string_view name, segment_spec spec) {
+struct mapping {
+  std::byte* base;
+  std::size_t size;
+};
+
+// Maps a segment someone else made, waits (bounded) for its creator to publish it, and checks
+// its header against `spec`. One mapping of the whole file serves both the check and the use.
+mapping check_header(int fd, std::string_view name, segment_spec spec) {
   const std::string what = what_of(name, spec);
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   auto pause = std::chrono::microseconds(50);
@@ -159,10 +164,9 @@ std::size_t check_header(int fd, std::string_view name, segment_spec spec) {
                               "shmkit header (expected {})",
                               name, file_size, what));
     if (file_size >= payload_alignment) {
-      void* p = ::mmap(nullptr, payload_alignment, PROT_READ, MAP_SHARED, fd, 0);
+      void* p = ::mmap(nullptr, file_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
       if (p == MAP_FAILED)
-        throw error(fmt::format("shmkit: cannot map the header of {}: {}", what,
-                                errno_text(errno)));
+        throw error(fmt::format("shmkit: cannot map {}: {}", what, errno_text(errno)));
       const auto* h = static_cast<const segment_header*>(p);
       const std::uint32_t ready = h->ready.load(std::memory_order_acquire);
       // acquire: pairs with the release store of `ready` in segment::publish(); every
@@ -170,7 +174,7 @@ std::size_t check_header(int fd, std::string_view name, segment_spec spec) {
       const std::uint32_t magic = h->magic;
       std::string problem;
       bool wait = false;
-      std::size_t result = 0;
+      bool ok = false;
       if ((magic != 0 && magic != segment_magic) || (ready != 0 && ready != ready_word)) {
         problem = fmt::format("'{}' is not a shmkit object (foreign or corrupted header: magic "
                               "{:#x}, expected {:#x}; expected {})",
@@ -207,14 +211,15 @@ std::size_t check_header(int fd, std::string_view name, segment_spec spec) {
                                 "file holds {}",
                                 what, want, file_size);
         else
-          result = want;
+          ok = true;
       }
-      ::munmap(p, payload_alignment);
+      if (ok) return {static_cast<std::byte*>(p), file_size};
+      ::munmap(p, file_size);
       if (!problem.empty()) {
         if (problem.rfind("shmkit: ", 0) != 0) problem = "shmkit: " + problem;
         throw error(problem);
       }
-      if (!wait) return result;
+      if (!wait) throw error(fmt::format("shmkit: cannot open {}", what));
     }
     if (std::chrono::steady_clock::now() > give_up)
       throw error(fmt::format("shmkit: {} was not finished by its creator within 10 s", what));
@@ -249,7 +254,7 @@ std::string kind_name(std::uint32_t kind) {
 segment::~segment() {
   if (base_ != nullptr) ::munmap(base_, mapped_);
   if (fd_ >= 0) ::close(fd_);
-  if (owns_name_ && owner_pid_ == ::getpid()) {
+  if (owns_name_ && owner_pid_ == identity_pid(process_identity())) {
     // Remove the name only if it still refers to the file we created: after an explicit
     // remove() somebody else may have made a new object of the same name.
     const std::string path = "/dev/shm/" + std::string(name_prefix) + name_;
@@ -318,7 +323,7 @@ segment segment::create(std::string_view name, segment_spec spec, std::size_t pa
   s.mapped_ = total;
   s.name_ = std::string(name);
   s.owns_name_ = true;
-  s.owner_pid_ = ::getpid();
+  s.owner_pid_ = identity_pid(process_identity());
   struct stat st {};
   if (::fstat(fd, &st) == 0) s.inode_ = st.st_ino;
   fill_header(s.base_, total, payload, spec);
@@ -337,13 +342,10 @@ segment segment::open(std::string_view name, segment_spec spec, bool growable) {
     throw error(fmt::format("shmkit: cannot open {}: {}", what, e.what()));
   }
   const int fd = shm->get_mapping_handle().handle;
-  const std::size_t total = check_header(fd, name, spec);
-  void* p = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED)
-    throw error(fmt::format("shmkit: cannot map {}: {}", what, errno_text(errno)));
+  const mapping m = check_header(fd, name, spec);
   segment s;
-  s.base_ = static_cast<std::byte*>(p);
-  s.mapped_ = total;
+  s.base_ = m.base;
+  s.mapped_ = m.size;
   s.name_ = std::string(name);
   if (growable) s.fd_ = dup_cloexec(fd);
   return s;
