@@ -3,6 +3,8 @@
 // JSON), inspect, rm, gc, foreign, corrupted and unreadable files, errors and exit codes; and
 // the inspector registry it consults.
 #define BOOST_TEST_MODULE shmkit command
+// property_tree still includes the old <boost/bind.hpp>; keep its placeholders quiet.
+#define BOOST_BIND_GLOBAL_PLACEHOLDERS
 #include <fcntl.h>
 #include <grp.h>
 #include <sys/stat.h>
