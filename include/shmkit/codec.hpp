@@ -8,38 +8,41 @@
 // - Supported (shmkit::encodable<T>): trivially copyable types, bool, std::basic_string,
 //   std::vector, std::array, C arrays, std::map, std::multimap, std::set, std::multiset,
 //   std::unordered_map, std::unordered_set, std::pair, std::tuple, std::optional,
-//   std::variant, nested freely, and classes with a member
+//   std::variant, nested freely, and classes with a public member
 //       template <class Ar> void serialize(Ar& ar) { ar(field1, field2); }
-//   (the same function encodes, sizes and decodes; `Ar::loading` tells which when it
-//   matters). A serialize member wins over raw copying. Pointers, std::string_view,
-//   std::span and std::reference_wrapper are rejected at compile time with a message saying
-//   what to do instead.
-// - Format, deterministic (equal values give equal bytes, except unordered containers whose
-//   key has no operator<, which go in iteration order):
+//   (one function encodes, sizes and decodes; `Ar::loading` tells which when it matters; the
+//   same form cereal uses). A serialize member wins over raw copying. Pointers,
+//   std::string_view, std::span and std::reference_wrapper are refused at compile time with a
+//   message saying what to do instead.
+// - Format (deterministic: equal values give equal bytes):
 //     raw T        its sizeof(T) bytes as they lie in memory (host byte order and layout:
 //                  both ends must be the same build; padding bytes go along as they are)
+//     empty class  nothing (std::monostate, tag types: their byte holds no value)
 //     bool         one byte, 0 or 1
-//     length       8-byte little-endian unsigned count (elements, not bytes)
+//     length       8-byte little-endian unsigned count (of elements, not bytes)
 //     string       length, then the characters
 //     vector       length, then each element (one memcpy when the element is raw)
 //     array, T[N]  the N elements (no length)
 //     pair, tuple  the members in order (no padding)
 //     optional     one byte 0 or 1, then the value if 1
 //     variant      one byte alternative index, then the alternative
-//     map, set     length, then the entries (key, value) in key order
+//     map, set     length, then the entries (key then value) in the container's order
+//     unordered    length, then the entries in the byte order of their encoded keys
 //     user types   the fields named by serialize(), in order
+//   A container of elements that encode to nothing could claim any count: refused (a
+//   static_assert for types that always do, shmkit::error for a serialize() that wrote nothing).
 // - decode throws shmkit::error, never reads out of bounds, when the bytes are too few, too
 //   many (decode must consume the whole span), or not a value: a bool not 0/1, an optional
-//   flag not 0/1, a variant index out of range, map or set keys out of order or repeated. A
-//   length prefix is checked against the bytes left before anything is sized by it, and no
-//   container reserves more than 4x the bytes left before its elements actually decode. Bytes
-//   that form a valid value decode to it and re-encode to exactly the same bytes.
+//   flag not 0/1, a variant index out of range, keys out of order or repeated. A length
+//   prefix is checked against the bytes left before anything is sized by it, and no container
+//   reserves more than 4x the bytes left before its elements actually decode. Bytes that form
+//   a valid value decode to it and re-encode to exactly the same bytes.
 // - Raw types are trusted as bytes: a trivially copyable struct is copied verbatim, so one
 //   that holds a pointer, or a member not every bit pattern is valid for (bool, std::optional,
 //   an enum without a fixed underlying type), must not be decoded from untrusted bytes. Give
 //   such a struct a serialize() member to have each field checked.
-// - encode_into throws shmkit::error when `out` is too small; nothing else here throws except
-//   std::bad_alloc from the containers being filled.
+// - encode_into throws shmkit::error when `out` is too small; otherwise only std::bad_alloc
+//   and what a user's serialize() throws escape.
 #pragma once
 
 #include <cstddef>

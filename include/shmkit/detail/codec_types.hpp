@@ -144,7 +144,7 @@ constexpr void require_encodable() {
                 "shmkit: std::string_view, std::span and std::reference_wrapper refer to this "
                 "process's memory and cannot be encoded; encode a std::string or std::vector.");
   static_assert(p != unencodable::other,
-                "shmkit: this type is not encodable. Give the class a member "
+                "shmkit: this type is not encodable. Give the class a public member "
                 "`template <class Ar> void serialize(Ar& ar) { ar(field1, field2); }` naming "
                 "its fields. Built in: trivially copyable types, std::string, std::vector, "
                 "std::array, std::map, std::unordered_map, std::set, std::pair, std::tuple, "
@@ -230,8 +230,9 @@ template <class Container>
 template <class Container, class E>
 constexpr void require_nonzero_width() {
   static_assert(!(codec_of<E>::fixed && codec_of<E>::min_size == 0),
-                "shmkit: a container of a type that always encodes to zero bytes (an empty "
-                "std::tuple, a std::array of size 0, ...) cannot be decoded safely");
+                "shmkit: a container of a type that always encodes to zero bytes (std::monostate, "
+                "an empty class or std::tuple, a std::array of size 0) could claim any count "
+                "and cannot be decoded safely; use a count (std::size_t) instead");
 }
 
 // Writes one element of a counted container, refusing elements that encode to nothing.
