@@ -492,6 +492,41 @@ BOOST_AUTO_TEST_CASE(unordered_containers_encode_deterministically) {
   BOOST_TEST((shmkit::encode(s1) == shmkit::encode(s2)));
 }
 
+namespace {
+// Keeps a derived field out of the bytes and rebuilds it after decoding; extends a base.
+struct base_part {
+  std::string label;
+  template <class Ar>
+  void serialize(Ar& ar) {
+    ar(label);
+  }
+};
+struct indexed : base_part {
+  std::vector<int> items;
+  std::size_t sum = 0;  // derived from items, not encoded
+  template <class Ar>
+  void serialize(Ar& ar) {
+    ar(static_cast<base_part&>(*this), items);
+    if constexpr (Ar::loading) {
+      sum = 0;
+      for (int i : items) sum += static_cast<std::size_t>(i);
+    }
+  }
+};
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(serialize_can_tell_loading_and_call_its_base) {
+  indexed v;
+  v.label = "l";
+  v.items = {1, 2, 3};
+  const bytes b = shmkit::encode(v);
+  BOOST_TEST(b.size() == 8 + 1 + 8 + 3 * sizeof(int));
+  const indexed d = shmkit::decode<indexed>(b);
+  BOOST_TEST(d.label == "l");
+  BOOST_TEST((d.items == std::vector<int>{1, 2, 3}));
+  BOOST_TEST(d.sum == 6u);
+}
+
 BOOST_AUTO_TEST_CASE(decode_into_reuses_capacity) {
   std::vector<int> v;
   v.reserve(100);

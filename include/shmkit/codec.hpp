@@ -13,7 +13,8 @@
 //   (one function encodes, sizes and decodes; `Ar::loading` tells which when it matters; the
 //   same form cereal uses). A serialize member wins over raw copying. Pointers,
 //   std::string_view, std::span and std::reference_wrapper are refused at compile time with a
-//   message saying what to do instead.
+//   message saying what to do instead. A derived class inherits its base's serialize(); give
+//   it its own, starting with ar(static_cast<Base&>(*this), ...).
 // - Format (deterministic: equal values give equal bytes):
 //     raw T        its sizeof(T) bytes as they lie in memory (host byte order and layout:
 //                  both ends must be the same build; padding bytes go along as they are)
