@@ -516,6 +516,21 @@ BOOST_AUTO_TEST_CASE(destructor_joins) {
   BOOST_TEST(e == ECHILD);
 }
 
+BOOST_AUTO_TEST_CASE(parent_exception_leaves_no_zombie) {
+  shared<std::atomic<int>> done;
+  try {
+    process p([&] {
+      std::this_thread::sleep_for(100ms);
+      done->store(1);
+    });
+    p.start();
+    throw std::runtime_error("parent gives up");
+  } catch (const std::runtime_error&) {
+  }
+  BOOST_TEST(done->load() == 1);  // unwinding joined the child
+  BOOST_TEST(zombie_children().empty());
+}
+
 BOOST_AUTO_TEST_CASE(destructor_kills_a_daemon) {
   pid_t pid = 0;
   {
