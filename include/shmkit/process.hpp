@@ -15,10 +15,15 @@
 // - An escaping exception's dynamic type (demangled) and what() are written into a record in
 //   shared memory before the child exits; rethrow_if_failed() throws them as
 //   shmkit::remote_error with the child's pid. Non-std exceptions report their type and, for
-//   strings and arithmetic values, the value. Messages longer than 3.5 KiB and type names longer
-//   than 240 bytes are cut, with a marker saying how many bytes were dropped. No stack trace:
+//   strings and arithmetic values, the value. A message over 3824 bytes or a type name over
+//   256 bytes is cut, ending with a marker that gives its full length. No stack trace:
 //   traceback() is empty, since by the time the child's catch runs the throw site is unwound
 //   (Boost.Stacktrace captures the throw site only from 1.85, with a library of its own).
+// - Records: one anonymous shared block of 64 records per parent process, made at its first
+//   start() and kept (more blocks chained when more children run at once), so a start() costs
+//   no segment of its own; a record is freed when its child is reaped.
+// - Progress: start() and the accessors never wait; join() blocks; join_for() sleeps in the
+//   kernel (poll on a pidfd, or waitpid polls with sleeps growing to 5 ms without pidfds).
 // - Reaping: join(), join_for(), exitcode(), is_alive() and the destructor reap the child with
 //   waitpid() on its pid only; no SIGCHLD handler is installed. Another waitpid(-1) in the
 //   program, or SIGCHLD set to SIG_IGN, steals the status: join() then throws shmkit::error.
