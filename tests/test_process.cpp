@@ -11,6 +11,7 @@
 #include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
+#include <iostream>
 #include <memory>
 #include <sched.h>
 #include <set>
@@ -637,6 +638,27 @@ BOOST_AUTO_TEST_CASE(stdio_is_flushed_not_duplicated) {
     p.join();
     std::printf("C");
     std::fflush(stdout);
+  });
+  out.close_write();
+  std::string got;
+  char c;
+  while (::read(out.fd[0], &c, 1) == 1) got += c;
+  BOOST_TEST(wait_exit(helper) == 0);
+  BOOST_TEST(got == "ABC");
+}
+
+// With sync_with_stdio(false) std::cout buffers apart from stdio: both sides flush it too.
+BOOST_AUTO_TEST_CASE(iostreams_apart_from_stdio_are_flushed) {
+  test_pipe out;
+  pid_t helper = spawn([&] {
+    std::ios::sync_with_stdio(false);
+    CHILD_CHECK(::dup2(out.fd[1], STDOUT_FILENO) == STDOUT_FILENO);
+    out.close_both();
+    std::cout << "A";  // in cout's own buffer at start()
+    process p([] { std::cout << "B"; });
+    p.start();
+    p.join();
+    std::cout << "C" << std::flush;
   });
   out.close_write();
   std::string got;
