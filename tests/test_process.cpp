@@ -150,6 +150,22 @@ struct subreaper_scope {
   ~subreaper_scope() { ::prctl(PR_SET_CHILD_SUBREAPER, 0); }
 };
 
+// Runs body in a forked helper whose stdout is a pipe; returns all it wrote there.
+std::string stdout_of(const std::function<void()>& body) {
+  test_pipe out;
+  pid_t helper = spawn([&] {
+    CHILD_CHECK(::dup2(out.fd[1], STDOUT_FILENO) == STDOUT_FILENO);
+    out.close_both();
+    body();
+  });
+  out.close_write();
+  std::string got;
+  char c;
+  while (::read(out.fd[0], &c, 1) == 1) got += c;
+  BOOST_TEST(wait_exit(helper) == 0);
+  return got;
+}
+
 // The exit code, or -1000 while there is none (BOOST_TEST cannot print an optional).
 int code_of(process& p) { return p.exitcode().value_or(-1000); }
 
@@ -626,10 +642,7 @@ BOOST_AUTO_TEST_CASE(non_daemon_survives_a_killed_parent) {
 }
 
 BOOST_AUTO_TEST_CASE(stdio_is_flushed_not_duplicated) {
-  test_pipe out;
-  pid_t helper = spawn([&] {
-    CHILD_CHECK(::dup2(out.fd[1], STDOUT_FILENO) == STDOUT_FILENO);
-    out.close_both();
+  const std::string got = stdout_of([] {
     static char buf[4096];
     std::setvbuf(stdout, buf, _IOFBF, sizeof buf);
     std::printf("A");  // still buffered at start()
@@ -639,32 +652,19 @@ BOOST_AUTO_TEST_CASE(stdio_is_flushed_not_duplicated) {
     std::printf("C");
     std::fflush(stdout);
   });
-  out.close_write();
-  std::string got;
-  char c;
-  while (::read(out.fd[0], &c, 1) == 1) got += c;
-  BOOST_TEST(wait_exit(helper) == 0);
   BOOST_TEST(got == "ABC");
 }
 
 // With sync_with_stdio(false) std::cout buffers apart from stdio: both sides flush it too.
 BOOST_AUTO_TEST_CASE(iostreams_apart_from_stdio_are_flushed) {
-  test_pipe out;
-  pid_t helper = spawn([&] {
+  const std::string got = stdout_of([] {
     std::ios::sync_with_stdio(false);
-    CHILD_CHECK(::dup2(out.fd[1], STDOUT_FILENO) == STDOUT_FILENO);
-    out.close_both();
     std::cout << "A";  // in cout's own buffer at start()
     process p([] { std::cout << "B"; });
     p.start();
     p.join();
     std::cout << "C" << std::flush;
   });
-  out.close_write();
-  std::string got;
-  char c;
-  while (::read(out.fd[0], &c, 1) == 1) got += c;
-  BOOST_TEST(wait_exit(helper) == 0);
   BOOST_TEST(got == "ABC");
 }
 
