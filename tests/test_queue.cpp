@@ -453,3 +453,103 @@ BOOST_AUTO_TEST_CASE(moved_handles_keep_working, *boost::unit_test::timeout(120)
   BOOST_TEST(c.get() == 3);
   BOOST_TEST(c.capacity() == 4u);
 }
+
+namespace {
+
+// A user type with serialize(): strings, containers and a map, any size.
+struct user_record {
+  std::string name;
+  int age = 0;
+  std::vector<double> scores;
+  std::map<std::string, int> tags;
+  template <class Ar>
+  void serialize(Ar& ar) {
+    ar(name, age, scores, tags);
+  }
+  bool operator==(const user_record&) const = default;
+};
+
+user_record make_record(int i) {
+  user_record r{"user-" + std::to_string(i), i, {}, {}};
+  r.scores.assign(static_cast<std::size_t>(i % 7 == 0 ? 20000 : i % 5), i * 0.5);
+  r.tags["k" + std::to_string(i % 3)] = i;
+  return r;
+}
+
+std::vector<std::string> make_strings(int i) {
+  std::vector<std::string> v;
+  for (int k = 0; k < i % 9; ++k) v.push_back(std::string(static_cast<std::size_t>(k * i % 300), 'v'));
+  if (i % 50 == 0) v.push_back(std::string(1 << 20, 'L'));  // a megabyte in the middle
+  return v;
+}
+
+// Counts live objects, to show that the queue's own path leaks none.
+struct counted {
+  static inline int live = 0;
+  int v = 0;
+  counted() { ++live; }
+  explicit counted(int x) : v(x) { ++live; }
+  counted(const counted& o) : v(o.v) { ++live; }
+  counted& operator=(const counted&) = default;
+  ~counted() { --live; }
+  template <class Ar>
+  void serialize(Ar& ar) {
+    ar(v);
+  }
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(vectors_of_strings_between_processes, *boost::unit_test::timeout(120)) {
+  shmkit::queue<std::vector<std::string>> q(16);
+  constexpr int n = 200;
+  pid_t child = spawn([&] {
+    for (int i = 0; i < n; i += 2) {
+      q.put(make_strings(i));
+      const std::vector<std::vector<std::string>> two{make_strings(i + 1)};
+      q.put_many(two);
+    }
+  });
+  for (int i = 0; i < n; ++i) BOOST_TEST((q.get() == make_strings(i)), "message " << i);
+  BOOST_TEST(wait_exit(child) == 0);
+}
+
+BOOST_AUTO_TEST_CASE(user_struct_with_serialize_between_processes,
+                     *boost::unit_test::timeout(120)) {
+  shmkit::queue<user_record> q(4);
+  constexpr int n = 100;
+  pid_t child = spawn([&] {
+    for (int i = 0; i < n; ++i) q.put(make_record(i));
+  });
+  int i = 0;
+  while (i < n) {
+    for (const user_record& r : q.get_many(3)) {
+      BOOST_TEST((r == make_record(i)), "record " << i);
+      ++i;
+    }
+  }
+  BOOST_TEST(wait_exit(child) == 0);
+  // Named, opened by type: a queue of records is not a queue of strings.
+  name_guard name(unique_name("rec"));
+  shmkit::queue<user_record> a(shmkit::create_only, name.name, 2);
+  BOOST_CHECK_THROW(shmkit::queue<std::string>(shmkit::open_only, name.name), shmkit::error);
+}
+
+BOOST_AUTO_TEST_CASE(no_element_leaks_in_the_queue_path, *boost::unit_test::timeout(60)) {
+  {
+    shmkit::queue<counted> q(8);
+    const int before = counted::live;
+    for (int round = 0; round < 20; ++round) {
+      for (int i = 0; i < 5; ++i) q.put(counted(i));
+      std::vector<counted> batch(3, counted(9));
+      q.put_many(batch);
+      BOOST_TEST(q.get().v == 0);
+      (void)q.try_get();
+      auto rest = q.get_many(10);
+      BOOST_TEST(rest.size() == 6u);
+      BOOST_TEST(counted::live == before + 3 + 6);
+    }
+    BOOST_TEST(counted::live == before);
+  }
+  BOOST_TEST(counted::live == 0);
+}
