@@ -153,11 +153,13 @@ bool queue_ring::block(waitpoint& wp, Attempt&& attempt, std::optional<time_poin
                        std::chrono::nanoseconds spin) {
   bool poll = false;
   if (spin > spin.zero()) {
+    // One pause between looks (a pause is tens of cycles on current x86: more would add
+    // that much to every hand-over caught while spinning); the clock every 64 looks.
     const auto end = clock::now() + spin;
-    for (;;) {
+    for (unsigned i = 1;; ++i) {
       if (attempt(poll)) return true;
-      for (int i = 0; i < 16; ++i) cpu_relax();
-      if (clock::now() >= end) break;
+      cpu_relax();
+      if (i % 64 == 0 && clock::now() >= end) break;
     }
   }
   for (;;) {
@@ -293,6 +295,7 @@ void queue_ring::task_done() {
 bool queue_ring::ring_idle() const {
   alive_cache alive;
   for (std::uint64_t k = 0; k < cap_; ++k) {
+    // acquire: pairs with release() (gotten was counted before it) and publish().
     const std::uint64_t w = slots_[k].seq.load(std::memory_order_acquire);
     if (seqw::is_claim(w)) {
       // A dead claimant's message is lost; it is no item of anybody's.
@@ -335,6 +338,7 @@ void queue_ring::lock_heap() noexcept {
       st_->heap_lock_wait,
       [&](bool& poll) {
         std::uint64_t holder = 0;
+        // acquire: pairs with the release store in unlock_heap().
         if (st_->heap_lock.compare_exchange_strong(holder, me, std::memory_order_acquire,
                                                    std::memory_order_relaxed))
           return true;
@@ -359,6 +363,8 @@ void queue_ring::unlock_heap() noexcept {
 std::uint64_t queue_ring::find_run(std::uint64_t n) const noexcept {
   const std::uint64_t pages = st_->pages;
   if (n == 0 || n > pages) return no_page;
+  // relaxed: a hint, read and written only under the heap lock (whose acquire/release
+  // orders it), like every tag and owner access of the allocator below.
   std::uint64_t i = st_->next_fit.load(std::memory_order_relaxed);
   if (i >= pages) i = 0;
   std::uint64_t run = 0;
@@ -388,13 +394,13 @@ void queue_ring::collect() {
   // holder that died while tagging leaves a prefix, a collector that died while freeing a
   // suffix; either way the owner word at its start is 0 or dead).
   for (std::uint64_t i = 0; i < pages;) {
-    const std::uint64_t t = tags_[i].load(std::memory_order_relaxed);
+    const std::uint64_t t = tags_[i].load(std::memory_order_relaxed);  // under the lock
     if (t == 0) {
       ++i;
       continue;
     }
     std::uint64_t j = i + 1;
-    while (j < pages && tags_[j].load(std::memory_order_relaxed) == t) ++j;
+    while (j < pages && tags_[j].load(std::memory_order_relaxed) == t) ++j;  // under the lock
     // acquire: pairs with the release store of 0 in hand_over(); the producer wrote the
     // tag into its slot before, so step 2 finds it there.
     const std::uint64_t owner = owners_[i].load(std::memory_order_acquire);
@@ -408,6 +414,7 @@ void queue_ring::collect() {
     // acquire: pairs with release() (a consumer finished reading before it freed the slot)
     // and with publish().
     const std::uint64_t w = slots_[k].seq.load(std::memory_order_acquire);
+    // relaxed: ordered after the acquire of the owner in step 1 and of `seq` just above.
     const std::uint64_t t = slots_[k].tag.load(std::memory_order_relaxed);
     if (t == 0) continue;
     const bool needed = seqw::is_claim(w) ? alive(seqw::claimant(w))
@@ -419,10 +426,11 @@ void queue_ring::collect() {
   std::uint64_t lowest = no_page;
   for (const candidate& c : candidates) {
     if (std::binary_search(live.begin(), live.end(), c.tag)) continue;
+    // relaxed: under the lock; the next allocator acquires it.
     for (std::uint64_t p = c.first; p < c.end; ++p) tags_[p].store(0, std::memory_order_relaxed);
     lowest = std::min(lowest, c.first);
   }
-  if (lowest != no_page) st_->next_fit.store(lowest, std::memory_order_relaxed);
+  if (lowest != no_page) st_->next_fit.store(lowest, std::memory_order_relaxed);  // a hint
 }
 
 std::optional<queue_block> queue_ring::allocate(std::size_t bytes,
@@ -453,11 +461,12 @@ std::optional<queue_block> queue_ring::allocate(std::size_t bytes,
     }
     // The tag first (one atomic add: a holder that dies never leaves it reusable), then the
     // owner, then the pages' tags: every prefix of this is something collect() frees.
+    // relaxed, all three: under the lock, which the collector acquires before reading them.
     const std::uint64_t tag = st_->next_tag.fetch_add(1, std::memory_order_relaxed) + 1;
     owners_[first].store(me, std::memory_order_relaxed);
     for (std::uint64_t p = first; p < first + n; ++p)
       tags_[p].store(tag, std::memory_order_relaxed);
-    st_->next_fit.store(first + n, std::memory_order_relaxed);
+    st_->next_fit.store(first + n, std::memory_order_relaxed);  // a hint, under the lock
     b = {tag, static_cast<std::uint32_t>(first), static_cast<std::uint32_t>(n)};
     return true;
   };
@@ -480,6 +489,7 @@ void queue_ring::hand_over(std::uint64_t pos, const queue_block& b, std::uint32_
   s.where = 1;
   s.page = b.page;
   s.pages = b.pages;
+  // relaxed: published to the collector by the release store of the owner just below.
   s.tag.store(b.tag, std::memory_order_relaxed);
   // release: pairs with the acquire in collect(): a collector that finds the block without
   // an owner also finds its tag in this slot (claimed by us, then full).

@@ -174,8 +174,8 @@ class queue_ring {
   queue_state* state() const noexcept { return st_; }
   std::uint64_t capacity() const noexcept { return cap_; }
   std::uint64_t heap_bytes() const noexcept { return st_->pages * queue_page_bytes; }
-  bool closed() const noexcept { return st_->closed.load(std::memory_order_acquire) != 0; }
   // acquire: pairs with the seq_cst store in close(); a closer's earlier puts are visible.
+  bool closed() const noexcept { return st_->closed.load(std::memory_order_acquire) != 0; }
 
   queue_slot& slot(std::uint64_t pos) const noexcept { return slots_[index(pos)]; }
   std::uint64_t lap(std::uint64_t pos) const noexcept { return pow2_ ? pos >> shift_ : pos / cap_; }
@@ -348,6 +348,7 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
         const std::uint64_t q = p + k2;
         queue_slot& s2 = slot(q);
         const std::uint64_t L2 = lap(q);
+        // acquire / acq_rel: as for the first slot of the run; relaxed on failure: we stop.
         std::uint64_t w2 = s2.seq.load(std::memory_order_acquire);
         const bool ok = consumer ? (w2 == seqw::full_word(L2)) : (w2 == seqw::free_word(L2));
         if (!ok ||
@@ -357,6 +358,7 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
           break;
       }
       const std::uint64_t end = p + k2;
+      // acq_rel: pairs with the acquire loads of the counter at the top of try_claim().
       std::uint64_t h = counter.load(std::memory_order_acquire);
       while (h < end && !counter.compare_exchange_weak(h, end, std::memory_order_acq_rel)) {
       }
@@ -372,6 +374,8 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
         p = e;
       continue;
     }
+    // acquire: as at the top; reading the counter again after w is the bracket recovery
+    // relies on (see queue.hpp, point 3).
     const std::uint64_t now = counter.load(std::memory_order_acquire);
     if (now != p) {  // stale, or blocked on an old view: look again
       p = now;
