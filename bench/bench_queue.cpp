@@ -5,6 +5,10 @@
 // python3 is there) and a raw shared-memory SPSC ring (no blocking, no codec: the floor);
 // 1 MiB against memcpy bandwidth; ping-pong round trips (p50/p99/max) for payloads of 8 B to
 // 4 MiB against pipe(2) and a raw spinning ping-pong that copies the same payload.
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -16,9 +20,6 @@
 #include <memory>
 #include <new>
 #include <string>
-#include <sys/mman.h>
-#include <sys/wait.h>
-#include <unistd.h>
 #include <vector>
 
 #include "harness.hpp"
@@ -434,13 +435,17 @@ int main() {
     if (pinned && !can_pin) continue;
     for (std::size_t size : sizes) {
       if (!pinned && size != 8 && size != 4096 && size != (1 << 20)) continue;
-      const long n = scaled(size <= 4096 ? 100000 : size <= 65536 ? 20000 : size <= (1 << 20) ? 2000 : 500);
-      latency ours = size == 8 ? shmkit_pingpong<std::uint64_t>(42, n, pinned)
-                               : shmkit_pingpong<std::string>(std::string(size - 8, 'q'), n, pinned);
+      const long n = scaled(size <= 4096        ? 100000
+                            : size <= 65536     ? 20000
+                            : size <= (1 << 20) ? 2000
+                                                : 500);
+      latency ours = size == 8
+                         ? shmkit_pingpong<std::uint64_t>(42, n, pinned)
+                         : shmkit_pingpong<std::string>(std::string(size - 8, 'q'), n, pinned);
       latency raw = raw_pingpong(size, n, pinned);
       latency pipe = pipe_pingpong(size, n, pinned);
-      const std::string what = fmt::format("ping-pong {} {} (n={})", size_name(size),
-                                           pinned ? "pinned" : "unpinned", n);
+      const std::string what =
+          fmt::format("ping-pong {} {} (n={})", size_name(size), pinned ? "pinned" : "unpinned", n);
       t.row(what + " p50", "us per round trip", better::lower, ours.p50,
             {{"raw spin + copy (floor)", raw.p50}, {"pipe(2)", pipe.p50}});
       t.row(what + " p99", "us per round trip", better::lower, ours.p99,

@@ -2,20 +2,21 @@
 // Python's JoinableQueue pattern: workers mark each item done with task_done(); the parent
 // waits with join() until every item it put has been processed, then decides what next (here:
 // a second batch, then close() to let the workers go).
-#include <shmkit/queue.hpp>
-
-#include <atomic>
-#include <cstdio>
-#include <string>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdio>
+#include <shmkit/queue.hpp>
+#include <string>
+
 int main() {
   constexpr int workers = 3;
   // A counter the workers share, to show that join() returned after all the work.
-  auto* processed = static_cast<std::atomic<int>*>(::mmap(
-      nullptr, sizeof(std::atomic<int>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  auto* processed = static_cast<std::atomic<int>*>(::mmap(nullptr, sizeof(std::atomic<int>),
+                                                          PROT_READ | PROT_WRITE,
+                                                          MAP_SHARED | MAP_ANONYMOUS, -1, 0));
   new (processed) std::atomic<int>(0);
 
   //[joinable_queue
@@ -35,7 +36,8 @@ int main() {
     }
   }
   for (int batch = 1; batch <= 2; ++batch) {
-    for (int i = 0; i < 20; ++i) tasks.put("batch " + std::to_string(batch) + " item " + std::to_string(i));
+    for (int i = 0; i < 20; ++i)
+      tasks.put("batch " + std::to_string(batch) + " item " + std::to_string(i));
     tasks.join();  // every item put so far is got and done
     std::printf("batch %d: join() returned with %d items processed\n", batch, processed->load());
   }

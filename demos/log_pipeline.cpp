@@ -3,13 +3,13 @@
 // queue; four analyser processes count them by level and report back. Each producer ends its
 // stream; the parent then puts one sentinel per analyser, so every analyser stops after the
 // last real line, as in the Python idiom of one None per worker.
-#include <shmkit/queue.hpp>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
+#include <shmkit/queue.hpp>
 #include <string>
-#include <sys/wait.h>
-#include <unistd.h>
 
 namespace {
 
@@ -28,13 +28,15 @@ int main() {
   constexpr int producers = 2, analysers = 4, lines_each = 5000;
 
   //[log_pipeline
-  shmkit::queue<std::string> lines(256);   // a line of 20 bytes or of 20 KiB: both go through
+  shmkit::queue<std::string> lines(256);  // a line of 20 bytes or of 20 KiB: both go through
   shmkit::queue<report> reports(analysers);
 
   for (int p = 0; p < producers; ++p) {
     if (::fork() == 0) {
       for (int i = 0; i < lines_each; ++i) {
-        std::string line = std::string(levels[i % 7 == 0 ? 2 : i % 3 == 0 ? 1 : 0]) +
+        std::string line = std::string(levels[i % 7 == 0   ? 2
+                                              : i % 3 == 0 ? 1
+                                                           : 0]) +
                            " producer=" + std::to_string(p) + " seq=" + std::to_string(i);
         if (i % 1000 == 999) line += " stack: " + std::string(20000, '.');  // a long one
         lines.put(line);
@@ -54,7 +56,7 @@ int main() {
       std::_Exit(0);
     }
   }
-  for (int p = 0; p < producers; ++p) ::wait(nullptr);  // the producers are done...
+  for (int p = 0; p < producers; ++p) ::wait(nullptr);      // the producers are done...
   for (int a = 0; a < analysers; ++a) lines.put(sentinel);  // ...so stop each analyser
   //]
 

@@ -2,12 +2,12 @@
 // The classic worker pattern: the parent fills a queue with jobs, four worker processes drain
 // it and send their results back on a second queue. Closing the job queue tells the workers
 // there is nothing more: each get() then hands out what is left and throws closed_error.
-#include <shmkit/queue.hpp>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdio>
-#include <sys/wait.h>
-#include <unistd.h>
+#include <shmkit/queue.hpp>
 
 namespace {
 
@@ -35,7 +35,7 @@ int main() {
   constexpr int workers = 4, jobs = 40;
 
   //[queue_workers
-  shmkit::queue<job> todo(16);        // anonymous: shared with the children forked below
+  shmkit::queue<job> todo(16);  // anonymous: shared with the children forked below
   shmkit::queue<result> done(jobs);
 
   for (int w = 0; w < workers; ++w) {

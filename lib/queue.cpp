@@ -2,13 +2,13 @@
 // Slow paths of shmkit::queue: waiting, recovery from dead claimants, the heap's robust lock,
 // allocator and collector, joinable_queue's counters. The argument for why these are safe is
 // in the contract block of include/shmkit/queue.hpp.
-#include "shmkit/detail/queue_ring.hpp"
+#include <fmt/format.h>
 
 #include <algorithm>
-#include <fmt/format.h>
 #include <stdexcept>
 #include <vector>
 
+#include "shmkit/detail/queue_ring.hpp"
 #include "shmkit/error.hpp"
 
 namespace shmkit::detail {
@@ -93,8 +93,7 @@ layout_offsets compute_layout(std::uint64_t capacity, std::uint64_t pages) {
 }  // namespace
 
 std::size_t queue_extra_bytes(std::size_t capacity, std::size_t heap_bytes) {
-  if (capacity == 0)
-    throw std::invalid_argument("shmkit: a queue needs a capacity of at least 1");
+  if (capacity == 0) throw std::invalid_argument("shmkit: a queue needs a capacity of at least 1");
   if (capacity > queue_max_capacity)
     throw std::invalid_argument(fmt::format(
         "shmkit: a queue capacity of {} is beyond the limit of {}", capacity, queue_max_capacity));
@@ -130,6 +129,15 @@ queue_ring::queue_ring(queue_state* state, std::string what) noexcept
   joinable_ = state->joinable != 0;
 }
 
+void queue_check_identity() {
+  const std::uint64_t id = self_identity();
+  if (id & ~seqw::id_mask)
+    throw error(
+        fmt::format("shmkit: this process's identity {:#x} does not fit the 54 bits a "
+                    "queue records per claim (pid {} above 2^22?)",
+                    id, identity_pid(id)));
+}
+
 void queue_check_opened(const queue_state* st, std::size_t payload, bool joinable,
                         const std::string& what) {
   if (st->layout != queue_layout)
@@ -138,11 +146,11 @@ void queue_check_opened(const queue_state* st, std::size_t payload, bool joinabl
   if ((st->joinable != 0) != joinable)
     throw error(fmt::format("shmkit: {} is {}a joinable_queue", what, joinable ? "not " : ""));
   if (st->capacity == 0 || st->capacity > queue_max_capacity ||
-      compute_layout(st->capacity, st->pages).total != st->total_bytes ||
-      st->total_bytes > payload)
-    throw error(fmt::format("shmkit: {} is corrupted: capacity {} and {} heap pages need {} "
-                            "bytes, the segment holds {}",
-                            what, st->capacity, st->pages, st->total_bytes, payload));
+      compute_layout(st->capacity, st->pages).total != st->total_bytes || st->total_bytes > payload)
+    throw error(
+        fmt::format("shmkit: {} is corrupted: capacity {} and {} heap pages need {} "
+                    "bytes, the segment holds {}",
+                    what, st->capacity, st->pages, st->total_bytes, payload));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -187,8 +195,7 @@ bool queue_ring::block(waitpoint& wp, Attempt&& attempt, std::optional<time_poin
 // ---------------------------------------------------------------------------------------
 // Claims
 
-bool queue_ring::attempt_claim(bool consumer, std::uint64_t n, queue_run& run,
-                               queue_obstacle& ob) {
+bool queue_ring::attempt_claim(bool consumer, std::uint64_t n, queue_run& run, queue_obstacle& ob) {
   const bool was_closed = closed();
   if (was_closed && !consumer) throw_closed(what_);
   if (try_claim(consumer, n, run, ob)) return true;
@@ -240,8 +247,8 @@ bool queue_ring::claim_now(bool consumer, std::uint64_t n, queue_run& run) {
 bool queue_ring::recover(const queue_obstacle& ob) noexcept {
   if (!ob.recoverable() || identity_alive(seqw::claimant(ob.word))) return false;
   const std::uint64_t L = lap(ob.pos);
-  const std::uint64_t next = (ob.word & seqw::consumer_bit) ? seqw::free_word(L + 1)
-                                                            : seqw::skip_word(L);
+  const std::uint64_t next =
+      (ob.word & seqw::consumer_bit) ? seqw::free_word(L + 1) : seqw::skip_word(L);
   std::uint64_t expected = ob.word;
   // acq_rel: release so that the next claimant of the slot is ordered after us; the word is
   // unique (its owner is dead and never claims again), so this succeeds only if the slot
@@ -417,8 +424,8 @@ void queue_ring::collect() {
     // relaxed: ordered after the acquire of the owner in step 1 and of `seq` just above.
     const std::uint64_t t = slots_[k].tag.load(std::memory_order_relaxed);
     if (t == 0) continue;
-    const bool needed = seqw::is_claim(w) ? alive(seqw::claimant(w))
-                                          : ((w & 1) != 0 && (w & seqw::skip_bit) == 0);
+    const bool needed =
+        seqw::is_claim(w) ? alive(seqw::claimant(w)) : ((w & 1) != 0 && (w & seqw::skip_bit) == 0);
     if (needed) live.push_back(t);
   }
   std::sort(live.begin(), live.end());
@@ -433,8 +440,8 @@ void queue_ring::collect() {
   if (lowest != no_page) st_->next_fit.store(lowest, std::memory_order_relaxed);  // a hint
 }
 
-std::optional<queue_block> queue_ring::allocate(std::size_t bytes,
-                                                std::optional<time_point> until, bool try_only) {
+std::optional<queue_block> queue_ring::allocate(std::size_t bytes, std::optional<time_point> until,
+                                                alloc_mode mode) {
   const std::uint64_t n = (bytes + queue_page_bytes - 1) / queue_page_bytes;
   if (bytes > UINT32_MAX || n > st_->pages)
     throw error(fmt::format(
@@ -451,7 +458,7 @@ std::optional<queue_block> queue_ring::allocate(std::size_t bytes,
       ~unlock() { r->unlock_heap(); }
     } unlocker{this};
     std::uint64_t first = find_run(n);
-    if (first == no_page) {
+    if (first == no_page && mode != alloc_mode::if_free) {
       collect();
       first = find_run(n);
     }
@@ -472,7 +479,7 @@ std::optional<queue_block> queue_ring::allocate(std::size_t bytes,
   };
   bool poll = false;
   if (attempt(poll)) return b;
-  if (try_only) return std::nullopt;
+  if (mode != alloc_mode::wait) return std::nullopt;
   if (block(st_->heap_space, attempt, until, std::chrono::nanoseconds(0))) return b;
   return std::nullopt;
 }

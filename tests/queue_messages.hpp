@@ -75,8 +75,8 @@ inline bool check_message(const std::string& s, std::uint64_t& tag) {
 // Body sizes for mixed traffic: mostly inline, some a few KiB, a few large.
 inline std::size_t mixed_size(std::mt19937_64& rng, std::size_t large_max) {
   const unsigned r = rng() % 100;
-  if (r < 70) return rng() % 72;              // fits a slot with the header
-  if (r < 95) return 100 + rng() % 4000;      // out of line, small
+  if (r < 70) return rng() % 72;               // fits a slot with the header
+  if (r < 95) return 100 + rng() % 4000;       // out of line, small
   return 16384 + rng() % (large_max - 16384);  // out of line, large
 }
 

@@ -1,11 +1,15 @@
 // SPDX-License-Identifier: MIT
 // shmkit::queue and shmkit::joinable_queue: the public contract, with real processes.
 #define BOOST_TEST_MODULE queue
-#include <boost/mpl/list.hpp>
-#include <boost/test/unit_test.hpp>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <array>
 #include <atomic>
+#include <boost/mpl/list.hpp>
+#include <boost/test/unit_test.hpp>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -13,10 +17,6 @@
 #include <numeric>
 #include <string>
 #include <thread>
-#include <sys/mman.h>
-#include <sys/resource.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <vector>
 
 #include "shmkit/queue.hpp"
@@ -68,8 +68,8 @@ bool same(const T& a, const T& b) {
 // Process-shared scratch memory for children to report into.
 template <class T>
 T* shared_scratch(std::size_t n = 1) {
-  void* p = ::mmap(nullptr, sizeof(T) * n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                   -1, 0);
+  void* p =
+      ::mmap(nullptr, sizeof(T) * n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   BOOST_REQUIRE(p != MAP_FAILED);
   return static_cast<T*>(p);
 }
@@ -297,7 +297,8 @@ BOOST_AUTO_TEST_CASE(four_megabyte_string_through_capacity_16, *boost::unit_test
   BOOST_TEST(wait_exit(child) == 0);
 }
 
-BOOST_AUTO_TEST_CASE(message_larger_than_the_heap_throws_and_changes_nothing, *boost::unit_test::timeout(120)) {
+BOOST_AUTO_TEST_CASE(message_larger_than_the_heap_throws_and_changes_nothing,
+                     *boost::unit_test::timeout(120)) {
   shmkit::queue<std::string> q(4, shmkit::queue_options{.heap_bytes = 64 << 10});
   q.put("before");
   BOOST_CHECK_THROW(q.put(std::string(65 << 10, 'x')), shmkit::error);
@@ -435,8 +436,8 @@ BOOST_AUTO_TEST_CASE(idle_blocked_consumer_uses_no_cpu, *boost::unit_test::timeo
   BOOST_TEST(WIFEXITED(status));
   const double cpu = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
                      ru.ru_stime.tv_usec / 1e6;
-  BOOST_TEST_MESSAGE("consumer blocked 1 s used " << cpu * 1000 << " ms of CPU ("
-                                                   << cpu * 100 << "% of a core)");
+  BOOST_TEST_MESSAGE("consumer blocked 1 s used " << cpu * 1000 << " ms of CPU (" << cpu * 100
+                                                  << "% of a core)");
   std::printf("idle consumer: %.3f ms CPU over 1 s blocked (%.3f%% of a core)\n", cpu * 1000,
               cpu * 100);
   BOOST_TEST(cpu < 0.2);  // generous (a loaded machine); expected well under 1%
@@ -478,7 +479,8 @@ user_record make_record(int i) {
 
 std::vector<std::string> make_strings(int i) {
   std::vector<std::string> v;
-  for (int k = 0; k < i % 9; ++k) v.push_back(std::string(static_cast<std::size_t>(k * i % 300), 'v'));
+  for (int k = 0; k < i % 9; ++k)
+    v.push_back(std::string(static_cast<std::size_t>(k * i % 300), 'v'));
   if (i % 50 == 0) v.push_back(std::string(1 << 20, 'L'));  // a megabyte in the middle
   return v;
 }

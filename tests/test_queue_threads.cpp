@@ -3,9 +3,8 @@
 // every access (build with -DSHMKIT_SANITIZE=thread): every slot hand-over, heap allocation,
 // collection, batch, timed and non-blocking call, close() and joinable_queue's counters.
 #define BOOST_TEST_MODULE queue_threads
-#include <boost/test/unit_test.hpp>
-
 #include <atomic>
+#include <boost/test/unit_test.hpp>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -42,7 +41,8 @@ BOOST_AUTO_TEST_CASE(threads_exactly_once, *boost::unit_test::timeout(300)) {
         if (how == 0) {
           std::vector<std::string> batch;
           for (int k = 0; k < 8 && i < per; ++k, ++i)
-            batch.push_back(shmkit::test::make_message(tag + k, shmkit::test::mixed_size(rng, 60000)));
+            batch.push_back(
+                shmkit::test::make_message(tag + k, shmkit::test::mixed_size(rng, 60000)));
           q.put_many(batch);
           continue;
         }
@@ -74,8 +74,10 @@ BOOST_AUTO_TEST_CASE(threads_exactly_once, *boost::unit_test::timeout(300)) {
           if (how == 0) {
             for (const auto& m : q.get_many(5)) take(m);
           } else if (how == 1) {
-            if (auto m = q.try_get()) take(*m);
-            else std::this_thread::yield();
+            if (auto m = q.try_get())
+              take(*m);
+            else
+              std::this_thread::yield();
           } else if (how == 2) {
             if (auto m = q.get_for(1ms)) take(*m);
           } else {

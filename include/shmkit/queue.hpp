@@ -76,6 +76,8 @@
 //    counted as got and never done, as does one killed after get() returned, as in Python.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <array>
 #include <bit>
@@ -90,8 +92,6 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "shmkit/codec.hpp"
 #include "shmkit/detail/queue_ring.hpp"
@@ -133,8 +133,7 @@ class queue {
       : queue(create_only, name, capacity, queue_options{.perms = perms}) {}
   queue(open_only_t, std::string_view name) : queue(detail::object_kind::queue, open_only, name) {}
   // Opens the name if it exists (its capacity and heap then stay as they are), or creates it.
-  queue(open_or_create_t, std::string_view name, std::size_t capacity,
-        queue_options options = {})
+  queue(open_or_create_t, std::string_view name, std::size_t capacity, queue_options options = {})
       : queue(detail::object_kind::queue, open_or_create, name, capacity, options) {}
   queue(open_or_create_t, std::string_view name, std::size_t capacity, permissions perms)
       : queue(open_or_create, name, capacity, queue_options{.perms = perms}) {}
@@ -211,9 +210,9 @@ class queue {
   }
   // Named creation: create_only_t or open_or_create_t (which may open instead).
   template <class Tag>
-    requires std::is_same_v<Tag, create_only_t> || std::is_same_v<Tag, open_or_create_t>
-  queue(detail::object_kind kind, Tag tag, std::string_view name, std::size_t capacity,
-        queue_options o)
+  requires std::is_same_v<Tag, create_only_t> || std::is_same_v<Tag, open_or_create_t> queue(
+      detail::object_kind kind, Tag tag, std::string_view name, std::size_t capacity,
+      queue_options o)
       : obj_(tag, name, spec(kind), detail::queue_extra_bytes(capacity, o.heap_bytes), o.perms,
              capacity, detail::queue_heap_pages(o.heap_bytes),
              kind == detail::object_kind::joinable_queue) {
@@ -232,6 +231,7 @@ class queue {
   }
   void attach(detail::object_kind kind, bool check) {
     const std::string what = obj_.seg().describe();
+    detail::queue_check_identity();
     if (check)
       detail::queue_check_opened(obj_.state(), obj_.seg().payload_size(),
                                  kind == detail::object_kind::joinable_queue, what);
@@ -324,7 +324,9 @@ bool queue<T>::send(const T& v, std::optional<detail::time_point> until, bool tr
       if (!claim(false, 1, run, until, try_only)) return false;
       fill_inline(run.first, buf.data(), n);
     } else {
-      std::optional<detail::queue_block> b = ring_.allocate(n, until, try_only);
+      std::optional<detail::queue_block> b = ring_.allocate(
+          n, until,
+          try_only ? detail::queue_ring::alloc_mode::now : detail::queue_ring::alloc_mode::wait);
       if (!b) return false;
       try {
         encode_into(v, std::span<std::byte>(ring_.page_data(b->page), n));
@@ -430,7 +432,9 @@ void queue<T>::put_many(std::span<const T> vs) {
         if (n <= detail::queue_inline_bytes) {
           encode_into(vs[next], std::span<std::byte>(p.bytes.data(), n));
         } else {
-          p.block = ring_.allocate(n, std::nullopt, !ready.empty());
+          p.block = ring_.allocate(n, std::nullopt,
+                                   ready.empty() ? detail::queue_ring::alloc_mode::wait
+                                                 : detail::queue_ring::alloc_mode::if_free);
           if (!p.block) break;  // no room now: send what is ready first
           try {
             encode_into(vs[next], std::span<std::byte>(ring_.page_data(p.block->page), n));

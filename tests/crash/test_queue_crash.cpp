@@ -5,10 +5,12 @@
 // run on. Survivors must finish; the received set must equal the sent set minus at most one
 // message per killed process; every received message must be whole.
 #define BOOST_TEST_MODULE queue_crash
-#include <boost/test/unit_test.hpp>
+#include <sys/mman.h>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <atomic>
+#include <boost/test/unit_test.hpp>
 #include <chrono>
 #include <csignal>
 #include <cstdint>
@@ -16,9 +18,7 @@
 #include <random>
 #include <set>
 #include <string>
-#include <sys/mman.h>
 #include <thread>
-#include <sys/wait.h>
 #include <vector>
 
 #include "queue_messages.hpp"
@@ -55,8 +55,8 @@ void die_after(const std::function<void()>& fn) {
 
 template <class T>
 T* shared_array(std::size_t n) {
-  void* p = ::mmap(nullptr, sizeof(T) * n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                   -1, 0);
+  void* p =
+      ::mmap(nullptr, sizeof(T) * n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   BOOST_REQUIRE(p != MAP_FAILED);
   return static_cast<T*>(p);
 }
@@ -134,16 +134,20 @@ BOOST_AUTO_TEST_CASE(try_calls_alone_recover_a_dead_claimant, *boost::unit_test:
 
 BOOST_AUTO_TEST_CASE(producer_dies_holding_heap_pages, *boost::unit_test::timeout(60)) {
   exposed_queue<std::string> q(4, shmkit::queue_options{.heap_bytes = 64 << 10});
-  die_after([&] { CHILD_CHECK(q.ring().allocate(60 << 10, std::nullopt, false).has_value()); });
+  die_after([&] {
+    CHILD_CHECK(
+        q.ring().allocate(60 << 10, std::nullopt, sd::queue_ring::alloc_mode::wait).has_value());
+  });
   const std::string big(60 << 10, 'b');
   q.put(big);  // needs the dead producer's pages back
   BOOST_TEST((q.get() == big));
 }
 
-BOOST_AUTO_TEST_CASE(producer_dies_after_handing_its_block_to_a_slot, *boost::unit_test::timeout(60)) {
+BOOST_AUTO_TEST_CASE(producer_dies_after_handing_its_block_to_a_slot,
+                     *boost::unit_test::timeout(60)) {
   exposed_queue<std::string> q(4, shmkit::queue_options{.heap_bytes = 64 << 10});
   die_after([&] {
-    auto b = q.ring().allocate(60 << 10, std::nullopt, false);
+    auto b = q.ring().allocate(60 << 10, std::nullopt, sd::queue_ring::alloc_mode::wait);
     CHILD_CHECK(b.has_value());
     sd::queue_run run;
     sd::queue_obstacle ob;
@@ -281,8 +285,8 @@ void produce(exposed_queue<std::string>& q, ledger& l, std::uint64_t round, int 
       q.put_many(msgs);
       seq += k;
     } else {
-      std::string m = shmkit::test::make_message(tag_of(round, p, seq),
-                                                 shmkit::test::mixed_size(rng, 200000));
+      std::string m =
+          shmkit::test::make_message(tag_of(round, p, seq), shmkit::test::mixed_size(rng, 200000));
       l.attempting[p].store(seq + 1);
       switch (rng() % 4) {
         case 0:
@@ -301,8 +305,7 @@ void produce(exposed_queue<std::string>& q, ledger& l, std::uint64_t round, int 
   }
 }
 
-void consume(exposed_queue<std::string>& q, ledger& l, int c, std::uint64_t seed,
-             bool batches) {
+void consume(exposed_queue<std::string>& q, ledger& l, int c, std::uint64_t seed, bool batches) {
   std::mt19937_64 rng(seed);
   auto record = [&](const std::string& m) {
     std::uint64_t tag = 0;
@@ -358,8 +361,9 @@ int finish(pid_t pid, exposed_queue<std::string>& q) {
                st->not_full.waiters.load());
   for (std::uint64_t i = 0; i < q.capacity(); ++i) {
     const std::uint64_t w = q.ring().slot(i).seq.load();
-    std::fprintf(stderr, "  slot %llu: %016llx%s\n", (unsigned long long)i, (unsigned long long)w,
-                 sd::seqw::is_claim(w) && !sd::identity_alive(sd::seqw::claimant(w)) ? " (dead)" : "");
+    std::fprintf(
+        stderr, "  slot %llu: %016llx%s\n", (unsigned long long)i, (unsigned long long)w,
+        sd::seqw::is_claim(w) && !sd::identity_alive(sd::seqw::claimant(w)) ? " (dead)" : "");
   }
   std::string cmd = "gdb -p " + std::to_string(pid) + " -batch -ex bt 2>/dev/null | grep '^#' 1>&2";
   (void)!std::system(cmd.c_str());
@@ -409,7 +413,8 @@ BOOST_AUTO_TEST_CASE(two_hundred_rounds_of_kill_9, *boost::unit_test::timeout(24
         ::kill(cc[who - producers], SIGKILL);
         c_killed[who - producers] = true;
       }
-      if (v == 0 && victims == 2) std::this_thread::sleep_for(std::chrono::microseconds(rng() % 3000));
+      if (v == 0 && victims == 2)
+        std::this_thread::sleep_for(std::chrono::microseconds(rng() % 3000));
     }
     // Each killed consumer is replaced by a fresh process, which meets whatever the dead left.
     for (int c = 0; c < consumers; ++c) {
@@ -479,16 +484,16 @@ BOOST_AUTO_TEST_CASE(two_hundred_rounds_of_kill_9, *boost::unit_test::timeout(24
     killed_total += killed;
     received_total += got.size();
   }
-  const double secs =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  BOOST_TEST_MESSAGE("kill -9 rounds: " << rounds << ", killed " << killed_total
-                                        << ", received " << received_total << ", lost "
-                                        << lost_total << ", in flight at death " << maybe_total
-                                        << ", " << secs << " s");
-  std::printf("kill -9: %d rounds, %d kills (%d while running), %llu messages received, %d "
-              "confirmed lost to killed consumers, %d puts cut short, %.1f s\n",
-              rounds, killed_total, killed_running,
-              static_cast<unsigned long long>(received_total), lost_total, maybe_total, secs);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  BOOST_TEST_MESSAGE("kill -9 rounds: " << rounds << ", killed " << killed_total << ", received "
+                                        << received_total << ", lost " << lost_total
+                                        << ", in flight at death " << maybe_total << ", " << secs
+                                        << " s");
+  std::printf(
+      "kill -9: %d rounds, %d kills (%d while running), %llu messages received, %d "
+      "confirmed lost to killed consumers, %d puts cut short, %.1f s\n",
+      rounds, killed_total, killed_running, static_cast<unsigned long long>(received_total),
+      lost_total, maybe_total, secs);
   // After all of it the queue is whole: empty, and its heap can give one message the size
   // of all of it (every page a dead process held came back).
   BOOST_TEST(q.empty());

@@ -3,14 +3,14 @@
 // checksummed messages each, every one received exactly once and intact; then the same with
 // message sizes drawn from 0 to 1 MiB.
 #define BOOST_TEST_MODULE queue_stress
-#include <boost/test/unit_test.hpp>
+#include <sys/mman.h>
 
 #include <atomic>
+#include <boost/test/unit_test.hpp>
 #include <chrono>
 #include <cstdint>
 #include <random>
 #include <string>
-#include <sys/mman.h>
 #include <vector>
 
 #include "queue_messages.hpp"
@@ -91,7 +91,8 @@ void run(shmkit::queue<T>& q, std::uint64_t per, tally& t, Make make, Check chec
         const std::uint64_t tag = p * per + i;
         if (p % 2) {
           std::vector<T> batch;
-          for (std::uint64_t k = 0; k < 16 && i < per; ++k, ++i) batch.push_back(make(tag + k, rng));
+          for (std::uint64_t k = 0; k < 16 && i < per; ++k, ++i)
+            batch.push_back(make(tag + k, rng));
           q.put_many(batch);
         } else {
           q.put(make(tag, rng));
@@ -123,9 +124,8 @@ void run(shmkit::queue<T>& q, std::uint64_t per, tally& t, Make make, Check chec
   q.close();
   for (pid_t c : cc) BOOST_TEST(wait_exit(c, std::chrono::seconds(600)) == 0);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("%d x %d processes, %llu messages: %.2f s (%.0f messages/s)\n", producers,
-              consumers, static_cast<unsigned long long>(per * producers), s,
-              per * producers / s);
+  std::printf("%d x %d processes, %llu messages: %.2f s (%.0f messages/s)\n", producers, consumers,
+              static_cast<unsigned long long>(per * producers), s, per * producers / s);
   t.check();
 }
 
@@ -135,7 +135,8 @@ BOOST_AUTO_TEST_CASE(four_by_four_small_raw_messages, *boost::unit_test::timeout
   constexpr std::uint64_t per = 100000;
   shmkit::queue<raw_message> q(256);
   tally t(producers * per);
-  run(q, per, t, [](std::uint64_t tag, std::mt19937_64&) { return make_raw(tag); },
+  run(
+      q, per, t, [](std::uint64_t tag, std::mt19937_64&) { return make_raw(tag); },
       [](const raw_message& m, std::uint64_t& tag) {
         tag = m.tag;
         return check_raw(m);
@@ -147,7 +148,8 @@ template <class Size>
 void run_strings(std::size_t capacity, std::uint64_t per, Size body_size) {
   shmkit::queue<std::string> q(capacity);
   tally t(producers * per);
-  run(q, per, t,
+  run(
+      q, per, t,
       [&](std::uint64_t tag, std::mt19937_64& rng) {
         return shmkit::test::make_message(tag, body_size(rng));
       },

@@ -32,8 +32,8 @@ namespace shmkit::detail {
 
 inline constexpr std::size_t queue_line = 128;  // two cache lines: adjacent-line prefetch
 inline constexpr std::size_t queue_slot_bytes = 128;
-inline constexpr std::size_t queue_inline_bytes = 96;   // message bytes stored in the slot
-inline constexpr std::size_t queue_page_bytes = 256;    // heap allocation unit
+inline constexpr std::size_t queue_inline_bytes = 96;  // message bytes stored in the slot
+inline constexpr std::size_t queue_page_bytes = 256;   // heap allocation unit
 inline constexpr std::size_t queue_default_heap_bytes = std::size_t(16) << 20;
 inline constexpr std::uint32_t queue_layout = 0x51550001;  // "QU", layout 1
 inline constexpr std::size_t queue_max_capacity = std::size_t(1) << 32;
@@ -100,7 +100,7 @@ struct alignas(queue_line) queue_state {
   // The heap: a robust lock (holder identity or 0) that serialises allocation and collection.
   alignas(queue_line) std::atomic<std::uint64_t> heap_lock;
   waitpoint heap_lock_wait;
-  waitpoint heap_space;  // producers waiting for pages sleep here
+  waitpoint heap_space;                 // producers waiting for pages sleep here
   std::atomic<std::uint64_t> next_fit;  // allocation cursor (a hint)
   std::atomic<std::uint64_t> next_tag;  // allocation tags: unique, never 0
   // joinable_queue: messages handed out by get (counted before the slot is released) and
@@ -115,8 +115,8 @@ static_assert(std::is_standard_layout_v<queue_state>);
 static_assert(offsetof(queue_state, tail) - offsetof(queue_state, head) >= queue_line,
               "head and tail must not share a cache line");
 static_assert(offsetof(queue_state, not_empty) - offsetof(queue_state, tail) >= queue_line);
-static_assert(offsetof(queue_state, head) - offsetof(queue_state, closed) >= sizeof(std::uint32_t) &&
-              offsetof(queue_state, head) % queue_line == 0);
+static_assert(offsetof(queue_state, head) % queue_line == 0,
+              "the counters start their own lines, apart from the constants");
 static_assert(sizeof(queue_state) % queue_line == 0);
 
 // Bytes after the state for a queue of `capacity` slots and a heap of `heap_bytes`.
@@ -124,6 +124,9 @@ static_assert(sizeof(queue_state) % queue_line == 0);
 // above 1 TiB.
 std::size_t queue_extra_bytes(std::size_t capacity, std::size_t heap_bytes);
 std::uint64_t queue_heap_pages(std::size_t heap_bytes);
+// Throws shmkit::error if identities of this system do not fit a claim word (pids above
+// 2^22, never on Linux, whose PID_MAX_LIMIT is 2^22).
+void queue_check_identity();
 // Checks the state of an opened queue; throws shmkit::error naming `what` on a mismatch.
 void queue_check_opened(const queue_state* st, std::size_t payload, bool joinable,
                         const std::string& what);
@@ -217,11 +220,14 @@ class queue_ring {
     if (heap) wake(st_->heap_space, 1);
   }
 
-  // -- Heap. Allocates a block for `bytes`, waiting until `until` for space (nullopt: no
-  // limit; `try_only`: no waiting). Returns nullopt on timeout. Throws closed_error once
-  // closed, shmkit::error when `bytes` exceeds the whole heap.
+  // -- Heap. Allocates a block for `bytes`: `wait` waits until `until` for space (nullopt:
+  // no limit), `now` does not wait but collects garbage first if that makes room,
+  // `if_free` only takes pages already free (a batch filling up: cheap to fail). Returns
+  // nullopt on timeout or no room. Throws closed_error once closed, shmkit::error when
+  // `bytes` exceeds the whole heap.
+  enum class alloc_mode { wait, now, if_free };
   std::optional<queue_block> allocate(std::size_t bytes, std::optional<time_point> until,
-                                      bool try_only);
+                                      alloc_mode mode);
   // Gives a block back before it went into a slot (timeout, close, encoding failure).
   void abandon(const queue_block& b) noexcept;
   // The producer's last step for a block in a claimed slot: it now belongs to the slot.
@@ -284,8 +290,8 @@ inline kind producer(std::uint64_t w, std::uint64_t L) noexcept {
   }
   const std::uint64_t v = w & ~seqw::skip_bit;
   const std::uint64_t wl = v >> 1;
-  if (v & 1) {                         // full(wl) or skip(wl)
-    if (wl + 1 == L) return blocked;   // the previous lap's message: the ring is full
+  if (v & 1) {                        // full(wl) or skip(wl)
+    if (wl + 1 == L) return blocked;  // the previous lap's message: the ring is full
     return wl >= L ? passed : stale;
   }
   if (wl == L) return claimable;
@@ -298,7 +304,7 @@ inline kind consumer(std::uint64_t w, std::uint64_t L) noexcept {
     const int d = seqw::lap_delta(w, L);
     if (d > 0) return passed;
     if (w & seqw::consumer_bit) {
-      if (d == 0) return passed;     // another consumer took c
+      if (d == 0) return passed;         // another consumer took c
       return d == -1 ? blocked : stale;  // lap L-1 still being read: nothing for c yet
     }
     return d == 0 ? blocked : stale;  // c is being written
@@ -353,8 +359,7 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
         const bool ok = consumer ? (w2 == seqw::full_word(L2)) : (w2 == seqw::free_word(L2));
         if (!ok ||
             !s2.seq.compare_exchange_strong(w2, seqw::claim_word(L2, consumer, me),
-                                            std::memory_order_acq_rel,
-                                            std::memory_order_relaxed))
+                                            std::memory_order_acq_rel, std::memory_order_relaxed))
           break;
       }
       const std::uint64_t end = p + k2;
