@@ -156,26 +156,56 @@ void queue_check_opened(const queue_state* st, std::size_t payload, bool joinabl
 // ---------------------------------------------------------------------------------------
 // Waiting
 
+namespace {
+
+// Whether spinning pays on a waitpoint, per thread: spinning only helps when the other side
+// runs on another CPU at the time. A spin that ends in vain halves the next one (down to a
+// few looks); one that succeeds restores the full budget; every 16th wait after a run of
+// misses spins fully again, to notice when the other side has moved to another CPU.
+struct spin_record {
+  const void* wp = nullptr;
+  unsigned misses = 0;
+  unsigned waits = 0;
+};
+thread_local spin_record spin_records[8];
+
+spin_record& spin_record_of(const void* wp) noexcept {
+  spin_record& r = spin_records[(reinterpret_cast<std::uintptr_t>(wp) >> 7) % 8];
+  if (r.wp != wp) r = {wp, 0, 0};
+  return r;
+}
+
+}  // namespace
+
 template <class Attempt>
 bool queue_ring::block(waitpoint& wp, Attempt&& attempt, std::optional<time_point> until,
                        std::chrono::nanoseconds spin) {
   bool poll = false;
   if (spin > spin.zero()) {
+    spin_record& rec = spin_record_of(&wp);
+    const bool probe = ++rec.waits % 16 == 0;
+    const auto budget = probe ? spin : spin / (1u << std::min(rec.misses, 7u));
     // One pause between looks (a pause is tens of cycles on current x86: more would add
-    // that much to every hand-over caught while spinning); the clock every 64 looks.
-    const auto end = clock::now() + spin;
+    // that much to every hand-over caught while spinning); the clock every 16 looks.
+    const auto end = clock::now() + budget;
     for (unsigned i = 1;; ++i) {
-      if (attempt(poll)) return true;
+      if (attempt(poll)) {
+        rec.misses = 0;
+        return true;
+      }
       cpu_relax();
-      if (i % 64 == 0 && clock::now() >= end) break;
+      if (i % 16 == 0 && clock::now() >= end) break;
     }
+    rec.misses = std::min(rec.misses + 1, 16u);
   }
+  // Takes our count back when we did not sleep after all (see wake()).
+  auto uncount = [&wp] {
+    std::uint32_t c = wp.waiters.load(std::memory_order_relaxed);
+    while (c != 0 && !wp.waiters.compare_exchange_weak(c, c - 1, std::memory_order_relaxed)) {
+    }
+  };
   for (;;) {
     wp.waiters.fetch_add(1, std::memory_order_seq_cst);
-    struct leave {
-      waitpoint& wp;
-      ~leave() { wp.waiters.fetch_sub(1, std::memory_order_seq_cst); }
-    } counted{wp};
     // Pairs with the fence in wake(): either the waker sees us counted, or our attempt
     // below sees the waker's state change. (ThreadSanitizer models no fences; its wake()
     // uses an RMW instead, which the seq_cst increment above already orders against.)
@@ -184,11 +214,26 @@ bool queue_ring::block(waitpoint& wp, Attempt&& attempt, std::optional<time_poin
 #endif
     const std::uint32_t key = wp.seq.load(std::memory_order_seq_cst);
     poll = false;
-    if (attempt(poll)) return true;
+    bool done;
+    try {
+      done = attempt(poll);
+    } catch (...) {
+      uncount();
+      throw;
+    }
+    if (done) {
+      uncount();
+      return true;
+    }
     const auto now = clock::now();
-    if (until && now >= *until) return false;
+    if (until && now >= *until) {
+      uncount();
+      return false;
+    }
     const time_point next = now + (poll ? stall_period : sweep_period);
-    futex_wait(&wp.seq, key, until ? std::min(*until, next) : next);
+    // Woken (a waker took a count) or the key was stale: keep the count, a waker took one.
+    // Timed out: nobody took it on our behalf, take it back.
+    if (!futex_wait(&wp.seq, key, until ? std::min(*until, next) : next)) uncount();
   }
 }
 
@@ -276,9 +321,9 @@ std::uint64_t queue_ring::size() const noexcept {
 
 void queue_ring::close() noexcept {
   st_->closed.store(1, std::memory_order_seq_cst);
-  st_->not_empty.notify_all();
-  st_->not_full.notify_all();
-  st_->heap_space.notify_all();
+  wake(st_->not_empty, INT_MAX);
+  wake(st_->not_full, INT_MAX);
+  wake(st_->heap_space, INT_MAX);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -555,3 +555,34 @@ BOOST_AUTO_TEST_CASE(no_element_leaks_in_the_queue_path, *boost::unit_test::time
   }
   BOOST_TEST(counted::live == 0);
 }
+
+BOOST_AUTO_TEST_CASE(getting_into_existing_objects, *boost::unit_test::timeout(60)) {
+  shmkit::queue<std::string> q(8);
+  std::string out;
+  out.reserve(1 << 20);
+  const char* before = out.data();
+  q.put(std::string(300 << 10, 'a'));
+  q.get(out);
+  BOOST_TEST(out == std::string(300 << 10, 'a'));
+  BOOST_TEST(static_cast<const void*>(out.data()) == static_cast<const void*>(before));  // reused
+  // Batches: the vector takes the size of what was got, its elements are refilled.
+  std::vector<std::string> outs(5, std::string(10, 'x'));
+  for (int i = 0; i < 3; ++i) q.put(std::string(i * 100, char('0' + i)));
+  BOOST_TEST(q.get_many(outs, 10) == 3u);
+  BOOST_REQUIRE(outs.size() == 3u);
+  for (int i = 0; i < 3; ++i) BOOST_TEST(outs[i] == std::string(i * 100, char('0' + i)));
+  for (int i = 0; i < 6; ++i) q.put(std::to_string(i));
+  BOOST_TEST(q.get_many(outs, 4) == 4u);
+  BOOST_TEST(outs.size() == 4u);
+  BOOST_TEST(outs[3] == "3");
+  // Raw types too.
+  shmkit::queue<slot_sized> r(2);
+  r.put(make<slot_sized>(5));
+  slot_sized v{};
+  r.get(v);
+  BOOST_TEST(same(v, make<slot_sized>(5)));
+  q.close();
+  BOOST_TEST(q.get_many(outs, 4) == 2u);  // what was left, then closed
+  BOOST_CHECK_THROW(q.get_many(outs, 4), shmkit::closed_error);
+  BOOST_CHECK_THROW(q.get(out), shmkit::closed_error);
+}

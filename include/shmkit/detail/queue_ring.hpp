@@ -19,7 +19,9 @@
 // claimant never claims again), so there is no ABA on the word.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -131,17 +133,33 @@ void queue_check_identity();
 void queue_check_opened(const queue_state* st, std::size_t payload, bool joinable,
                         const std::string& what);
 
-// Inline: wakes sleepers of `wp` with one system call, or none when nobody sleeps (a fence
-// and a load, no shared write). The fence pairs with the fence after the increment of
+// The queue's protocol on a waitpoint (its fields, not its wait_until/notify): a sleeper
+// counts itself in `waiters` before each sleep and a waker takes the counts it serves, so a
+// sleeper that was woken but has not run yet is not woken again by every later waker (with
+// the consumer descheduled, that was one system call per message). A sleeper takes its own
+// count back only when it did not sleep or its sleep timed out; any other miscount is too
+// high, never too low, and costs at most one needless system call.
+//
+// Wakes up to n sleepers (INT_MAX: all), with a system call only when one is counted: when
+// nobody sleeps, a fence and a load. The fence pairs with the fence after the increment of
 // `waiters` in queue_ring::block(): either the sleeper sees our state change, or we see it.
 inline void wake(waitpoint& wp, int n) noexcept {
 #if defined(__SANITIZE_THREAD__)
   // ThreadSanitizer does not model fences; an RMW gives it the same ordering to see.
-  if (wp.waiters.fetch_add(0, std::memory_order_seq_cst) != 0) wp.notify(n);
+  std::uint32_t counted = wp.waiters.fetch_add(0, std::memory_order_seq_cst);
 #else
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (wp.waiters.load(std::memory_order_relaxed) != 0) wp.notify(n);
+  std::uint32_t counted = wp.waiters.load(std::memory_order_relaxed);
 #endif
+  if (counted == 0) return;
+  std::uint32_t take;
+  do {  // relaxed: the fence above orders us; seq below carries the wake-up
+    take = n == INT_MAX ? counted : std::min<std::uint32_t>(counted, static_cast<std::uint32_t>(n));
+  } while (take != 0 &&
+           !wp.waiters.compare_exchange_weak(counted, counted - take, std::memory_order_relaxed));
+  if (take == 0) return;
+  wp.seq.fetch_add(1, std::memory_order_seq_cst);
+  futex_wake(&wp.seq, n == INT_MAX ? INT_MAX : static_cast<int>(take));
 }
 
 // What stopped a claim: the word seen and, for a claim word, the position it is for
