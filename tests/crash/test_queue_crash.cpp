@@ -400,8 +400,17 @@ BOOST_AUTO_TEST_CASE(two_hundred_rounds_of_kill_9, *boost::unit_test::timeout(24
       const std::uint64_t seed = rng();
       cc.push_back(spawn([&, c, seed] { consume(q, *l, c, seed, batches); }));
     }
-    // Kill one or two random parties at a random moment.
-    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 15000));
+    // Kill one or two random parties at a random moment: once a random share of the round's
+    // messages has moved (so the victims are mid-stream), plus a random few microseconds.
+    const std::uint64_t mark = rng() % (producers * per_producer);
+    const auto give_up = std::chrono::steady_clock::now() + 2s;
+    for (;;) {
+      std::uint64_t moved = 0;
+      for (int p = 0; p < producers; ++p) moved += l->confirmed[p].load();
+      if (moved >= mark || std::chrono::steady_clock::now() > give_up) break;
+      std::this_thread::sleep_for(20us);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 300));
     std::vector<bool> p_killed(producers, false), c_killed(consumer_logs, false);
     const int victims = rng() % 5 == 0 ? 2 : 1;
     for (int v = 0; v < victims; ++v) {
