@@ -6,4 +6,8 @@
 #include "shmkit/error.hpp"
 #include "shmkit/naming.hpp"
 #include "shmkit/shared_memory.hpp"
+#include "shmkit/async_result.hpp"
+#include "shmkit/pool.hpp"
 #include "shmkit/process.hpp"
+#include "shmkit/progress.hpp"
+#include "shmkit/queue.hpp"
