@@ -121,6 +121,8 @@ class async_state {
 
   template <class>
   friend class shmkit::async_result;
+  template <class T>
+  friend std::shared_ptr<async_state<T>> make_async_state(std::weak_ptr<callback_executor> exec);
 
   mutable std::mutex m_;
   mutable std::condition_variable cv_;
