@@ -6,3 +6,4 @@
 #include "shmkit/error.hpp"
 #include "shmkit/naming.hpp"
 #include "shmkit/shared_memory.hpp"
+#include "shmkit/mpi_pool.hpp"
