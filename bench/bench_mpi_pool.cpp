@@ -142,8 +142,9 @@ int main(int argc, char** argv) {
           {{"shmkit::pool (local)", local_figure(rtt)}});
   }
   {
-    // Serial and parallel runs alternate, and the ratio of each pair counts: on a shared
-    // machine the load changes between runs.
+    // Serial runs, pool runs and plain forked processes (the job split by hand, no pool: the
+    // most this machine gives right now) alternate, and each figure is the median of the
+    // ratios to the serial run just before it: on a shared machine the load changes.
     const int tasks = static_cast<int>(std::max(8L, scaled(64)));
     const int work = 4'000'000;
     std::vector<int> job(tasks, work);
@@ -154,23 +155,40 @@ int main(int argc, char** argv) {
       if (s < 0) std::abort();
       return seconds_since(t0);
     };
+    auto forked_seconds = [&](int procs) {
+      auto t0 = clock::now();
+      std::vector<pid_t> kids;
+      for (int p = 0; p < procs; ++p)
+        kids.push_back(fork_run([&, p] {
+          double s = 0;
+          for (int i = p; i < tasks; i += procs) s += burn(job[i]);
+          if (s < 0) std::abort();
+        }));
+      for (pid_t k : kids) reap(k);
+      return seconds_since(t0);
+    };
     double task_ms = 0;
+    std::vector<double> forked;
     auto speedup = [&](auto& p) {
       std::vector<double> ratios;
-      for (int rep = 0; rep < 3; ++rep) {
+      forked.clear();
+      for (int rep = 0; rep < 5; ++rep) {
         const double serial = serial_seconds();
         task_ms = serial / tasks * 1e3;
         auto t1 = clock::now();
         auto r = p.map(burn, job, 1);
         ratios.push_back(serial / seconds_since(t1));
         if (r.size() != job.size()) std::abort();
+        forked.push_back(serial / forked_seconds(workers));
       }
       return median(ratios);
     };
     const double mpi = speedup(pool);
+    const double by_hand = median(forked);
     t.row(fmt::format("cpu-bound speed-up, {} tasks of {:.0f} ms", tasks, task_ms), "x serial",
           better::higher, mpi,
           {{"shmkit::pool (local)", local_figure(speedup)},
+           {fmt::format("{} forked processes, no pool", workers), by_hand},
            {"ideal (= worker ranks)", static_cast<double>(workers)}});
   }
 }

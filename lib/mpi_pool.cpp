@@ -21,6 +21,9 @@
 // receiver on one communicator makes `bye` arrive after that worker's last result.
 #include "shmkit/mpi_pool.hpp"
 
+// The C API only, not the deprecated C++ bindings mpi.h would otherwise bring in.
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
 #include <algorithm>

@@ -10,9 +10,12 @@
 //   worker: its constructor serves tasks and returns when the root's pool shuts down, so the
 //   program's `if (pool.is_root())` block runs on rank 0 only. The destructor finalizes MPI on
 //   every rank (when the pool initialized it). Launch: mpirun -np N ./app.
+// - A worker rank runs its tasks one at a time in its own process: start a rank per core, plus
+//   rank 0, which mostly waits (mpirun -np cores+1 --oversubscribe on one machine). Tasks must
+//   not call MPI themselves.
 // - One rank (no mpirun): there are no worker ranks; the root runs the tasks itself, one at a
 //   time, on its result thread (processes() == 1, worker_ranks() == 0). Same results, same
-//   errors, no parallelism.
+//   exceptions, no parallelism; a task that crashes ends the program.
 // - Producers:consumers: any thread of rank 0 may submit; one result thread on rank 0 does all
 //   of the pool's MPI calls (on a duplicate of MPI_COMM_WORLD, so the program's own messages
 //   never mix with the pool's). With SERIALIZED (not MULTIPLE) the program must make no MPI
