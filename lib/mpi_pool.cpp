@@ -191,8 +191,8 @@ class backoff {
   std::chrono::microseconds nap_ = 16us;
 };
 
-// What rank 0 prints when mpirun stops the job (it sends SIGTERM to every rank when one dies
-// or calls MPI_Abort): how many of the pool's tasks were unfinished. Installed only where
+// What rank 0 prints when mpirun stops the job (it sends SIGTERM, then SIGKILL, to every rank
+// when one dies or calls MPI_Abort): how many of the pool's tasks were unfinished. Installed only where
 // SIGTERM had its default action, and put back by finalize().
 std::atomic<long> unfinished_tasks{0};
 static_assert(std::atomic<long>::is_always_lock_free);
@@ -201,7 +201,8 @@ extern "C" void on_sigterm(int) {
   // Async-signal-safe: write(2), signal() and raise() only; the number is formatted by hand.
   static const char head[] =
       "shmkit::mpi_pool: rank 0 got SIGTERM, so the MPI job is ending (mpirun stops every rank "
-      "when one dies or calls MPI_Abort: see its message); unfinished pool tasks: ";
+      "when one dies, calls MPI_Abort or mpirun is interrupted: see its message); unfinished "
+      "pool tasks: ";
   char digits[24];
   int n = 0;
   // relaxed: a best-effort figure for the message; no other data is read through it.
