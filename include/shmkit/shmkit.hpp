@@ -6,4 +6,5 @@
 #include "shmkit/error.hpp"
 #include "shmkit/naming.hpp"
 #include "shmkit/shared_memory.hpp"
+#include "shmkit/process.hpp"
 #include "shmkit/mpi_pool.hpp"
