@@ -11,3 +11,4 @@
 #include "shmkit/process.hpp"
 #include "shmkit/progress.hpp"
 #include "shmkit/queue.hpp"
+#include "shmkit/mpi_pool.hpp"
