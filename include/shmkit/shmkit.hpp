@@ -5,3 +5,4 @@
 #include "shmkit/error.hpp"
 #include "shmkit/naming.hpp"
 #include "shmkit/shared_memory.hpp"
+#include "shmkit/sync.hpp"
