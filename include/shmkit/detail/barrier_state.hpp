@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "shmkit/detail/sync_wait.hpp"
 #include "shmkit/detail/wait.hpp"
 
 namespace shmkit::detail {
@@ -44,6 +45,8 @@ struct barrier_state {
   std::uint32_t parties;               // written once, before publication
   std::uint32_t seats;
   waitpoint wp;
+  spin_hint spin;
+  std::uint32_t reserved = 0;
 
   static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
   static_assert(std::atomic<std::uint32_t>::is_always_lock_free);

@@ -15,12 +15,15 @@
 #include <cstdint>
 #include <optional>
 
+#include "shmkit/detail/sync_wait.hpp"
 #include "shmkit/detail/wait.hpp"
 
 namespace shmkit::detail {
 
 struct condition_state {
   waitpoint wp;
+  spin_hint spin;
+  std::uint32_t reserved = 0;
 
   void notify_one() noexcept { wp.notify_one(); }
   void notify_all() noexcept { wp.notify_all(); }
@@ -34,8 +37,8 @@ struct condition_state {
     // release it; pairs with the fetch_add of `seq` in waitpoint::notify().
     const std::uint32_t key = wp.seq.load(std::memory_order_seq_cst);
     m.unlock();
-    const bool woken = wp.wait_until(
-        [&] { return wp.seq.load(std::memory_order_seq_cst) != key; }, deadline);
+    const bool woken = wait_adaptively(
+        wp, spin, [&] { return wp.seq.load(std::memory_order_seq_cst) != key; }, deadline);
     m.lock();
     return woken;
   }

@@ -9,14 +9,14 @@
 #include <cstdint>
 #include <optional>
 
-#include "shmkit/detail/mutex_state.hpp"
+#include "shmkit/detail/sync_wait.hpp"
 #include "shmkit/detail/wait.hpp"
 
 namespace shmkit::detail {
 
 struct event_state {
   std::atomic<std::uint32_t> flag{0};
-  std::uint32_t reserved = 0;
+  spin_hint spin;
   waitpoint wp;
 
   static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
@@ -35,7 +35,8 @@ struct event_state {
   // True once set; false when `deadline` passes first. Does not throw.
   bool wait_until(std::optional<time_point> deadline) noexcept {
     // seq_cst: the load half of the handshake with set()'s wake_if_waiting().
-    return wp.wait_until([&] { return flag.load(std::memory_order_seq_cst) != 0; }, deadline);
+    return wait_adaptively(
+        wp, spin, [&] { return flag.load(std::memory_order_seq_cst) != 0; }, deadline);
   }
 };
 

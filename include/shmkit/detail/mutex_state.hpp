@@ -5,15 +5,21 @@
 //
 // Lock word: the 64-bit identity (tid << 32 | start ticks) of the holding thread, 0 when free.
 // Uncontended lock and unlock are one compare-and-swap and one exchange: no system call (the
-// identity is cached per thread). Contended lockers spin briefly, then sleep on a waitpoint in
+// identity is cached per thread). Contended lockers spin briefly (with backoff, for as long as
+// the spin_hint says spinning has been paying), then sleep on the futex word `sleepers` in
 // slices of liveness_slice; after each slice they check whether the holder still lives (reads
 // /proc) and, if it does not, take the lock over with a compare-and-swap from the dead
 // identity (only one taker can win it) and raise the owner-died flag, which stays up until
 // mark_consistent() or unlock(). Not fair: a running locker may overtake a sleeping one.
 //
+// `sleepers` is Drepper's "contended" state beside the lock word: a locker sets it to 1 before
+// its last check and sleep; an unlocker that finds it 1 clears it and wakes one sleeper, which
+// sets it again before it tries the lock, so that the others are not forgotten. While the woken
+// one is on its way, the holder's further unlocks make no system call.
+//
 // Killed at any instruction: a holder's death is detected by the next locker within a slice;
-// a killed sleeper leaves the waitpoint's sleeper count high, which costs later unlockers a
-// futex_wake call, never a missed wake-up.
+// a sleeper killed after being woken, before it set `sleepers` again, leaves the others to
+// their next slice (a delay, never a hang).
 #pragma once
 
 #include <atomic>
@@ -23,52 +29,19 @@
 #include <string_view>
 
 #include "shmkit/detail/identity.hpp"
+#include "shmkit/detail/sync_wait.hpp"
 #include "shmkit/detail/wait.hpp"
 
 namespace shmkit::detail {
-
-// How long a blocked caller sleeps between two checks that the peer it waits for still lives.
-inline constexpr std::chrono::milliseconds liveness_slice{150};
-
-// Wakes up to n sleepers of `wp` only when somebody sleeps there: the caller has just changed
-// the state the sleepers wait for with a seq_cst operation. Either our seq_cst load below sees
-// a sleeper's seq_cst increment of `waiters` (so we wake it), or that increment comes later in
-// the single total order, and then the sleeper's re-check of its condition (a seq_cst load,
-// made after the increment) sees our change and it does not sleep. Saves waitpoint::notify's
-// read-modify-write of `seq` on the uncontended path.
-inline void wake_if_waiting(waitpoint& wp, int n) noexcept {
-  if (wp.waiters.load(std::memory_order_seq_cst) != 0) wp.notify(n);
-}
-
-// Deadline for one sleep: the caller's deadline or the end of the current liveness slice,
-// whichever comes first.
-inline time_point slice_deadline(std::optional<time_point> deadline) noexcept {
-  const time_point slice_end = clock::now() + liveness_slice;
-  return deadline && *deadline < slice_end ? *deadline : slice_end;
-}
-
-// Waits on `wp` until ready() holds (true) or `deadline` passes (false), spinning first. After
-// each liveness slice it calls on_slice(), which checks the peers the caller waits for and may
-// settle the wait itself by returning true (it took a dead holder's claim over, say).
-template <class Ready, class OnSlice>
-bool wait_in_slices(waitpoint& wp, Ready&& ready, std::optional<time_point> deadline,
-                    OnSlice&& on_slice) {
-  std::chrono::nanoseconds spin = spin_budget;
-  for (;;) {
-    if (wp.wait_until(ready, slice_deadline(deadline), spin)) return true;
-    spin = spin.zero();
-    if (on_slice()) return true;
-    if (deadline && clock::now() >= *deadline) return false;
-  }
-}
 
 struct mutex_state {
   static constexpr const char* kind = "mutex";
 
   std::atomic<std::uint64_t> owner{0};  // identity of the holder, 0 when free
   std::atomic<std::uint32_t> died{0};   // 1: the holder took the lock over from a dead one
+  spin_hint spin;                       // how long contended lockers spin
+  std::atomic<std::uint32_t> sleepers{0};  // futex word: 1 when a locker may be asleep
   std::uint32_t reserved = 0;
-  waitpoint wp;
 
   static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
   static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
@@ -100,9 +73,10 @@ struct mutex_state {
     // relaxed: ordered before the release below, which publishes it to the next holder.
     if (died.load(std::memory_order_relaxed) != 0) died.store(0, std::memory_order_relaxed);
     // seq_cst: a release that pairs with the next locker's acquire compare-and-swap, and the
-    // store half of the Dekker handshake in wake_if_waiting().
+    // store half of a Dekker handshake with lock_slow(), which sets `sleepers` then loads
+    // `owner`: either it sees the lock free, or we see its 1 below and wake it.
     owner.store(0, std::memory_order_seq_cst);
-    wake_if_waiting(wp, 1);
+    if (sleepers.load(std::memory_order_seq_cst) != 0) wake_one();
     return true;
   }
 
@@ -119,6 +93,9 @@ struct mutex_state {
   // relaxed: the flag is written by the holder under the lock and read by the holder.
   bool owner_died() const noexcept { return died.load(std::memory_order_relaxed) != 0; }
   void mark_consistent() noexcept { died.store(0, std::memory_order_relaxed); }
+
+  // Clears `sleepers` and wakes one sleeper if it was set (lib/sync.cpp).
+  void wake_one() noexcept;
 
   // The contended path (lib/sync.cpp): spin, then sleep in liveness slices, taking over from a
   // dead holder. Returns false only when `deadline` passes.

@@ -14,7 +14,7 @@
 #include <limits>
 #include <optional>
 
-#include "shmkit/detail/mutex_state.hpp"
+#include "shmkit/detail/sync_wait.hpp"
 #include "shmkit/detail/wait.hpp"
 
 namespace shmkit::detail {
@@ -25,6 +25,8 @@ struct semaphore_state {
   std::atomic<std::int64_t> count;
   std::int64_t max;  // release never takes count above this; written once, before publication
   waitpoint wp;
+  spin_hint spin;
+  std::uint32_t reserved = 0;
 
   static_assert(std::atomic<std::int64_t>::is_always_lock_free);
 
