@@ -10,6 +10,8 @@
 #include <boost/interprocess/sync/interprocess_semaphore.hpp>
 #include <boost/interprocess/sync/scoped_lock.hpp>
 #include <cstdint>
+#include <functional>
+#include <vector>
 #include <mutex>
 #include <new>
 #include <pthread.h>
@@ -24,7 +26,18 @@ namespace bip = boost::interprocess;
 
 namespace {
 
-constexpr int reps = 5;
+constexpr int rounds = 7;
+
+// Measures each contender once per round, the contenders interleaved so that a change in the
+// machine's load hits all of them alike; returns each one's median.
+std::vector<double> interleaved(const std::vector<std::function<double()>>& contenders) {
+  std::vector<std::vector<double>> runs(contenders.size());
+  for (int r = 0; r < rounds; ++r)
+    for (std::size_t i = 0; i < contenders.size(); ++i) runs[i].push_back(contenders[i]());
+  std::vector<double> medians;
+  for (auto& v : runs) medians.push_back(median(v));
+  return medians;
+}
 
 // A T in anonymous shared memory, shared with children forked afterwards (never unmapped:
 // the bench is short-lived).
@@ -54,19 +67,15 @@ cpu_set_t original_affinity;
 void save_affinity() { ::sched_getaffinity(0, sizeof original_affinity, &original_affinity); }
 void unpin() { ::sched_setaffinity(0, sizeof original_affinity, &original_affinity); }
 
-// Nanoseconds per lock+unlock by one process, median of reps runs.
+// Nanoseconds per lock+unlock by one process.
 template <class Lock>
 double uncontended_ns(Lock& lk, long n) {
-  std::vector<double> runs;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = clock::now();
-    for (long i = 0; i < n; ++i) {
-      lk.lock();
-      lk.unlock();
-    }
-    runs.push_back(seconds_since(t0) / n * 1e9);
+  const auto t0 = clock::now();
+  for (long i = 0; i < n; ++i) {
+    lk.lock();
+    lk.unlock();
   }
-  return median(runs);
+  return seconds_since(t0) / n * 1e9;
 }
 
 struct counter {
@@ -76,132 +85,124 @@ struct counter {
 
 // Increments per second when two processes each add n to a counter under `lk`.
 template <class Lock>
-double contended_rate(Lock& lk, long n, bool pinned) {
-  auto* c = shared_new<counter>();
-  std::vector<double> runs;
-  for (int r = 0; r < reps; ++r) {
-    c->go.store(0);
-    c->value = 0;
-    auto work = [&] {
-      for (long i = 0; i < n; ++i) {
-        std::lock_guard<Lock> g(lk);
-        ++c->value;
-      }
-    };
-    const pid_t child = fork_run([&] {
-      if (pinned) pin_to(1);
-      while (c->go.load(std::memory_order_acquire) == 0) shmkit::detail::cpu_relax();
-      work();
-    });
-    if (pinned) pin_to(0);
-    const auto t0 = clock::now();
-    c->go.store(1, std::memory_order_release);
+double contended_rate(Lock& lk, counter* c, long n, bool pinned) {
+  c->go.store(0);
+  c->value = 0;
+  auto work = [&] {
+    for (long i = 0; i < n; ++i) {
+      std::lock_guard<Lock> g(lk);
+      ++c->value;
+    }
+  };
+  const pid_t child = fork_run([&] {
+    if (pinned) pin_to(1);
+    while (c->go.load(std::memory_order_acquire) == 0) shmkit::detail::cpu_relax();
     work();
-    reap(child);
-    runs.push_back(2.0 * n / seconds_since(t0));
-    if (c->value != 2 * n) std::fprintf(stderr, "bench: lost increments (%ld)\n", c->value);
-    unpin();
-  }
-  return median(runs);
+  });
+  if (pinned) pin_to(0);
+  const auto t0 = clock::now();
+  c->go.store(1, std::memory_order_release);
+  work();
+  reap(child);
+  const double rate = 2.0 * n / seconds_since(t0);
+  if (c->value != 2 * n) std::fprintf(stderr, "bench: lost increments (%ld)\n", c->value);
+  unpin();
+  return rate;
 }
 
-// Microseconds per round trip: the parent runs ping() and the child pong(), n times each,
-// median of reps runs.
+// Microseconds per round trip: the parent runs ping() and the child pong(), n times each.
 template <class Ping, class Pong>
 double round_trip_us(long n, bool pinned, Ping ping, Pong pong) {
-  std::vector<double> runs;
-  for (int r = 0; r < reps; ++r) {
-    const pid_t child = fork_run([&] {
-      if (pinned) pin_to(1);
-      for (long i = 0; i < n; ++i) pong();
-    });
-    if (pinned) pin_to(0);
-    const auto t0 = clock::now();
-    for (long i = 0; i < n; ++i) ping();
-    runs.push_back(seconds_since(t0) / n * 1e6);
-    reap(child);
-    unpin();
-  }
-  return median(runs);
-}
-
-double shmkit_semaphore_rtt(long n, bool pinned) {
-  shmkit::semaphore to_child(0), to_parent(0);
-  return round_trip_us(
-      n, pinned, [&] { to_child.release(), to_parent.acquire(); },
-      [&] { to_child.acquire(), to_parent.release(); });
-}
-
-double boost_semaphore_rtt(long n, bool pinned) {
-  auto* to_child = shared_new<bip::interprocess_semaphore>(0);
-  auto* to_parent = shared_new<bip::interprocess_semaphore>(0);
-  return round_trip_us(
-      n, pinned, [&] { to_child->post(), to_parent->wait(); },
-      [&] { to_child->wait(), to_parent->post(); });
-}
-
-double pipe_rtt(long n, bool pinned) {
-  int a[2], b[2];
-  if (::pipe(a) != 0 || ::pipe(b) != 0) return 0.0 / 0.0;
-  char c = 'x';
-  const double us = round_trip_us(
-      n, pinned,
-      [&] {
-        if (::write(a[1], &c, 1) != 1 || ::read(b[0], &c, 1) != 1) std::abort();
-      },
-      [&] {
-        if (::read(a[0], &c, 1) != 1 || ::write(b[1], &c, 1) != 1) std::abort();
-      });
-  for (int fd : {a[0], a[1], b[0], b[1]}) ::close(fd);
+  const pid_t child = fork_run([&] {
+    if (pinned) pin_to(1);
+    for (long i = 0; i < n; ++i) pong();
+  });
+  if (pinned) pin_to(0);
+  const auto t0 = clock::now();
+  for (long i = 0; i < n; ++i) ping();
+  const double us = seconds_since(t0) / n * 1e6;
+  reap(child);
+  unpin();
   return us;
 }
 
-struct turn {
-  int whose = 0;  // 1: the child's turn, 0: the parent's; guarded by the mutex
+// The ping-pong pairs: each is set up once and measured once per round.
+struct semaphore_pairs {
+  shmkit::semaphore to_child{0}, to_parent{0};
+  bip::interprocess_semaphore* b_to_child = shared_new<bip::interprocess_semaphore>(0);
+  bip::interprocess_semaphore* b_to_parent = shared_new<bip::interprocess_semaphore>(0);
+  int a[2], b[2];
+  semaphore_pairs() {
+    if (::pipe(a) != 0 || ::pipe(b) != 0) std::abort();
+  }
+
+  double shmkit_rtt(long n, bool pinned) {
+    return round_trip_us(
+        n, pinned, [&] { to_child.release(), to_parent.acquire(); },
+        [&] { to_child.acquire(), to_parent.release(); });
+  }
+  double boost_rtt(long n, bool pinned) {
+    return round_trip_us(
+        n, pinned, [&] { b_to_child->post(), b_to_parent->wait(); },
+        [&] { b_to_child->wait(), b_to_parent->post(); });
+  }
+  double pipe_rtt(long n, bool pinned) {
+    char c = 'x';
+    return round_trip_us(
+        n, pinned,
+        [&] {
+          if (::write(a[1], &c, 1) != 1 || ::read(b[0], &c, 1) != 1) std::abort();
+        },
+        [&] {
+          if (::read(a[0], &c, 1) != 1 || ::write(b[1], &c, 1) != 1) std::abort();
+        });
+  }
 };
 
-double shmkit_condition_rtt(long n, bool pinned) {
-  shmkit::mutex m;
-  shmkit::condition_variable to_child, to_parent;
-  auto* t = shared_new<turn>();
-  return round_trip_us(
-      n, pinned,
-      [&] {
-        std::unique_lock<shmkit::mutex> lk(m);
-        t->whose = 1;
-        to_child.notify_one();
-        to_parent.wait(lk, [&] { return t->whose == 0; });
-      },
-      [&] {
-        std::unique_lock<shmkit::mutex> lk(m);
-        to_child.wait(lk, [&] { return t->whose == 1; });
-        t->whose = 0;
-        to_parent.notify_one();
-      });
-}
-
-double boost_condition_rtt(long n, bool pinned) {
-  struct state {
+struct condition_pairs {
+  struct boost_state {
     bip::interprocess_mutex m;
     bip::interprocess_condition to_child, to_parent;
     int whose = 0;
   };
-  auto* s = shared_new<state>();
-  return round_trip_us(
-      n, pinned,
-      [&] {
-        bip::scoped_lock<bip::interprocess_mutex> lk(s->m);
-        s->whose = 1;
-        s->to_child.notify_one();
-        while (s->whose != 0) s->to_parent.wait(lk);
-      },
-      [&] {
-        bip::scoped_lock<bip::interprocess_mutex> lk(s->m);
-        while (s->whose != 1) s->to_child.wait(lk);
-        s->whose = 0;
-        s->to_parent.notify_one();
-      });
-}
+  shmkit::mutex m;
+  shmkit::condition_variable to_child, to_parent;
+  int* whose = shared_new<int>(0);  // 1: the child's turn, 0: the parent's; under m
+  boost_state* b = shared_new<boost_state>();
+
+  double shmkit_rtt(long n, bool pinned) {
+    return round_trip_us(
+        n, pinned,
+        [&] {
+          std::unique_lock<shmkit::mutex> lk(m);
+          *whose = 1;
+          to_child.notify_one();
+          to_parent.wait(lk, [&] { return *whose == 0; });
+        },
+        [&] {
+          std::unique_lock<shmkit::mutex> lk(m);
+          to_child.wait(lk, [&] { return *whose == 1; });
+          *whose = 0;
+          to_parent.notify_one();
+        });
+  }
+  double boost_rtt(long n, bool pinned) {
+    return round_trip_us(
+        n, pinned,
+        [&] {
+          bip::scoped_lock<bip::interprocess_mutex> lk(b->m);
+          b->whose = 1;
+          b->to_child.notify_one();
+          while (b->whose != 0) b->to_parent.wait(lk);
+        },
+        [&] {
+          bip::scoped_lock<bip::interprocess_mutex> lk(b->m);
+          while (b->whose != 1) b->to_child.wait(lk);
+          b->whose = 0;
+          b->to_parent.notify_one();
+        });
+  }
+};
 
 }  // namespace
 
@@ -213,31 +214,40 @@ int main() {
   shmkit::mutex sm;
   auto* bm = shared_new<bip::interprocess_mutex>();
   auto* pm = shared_new<pthread_shared_mutex>();
-  const long u = scaled(5000000);
-  t.row("mutex lock+unlock, uncontended", "ns per lock+unlock", better::lower,
-        uncontended_ns(sm, u),
-        {{"boost::interprocess_mutex", uncontended_ns(*bm, u)},
-         {"pthread mutex (process-shared)", uncontended_ns(*pm, u)}});
+  const long u = scaled(2000000);
+  auto un = interleaved({[&] { return uncontended_ns(sm, u); },
+                         [&] { return uncontended_ns(*bm, u); },
+                         [&] { return uncontended_ns(*pm, u); }});
+  t.row("mutex lock+unlock, uncontended", "ns per lock+unlock", better::lower, un[0],
+        {{"boost::interprocess_mutex", un[1]}, {"pthread mutex (process-shared)", un[2]}});
 
-  const long c = scaled(1000000);
+  auto* c = shared_new<counter>();
+  const long n = scaled(500000);
   for (bool pinned : {true, false}) {
     if (pinned && !can_pin) continue;
+    auto r = interleaved({[&] { return contended_rate(sm, c, n, pinned); },
+                          [&] { return contended_rate(*bm, c, n, pinned); },
+                          [&] { return contended_rate(*pm, c, n, pinned); }});
     t.row(fmt::format("mutex, 2 processes contending, {}", pinned ? "pinned" : "unpinned"),
-          "increments/s", better::higher, contended_rate(sm, c, pinned),
-          {{"boost::interprocess_mutex", contended_rate(*bm, c, pinned)},
-           {"pthread mutex (process-shared)", contended_rate(*pm, c, pinned)}});
+          "increments/s", better::higher, r[0],
+          {{"boost::interprocess_mutex", r[1]}, {"pthread mutex (process-shared)", r[2]}});
   }
 
-  const long p = scaled(50000);
+  semaphore_pairs sp;
+  condition_pairs cp;
+  const long p = scaled(20000);
   for (bool pinned : {true, false}) {
     if (pinned && !can_pin) continue;
     const char* how = pinned ? "pinned" : "unpinned";
+    auto s = interleaved({[&] { return sp.shmkit_rtt(p, pinned); },
+                          [&] { return sp.boost_rtt(p, pinned); },
+                          [&] { return sp.pipe_rtt(p, pinned); }});
     t.row(fmt::format("semaphore ping-pong round trip, {}", how), "us per round trip",
-          better::lower, shmkit_semaphore_rtt(p, pinned),
-          {{"boost::interprocess_semaphore", boost_semaphore_rtt(p, pinned)},
-           {"pipe(2)", pipe_rtt(p, pinned)}});
+          better::lower, s[0],
+          {{"boost::interprocess_semaphore", s[1]}, {"pipe(2)", s[2]}});
+    auto cv = interleaved({[&] { return cp.shmkit_rtt(p, pinned); },
+                           [&] { return cp.boost_rtt(p, pinned); }});
     t.row(fmt::format("condition_variable ping-pong round trip, {}", how),
-          "us per round trip", better::lower, shmkit_condition_rtt(p, pinned),
-          {{"boost::interprocess_condition", boost_condition_rtt(p, pinned)}});
+          "us per round trip", better::lower, cv[0], {{"boost::interprocess_condition", cv[1]}});
   }
 }

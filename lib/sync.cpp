@@ -56,33 +56,30 @@ bool mutex_state::lock_slow(std::optional<time_point> deadline) {
            owner.compare_exchange_strong(expected, self, std::memory_order_acquire,
                                          std::memory_order_relaxed);
   };
-  // Spin with exponential backoff, then sleep. Backing off (rather than testing the word after
-  // every pause, as the wait layer's spin does) leaves the cache line with the holder: two
-  // processes hammering one lock then get long runs each instead of handing the line over on
-  // every unlock, which measured 1.5-2x slower than glibc's mutex on the 2-process counter.
-  if (spin.spin(acquired, /*backoff=*/true)) return true;
+  // A short spin with exponential backoff (see mutex_spin), then sleep.
+  if (spin.spin(acquired, mutex_spin, /*backoff=*/true)) return true;
+  time_point slice_end = slice_deadline(deadline);
   for (;;) {
-    const time_point slice_end = slice_deadline(deadline);
     // seq_cst: the store half of the handshake with unlock_if_owner(). Set before every try,
     // also after a wake-up (which cleared it), so that other sleepers are woken in turn; a
     // locker that gets the lock this way leaves it set, costing its unlock one futex_wake.
     sleepers.exchange(1, std::memory_order_seq_cst);
     if (acquired()) return true;
+    if (clock::now() >= slice_end) {
+      // A slice went by: does the holder still live?
+      if (take_over_if_dead(owner, owner.load(std::memory_order_relaxed), self)) {
+        died.store(1, std::memory_order_relaxed);  // read by ourselves, published by unlock
+        return true;
+      }
+      if (deadline && clock::now() >= *deadline) {
+        // We may have taken a wake-up meant for another sleeper; `sleepers` is set, so the
+        // holder's unlock wakes one, and if the lock is already free we wake one now.
+        if (!locked()) wake_one();
+        return false;
+      }
+      slice_end = slice_deadline(deadline);
+    }
     futex_wait(&sleepers, 1, slice_end);
-    if (acquired()) return true;
-    if (clock::now() < slice_end) continue;  // woken (or spurious): try again
-    // A slice went by: does the holder still live?
-    if (take_over_if_dead(owner, owner.load(std::memory_order_relaxed), self)) {
-      died.store(1, std::memory_order_relaxed);  // read by ourselves, published by unlock
-      return true;
-    }
-    if (deadline && clock::now() >= *deadline) {
-      // We may have taken a wake-up meant for a sleeper: leave `sleepers` set so the holder's
-      // unlock wakes one, or wake one now if the lock is already free.
-      sleepers.exchange(1, std::memory_order_seq_cst);
-      if (!locked()) wake_one();
-      return false;
-    }
   }
 }
 

@@ -5,8 +5,8 @@
 //
 // Lock word: the 64-bit identity (tid << 32 | start ticks) of the holding thread, 0 when free.
 // Uncontended lock and unlock are one compare-and-swap and one exchange: no system call (the
-// identity is cached per thread). Contended lockers spin briefly (with backoff, for as long as
-// the spin_hint says spinning has been paying), then sleep on the futex word `sleepers` in
+// identity is cached per thread). Contended lockers spin briefly (at most mutex_spin, less when
+// the spin_hint says spinning has not been paying), then sleep on the futex word `sleepers` in
 // slices of liveness_slice; after each slice they check whether the holder still lives (reads
 // /proc) and, if it does not, take the lock over with a compare-and-swap from the dead
 // identity (only one taker can win it) and raise the owner-died flag, which stays up until
@@ -34,14 +34,21 @@
 
 namespace shmkit::detail {
 
+// The longest a contended locker spins (testing the lock after 1, 2, 4, ... pauses) before it
+// sleeps. Short on purpose: it catches a holder that is about to let go (a condition_variable
+// waiter re-locking after its notifier, a short critical section), while a locker facing a
+// holder that keeps re-locking (two processes hammering one lock) soon sleeps and leaves the
+// holder running at full speed, as glibc's mutex does; longer spins handed the lock (and its
+// cache line) back and forth and lost throughput, most of all on busy CPUs.
+inline constexpr std::chrono::nanoseconds mutex_spin{1000};
+
 struct mutex_state {
   static constexpr const char* kind = "mutex";
 
   std::atomic<std::uint64_t> owner{0};  // identity of the holder, 0 when free
   std::atomic<std::uint32_t> died{0};   // 1: the holder took the lock over from a dead one
-  spin_hint spin;                       // how long contended lockers spin
   std::atomic<std::uint32_t> sleepers{0};  // futex word: 1 when a locker may be asleep
-  std::uint32_t reserved = 0;
+  spin_hint spin;                          // how long contended lockers spin
 
   static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
   static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
