@@ -43,8 +43,7 @@ std::vector<double> interleaved(const std::vector<std::function<double()>>& cont
 // the bench is short-lived).
 template <class T, class... Args>
 T* shared_new(Args&&... args) {
-  void* p = ::mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1,
-                   0);
+  void* p = ::mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) std::abort();
   return new (p) T(std::forward<Args>(args)...);
 }
@@ -215,9 +214,9 @@ int main() {
   auto* bm = shared_new<bip::interprocess_mutex>();
   auto* pm = shared_new<pthread_shared_mutex>();
   const long u = scaled(2000000);
-  auto un = interleaved({[&] { return uncontended_ns(sm, u); },
-                         [&] { return uncontended_ns(*bm, u); },
-                         [&] { return uncontended_ns(*pm, u); }});
+  auto un =
+      interleaved({[&] { return uncontended_ns(sm, u); }, [&] { return uncontended_ns(*bm, u); },
+                   [&] { return uncontended_ns(*pm, u); }});
   t.row("mutex lock+unlock, uncontended", "ns per lock+unlock", better::lower, un[0],
         {{"boost::interprocess_mutex", un[1]}, {"pthread mutex (process-shared)", un[2]}});
 
@@ -243,11 +242,10 @@ int main() {
                           [&] { return sp.boost_rtt(p, pinned); },
                           [&] { return sp.pipe_rtt(p, pinned); }});
     t.row(fmt::format("semaphore ping-pong round trip, {}", how), "us per round trip",
-          better::lower, s[0],
-          {{"boost::interprocess_semaphore", s[1]}, {"pipe(2)", s[2]}});
-    auto cv = interleaved({[&] { return cp.shmkit_rtt(p, pinned); },
-                           [&] { return cp.boost_rtt(p, pinned); }});
-    t.row(fmt::format("condition_variable ping-pong round trip, {}", how),
-          "us per round trip", better::lower, cv[0], {{"boost::interprocess_condition", cv[1]}});
+          better::lower, s[0], {{"boost::interprocess_semaphore", s[1]}, {"pipe(2)", s[2]}});
+    auto cv = interleaved(
+        {[&] { return cp.shmkit_rtt(p, pinned); }, [&] { return cp.boost_rtt(p, pinned); }});
+    t.row(fmt::format("condition_variable ping-pong round trip, {}", how), "us per round trip",
+          better::lower, cv[0], {{"boost::interprocess_condition", cv[1]}});
   }
 }

@@ -20,7 +20,7 @@ int main() {
   auto* box = new (mem.data()) mailbox;
 
   //[condition_variable
-  shmkit::mutex m;                 // guards the mailbox
+  shmkit::mutex m;                     // guards the mailbox
   shmkit::condition_variable changed;  // "the mailbox changed": waiters re-check it
 
   if (::fork() == 0) {  // the consumer

@@ -21,7 +21,7 @@ int main() {
           std::lock_guard<shmkit::mutex> hold(lock);  // one process at a time in this block
           std::printf("hello world from process %d (pid %d),", i, static_cast<int>(::getpid()));
           std::printf(" round %d\n", round);  // a message in two pieces, never split
-          std::fflush(stdout);                 // print before letting go of the lock
+          std::fflush(stdout);                // print before letting go of the lock
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(1));  // let the others have a turn
       }

@@ -19,8 +19,7 @@ namespace {
 
 // "thread 1234" or "nobody", for messages.
 std::string holder_text(std::uint64_t identity) {
-  return identity == 0 ? std::string("nobody")
-                       : fmt::format("thread {}", identity_pid(identity));
+  return identity == 0 ? std::string("nobody") : fmt::format("thread {}", identity_pid(identity));
 }
 
 [[noreturn]] void throw_deadlock(std::string_view what) {
@@ -32,8 +31,7 @@ std::string holder_text(std::uint64_t identity) {
 // Takes a lock word over from a dead holder: true when this caller now holds it (the word went
 // from `seen` to `self`). Only one caller can win the compare-and-swap from a given dead
 // identity, and that identity never comes back (pid plus start time), so there is no ABA.
-bool take_over_if_dead(std::atomic<std::uint64_t>& word, std::uint64_t seen,
-                       std::uint64_t self) {
+bool take_over_if_dead(std::atomic<std::uint64_t>& word, std::uint64_t seen, std::uint64_t self) {
   if (seen == 0 || identity_alive(seen)) return false;
   // acquire: pairs with the dead holder's release of what it wrote (as far as it got).
   return word.compare_exchange_strong(seen, self, std::memory_order_acquire,
@@ -103,9 +101,8 @@ bool recursive_mutex_state::deepen() {
 
 bool recursive_mutex_state::lock_until(std::optional<time_point> deadline) {
   if (m.held_by_caller()) {  // try_lock() failed for the holder: the depth is at its limit
-    throw std::system_error(
-        std::make_error_code(std::errc::resource_unavailable_try_again),
-        "shmkit: recursive_mutex locked 4294967295 times by the same thread");
+    throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again),
+                            "shmkit: recursive_mutex locked 4294967295 times by the same thread");
   }
   if (!m.lock_slow(deadline)) return false;
   depth.store(1, std::memory_order_relaxed);
@@ -166,10 +163,12 @@ bool rwlock_state::lock_shared_until(std::optional<time_point> deadline) {
   // Retries until a slot is ours with no writer; sleeps while a writer holds or claims the
   // lock, or while every slot is taken. After each slice, clears a dead writer.
   const std::uint64_t self = self_identity();
-  return wait_in_slices(wp, spin, [&] { return try_lock_shared(); }, deadline, [&] {
-    clear_dead_writer(*this, writer.load(std::memory_order_relaxed), self);
-    return false;
-  });
+  return wait_in_slices(
+      wp, spin, [&] { return try_lock_shared(); }, deadline,
+      [&] {
+        clear_dead_writer(*this, writer.load(std::memory_order_relaxed), self);
+        return false;
+      });
 }
 
 void rwlock_state::unlock_shared() {
@@ -206,8 +205,7 @@ void clear_dead_readers(rwlock_state& s) {
   for (auto& slot : s.readers) {
     std::uint64_t id = slot.load(std::memory_order_relaxed);
     if (id != 0 && !identity_alive(id) &&
-        slot.compare_exchange_strong(id, 0, std::memory_order_seq_cst,
-                                     std::memory_order_relaxed))
+        slot.compare_exchange_strong(id, 0, std::memory_order_seq_cst, std::memory_order_relaxed))
       s.wp.notify_all();
   }
 }
@@ -372,8 +370,8 @@ bool break_round(barrier_state& s, std::uint32_t round) noexcept {
     if (w & barrier_state::broken_bit) return true;
     // seq_cst: a release pairing with the waiters' acquire loads of the word, and the store
     // half of the waitpoint's handshake (notify_all below always bumps `seq`).
-    if (s.word.compare_exchange_weak(w, w | barrier_state::broken_bit,
-                                     std::memory_order_seq_cst, std::memory_order_acquire)) {
+    if (s.word.compare_exchange_weak(w, w | barrier_state::broken_bit, std::memory_order_seq_cst,
+                                     std::memory_order_acquire)) {
       s.wp.notify_all();
       return true;
     }
@@ -403,8 +401,7 @@ barrier_state::outcome barrier_state::arrive_and_wait(std::optional<time_point> 
     // seq_cst: the arrival releases what we wrote (pairs with the acquire loads of the other
     // parties), acquires theirs (when we are last), and is the store half of the waitpoint
     // handshake for the last arrival's notify_all.
-    if (word.compare_exchange_weak(w, next, std::memory_order_seq_cst,
-                                   std::memory_order_acquire)) {
+    if (word.compare_exchange_weak(w, next, std::memory_order_seq_cst, std::memory_order_acquire)) {
       // release: pairs with party_missing()'s acquire load.
       if (seat != nullptr) seat->round.store(round, std::memory_order_release);
       if (last) {
@@ -448,7 +445,8 @@ using detail::object_kind;
 mutex::mutex() : robust_lock(object_kind::mutex, 0) {}
 mutex::mutex(create_only_t, std::string_view name, permissions perms)
     : robust_lock(create_only, name, object_kind::mutex, 0, perms) {}
-mutex::mutex(open_only_t, std::string_view name) : robust_lock(open_only, name, object_kind::mutex) {}
+mutex::mutex(open_only_t, std::string_view name)
+    : robust_lock(open_only, name, object_kind::mutex) {}
 mutex::mutex(open_or_create_t, std::string_view name, permissions perms)
     : robust_lock(open_or_create, name, object_kind::mutex, 0, perms) {}
 
@@ -475,27 +473,29 @@ semaphore::semaphore(std::ptrdiff_t initial)
 semaphore::semaphore(create_only_t, std::string_view name, std::ptrdiff_t initial,
                      permissions perms)
     : sync_handle(create_only, name, object_kind::semaphore, 0, perms,
-         checked_initial(initial, "semaphore"), unbounded) {}
+                  checked_initial(initial, "semaphore"), unbounded) {}
 semaphore::semaphore(open_only_t, std::string_view name)
     : sync_handle(open_only, name, object_kind::semaphore) {}
 semaphore::semaphore(open_or_create_t, std::string_view name, std::ptrdiff_t initial,
                      permissions perms)
     : sync_handle(open_or_create, name, object_kind::semaphore, 0, perms,
-         checked_initial(initial, "semaphore"), unbounded) {}
+                  checked_initial(initial, "semaphore"), unbounded) {}
 
 semaphore::semaphore(bounded_tag, std::ptrdiff_t initial)
     : sync_handle(object_kind::bounded_semaphore, 0, checked_initial(initial, "bounded_semaphore"),
-         static_cast<std::int64_t>(initial)) {}
+                  static_cast<std::int64_t>(initial)) {}
 semaphore::semaphore(bounded_tag, create_only_t, std::string_view name, std::ptrdiff_t initial,
                      permissions perms)
     : sync_handle(create_only, name, object_kind::bounded_semaphore, 0, perms,
-         checked_initial(initial, "bounded_semaphore"), static_cast<std::int64_t>(initial)) {}
+                  checked_initial(initial, "bounded_semaphore"),
+                  static_cast<std::int64_t>(initial)) {}
 semaphore::semaphore(bounded_tag, open_only_t, std::string_view name)
     : sync_handle(open_only, name, object_kind::bounded_semaphore) {}
-semaphore::semaphore(bounded_tag, open_or_create_t, std::string_view name,
-                     std::ptrdiff_t initial, permissions perms)
+semaphore::semaphore(bounded_tag, open_or_create_t, std::string_view name, std::ptrdiff_t initial,
+                     permissions perms)
     : sync_handle(open_or_create, name, object_kind::bounded_semaphore, 0, perms,
-         checked_initial(initial, "bounded_semaphore"), static_cast<std::int64_t>(initial)) {}
+                  checked_initial(initial, "bounded_semaphore"),
+                  static_cast<std::int64_t>(initial)) {}
 
 const char* semaphore::kind() const noexcept {
   return state()->max == unbounded ? "semaphore" : "bounded_semaphore";
@@ -503,12 +503,11 @@ const char* semaphore::kind() const noexcept {
 
 void semaphore::throw_bad_release(std::ptrdiff_t n) const {
   if (n < 0)
-    throw std::invalid_argument(
-        fmt::format("shmkit: release({}) of {}: the count to add must be >= 0", n,
-                    describe(kind())));
-  throw std::logic_error(fmt::format(
-      "shmkit: release({}) of {} would take its value {} above its bound {}", n,
-      describe(kind()), state()->value(), state()->max));
+    throw std::invalid_argument(fmt::format(
+        "shmkit: release({}) of {}: the count to add must be >= 0", n, describe(kind())));
+  throw std::logic_error(
+      fmt::format("shmkit: release({}) of {} would take its value {} above its bound {}", n,
+                  describe(kind()), state()->value(), state()->max));
 }
 
 condition_variable::condition_variable() : sync_handle(object_kind::condition_variable, 0) {}
@@ -516,16 +515,15 @@ condition_variable::condition_variable(create_only_t, std::string_view name, per
     : sync_handle(create_only, name, object_kind::condition_variable, 0, perms) {}
 condition_variable::condition_variable(open_only_t, std::string_view name)
     : sync_handle(open_only, name, object_kind::condition_variable) {}
-condition_variable::condition_variable(open_or_create_t, std::string_view name,
-                                       permissions perms)
+condition_variable::condition_variable(open_or_create_t, std::string_view name, permissions perms)
     : sync_handle(open_or_create, name, object_kind::condition_variable, 0, perms) {}
 
 bool condition_variable::wait_impl(std::unique_lock<mutex>& lk,
                                    std::optional<detail::time_point> deadline) {
   if (!lk.owns_lock())
-    throw std::logic_error(fmt::format(
-        "shmkit: wait() on {} with a std::unique_lock that holds no mutex",
-        describe("condition_variable")));
+    throw std::logic_error(
+        fmt::format("shmkit: wait() on {} with a std::unique_lock that holds no mutex",
+                    describe("condition_variable")));
   // The unique_lock keeps saying it owns the mutex: it does again when we return.
   return state()->wait_until(*lk.mutex(), deadline);
 }
@@ -533,16 +531,17 @@ bool condition_variable::wait_impl(std::unique_lock<mutex>& lk,
 event::event() : sync_handle(object_kind::event, 0) {}
 event::event(create_only_t, std::string_view name, permissions perms)
     : sync_handle(create_only, name, object_kind::event, 0, perms) {}
-event::event(open_only_t, std::string_view name) : sync_handle(open_only, name, object_kind::event) {}
+event::event(open_only_t, std::string_view name)
+    : sync_handle(open_only, name, object_kind::event) {}
 event::event(open_or_create_t, std::string_view name, permissions perms)
     : sync_handle(open_or_create, name, object_kind::event, 0, perms) {}
 
 namespace {
 std::uint32_t checked_parties(std::size_t parties) {
   if (parties == 0 || parties > std::numeric_limits<std::uint32_t>::max() - 1)
-    throw std::invalid_argument(fmt::format(
-        "shmkit: a barrier needs 1..{} parties, not {}",
-        std::numeric_limits<std::uint32_t>::max() - 1, parties));
+    throw std::invalid_argument(fmt::format("shmkit: a barrier needs 1..{} parties, not {}",
+                                            std::numeric_limits<std::uint32_t>::max() - 1,
+                                            parties));
   return static_cast<std::uint32_t>(parties);
 }
 std::size_t seat_bytes(std::uint32_t parties) {
@@ -552,20 +551,19 @@ std::size_t seat_bytes(std::uint32_t parties) {
 
 barrier::barrier(std::size_t parties)
     : sync_handle(object_kind::barrier, seat_bytes(checked_parties(parties)),
-         checked_parties(parties)) {}
+                  checked_parties(parties)) {}
 barrier::barrier(create_only_t, std::string_view name, std::size_t parties, permissions perms)
-    : sync_handle(create_only, name, object_kind::barrier, seat_bytes(checked_parties(parties)), perms,
-         checked_parties(parties)) {}
+    : sync_handle(create_only, name, object_kind::barrier, seat_bytes(checked_parties(parties)),
+                  perms, checked_parties(parties)) {}
 barrier::barrier(open_only_t, std::string_view name)
     : sync_handle(open_only, name, object_kind::barrier) {
   if (extra_size() < state()->seats * sizeof(detail::barrier_seat))
     throw error(fmt::format("shmkit: {} is corrupted: {} seats do not fit in {} bytes",
                             describe("barrier"), state()->seats, extra_size()));
 }
-barrier::barrier(open_or_create_t, std::string_view name, std::size_t parties,
-                 permissions perms)
+barrier::barrier(open_or_create_t, std::string_view name, std::size_t parties, permissions perms)
     : sync_handle(open_or_create, name, object_kind::barrier, seat_bytes(checked_parties(parties)),
-         perms, checked_parties(parties)) {
+                  perms, checked_parties(parties)) {
   if (extra_size() < state()->seats * sizeof(detail::barrier_seat))
     throw error(fmt::format("shmkit: {} is corrupted: {} seats do not fit in {} bytes",
                             describe("barrier"), state()->seats, extra_size()));
@@ -583,9 +581,9 @@ bool barrier::wait_impl(std::optional<detail::time_point> deadline) {
     case outcome::broken:
       break;
   }
-  throw broken_barrier_error(fmt::format(
-      "shmkit: {} of {} parties is broken (aborted, timed out, or a party died)",
-      describe("barrier"), state()->parties));
+  throw broken_barrier_error(
+      fmt::format("shmkit: {} of {} parties is broken (aborted, timed out, or a party died)",
+                  describe("barrier"), state()->parties));
 }
 
 }  // namespace shmkit

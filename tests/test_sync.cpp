@@ -525,7 +525,8 @@ BOOST_AUTO_TEST_CASE(barrier_timeout_breaks_it_for_the_others, *utf::timeout(120
   BOOST_CHECK(kids.all_ok());
 }
 
-// --- reader-writer lock (detail, embedded by the manager) ------------------------------------------
+// --- reader-writer lock (detail, embedded by the manager)
+// ------------------------------------------
 
 BOOST_AUTO_TEST_CASE(rwlock_readers_share_and_writers_exclude, *utf::timeout(240)) {
   struct data {
@@ -643,8 +644,7 @@ BOOST_AUTO_TEST_CASE(opening_a_name_as_another_kind_throws) {
 
 BOOST_AUTO_TEST_CASE(named_objects_are_shared_by_name, *utf::timeout(120)) {
   const std::string base = unique_name("byname");
-  name_guard gm(base + ".m"), gs(base + ".s"), ge(base + ".e"), gb(base + ".b"),
-      gc(base + ".c");
+  name_guard gm(base + ".m"), gs(base + ".s"), ge(base + ".e"), gb(base + ".b"), gc(base + ".c");
   shmkit::mutex m(shmkit::create_only, base + ".m");
   shmkit::semaphore s(shmkit::open_or_create, base + ".s", 0);
   shmkit::event e(shmkit::create_only, base + ".e");

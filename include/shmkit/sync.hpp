@@ -81,7 +81,8 @@ class robust_lock : public sync_handle<State> {
   }
   // Throws std::logic_error when the calling thread does not hold it.
   void unlock() {
-    if (!this->state()->unlock_if_owner()) this->state()->throw_not_held(this->describe(State::kind));
+    if (!this->state()->unlock_if_owner())
+      this->state()->throw_not_held(this->describe(State::kind));
   }
 
   // True when the current holder took the lock over from a holder that died (the data it
@@ -116,8 +117,7 @@ class recursive_mutex : public detail::robust_lock<detail::recursive_mutex_state
   explicit recursive_mutex(create_only_t, std::string_view name, permissions perms = {});
   explicit recursive_mutex(open_only_t, std::string_view name);
   explicit recursive_mutex(open_or_create_t, std::string_view name, permissions perms = {});
-  explicit recursive_mutex(detail::recursive_mutex_state* state) noexcept
-      : robust_lock(state) {}
+  explicit recursive_mutex(detail::recursive_mutex_state* state) noexcept : robust_lock(state) {}
 };
 
 // A counting semaphore (Python's Semaphore). The count never goes below 0.
@@ -153,9 +153,7 @@ class semaphore : public detail::sync_handle<detail::semaphore_state> {
     if (n < 0 || !state()->try_release(n)) throw_bad_release(n);
   }
   // The count now (a snapshot).
-  std::ptrdiff_t value() const noexcept {
-    return static_cast<std::ptrdiff_t>(state()->value());
-  }
+  std::ptrdiff_t value() const noexcept { return static_cast<std::ptrdiff_t>(state()->value()); }
 
  protected:
   struct bounded_tag {};
@@ -181,8 +179,8 @@ class bounded_semaphore : public semaphore {
       : semaphore(bounded_tag{}, create_only, name, initial, perms) {}
   explicit bounded_semaphore(open_only_t, std::string_view name)
       : semaphore(bounded_tag{}, open_only, name) {}
-  explicit bounded_semaphore(open_or_create_t, std::string_view name,
-                             std::ptrdiff_t initial = 1, permissions perms = {})
+  explicit bounded_semaphore(open_or_create_t, std::string_view name, std::ptrdiff_t initial = 1,
+                             permissions perms = {})
       : semaphore(bounded_tag{}, open_or_create, name, initial, perms) {}
 };
 
@@ -234,8 +232,7 @@ class condition_variable : public detail::sync_handle<detail::condition_state> {
 
  private:
   template <class Pred>
-  bool wait_until_deadline(std::unique_lock<mutex>& lk, detail::time_point deadline,
-                           Pred pred) {
+  bool wait_until_deadline(std::unique_lock<mutex>& lk, detail::time_point deadline, Pred pred) {
     while (!pred())
       if (!wait_impl(lk, deadline)) return pred();
     return true;

@@ -82,9 +82,7 @@ BOOST_AUTO_TEST_CASE(owner_died_lasts_until_unlock, *utf::timeout(120)) {
   shmkit::mutex m;
   in_shm<steps> st;
   children kids;
-  const pid_t victim = spawn_holder(kids, st->holding, [&] {
-    m.lock();
-  });
+  const pid_t victim = spawn_holder(kids, st->holding, [&] { m.lock(); });
   kids.kill(victim);
   BOOST_REQUIRE(m.try_lock_for(30s));  // within a liveness slice or so
   BOOST_CHECK(m.owner_died());
@@ -269,9 +267,7 @@ BOOST_AUTO_TEST_CASE(barrier_party_dead_before_the_others_arrive, *utf::timeout(
 BOOST_AUTO_TEST_CASE(rwlock_reader_killed_does_not_block_writers, *utf::timeout(120)) {
   in_shm<rw_data> d;
   children kids;
-  const pid_t victim = spawn_holder(kids, d->holding, [&] {
-    d->lock.lock_shared();
-  });
+  const pid_t victim = spawn_holder(kids, d->holding, [&] { d->lock.lock_shared(); });
   const pid_t writer = kids.spawn([&] {
     CHILD_CHECK(d->lock.lock_until(shmkit::detail::deadline_after(60s)));
     CHILD_CHECK(!d->lock.owner_died());  // a dead reader changed nothing
@@ -286,9 +282,7 @@ BOOST_AUTO_TEST_CASE(rwlock_reader_killed_does_not_block_writers, *utf::timeout(
 BOOST_AUTO_TEST_CASE(rwlock_writer_killed_is_detected, *utf::timeout(120)) {
   in_shm<rw_data> d;
   children kids;
-  const pid_t victim = spawn_holder(kids, d->holding, [&] {
-    d->lock.lock();
-  });
+  const pid_t victim = spawn_holder(kids, d->holding, [&] { d->lock.lock(); });
   const pid_t reader = kids.spawn([&] {
     CHILD_CHECK(d->lock.lock_shared_until(shmkit::detail::deadline_after(60s)));
     d->lock.unlock_shared();
@@ -304,9 +298,7 @@ BOOST_AUTO_TEST_CASE(rwlock_writer_killed_is_detected, *utf::timeout(120)) {
   d->lock.unlock();
 
   // A writer killed holding it, found by the next writer directly.
-  const pid_t victim2 = spawn_holder(kids, d->holding, [&] {
-    d->lock.lock();
-  });
+  const pid_t victim2 = spawn_holder(kids, d->holding, [&] { d->lock.lock(); });
   kids.kill(victim2);
   BOOST_REQUIRE(d->lock.lock_until(shmkit::detail::deadline_after(60s)));
   BOOST_CHECK(d->lock.owner_died());

@@ -29,8 +29,8 @@
 namespace shmkit::detail {
 
 struct barrier_seat {
-  std::atomic<std::uint64_t> who{0};           // identity of the party, 0 = free
-  std::atomic<std::uint32_t> round{never};    // the round it last arrived in
+  std::atomic<std::uint64_t> who{0};        // identity of the party, 0 = free
+  std::atomic<std::uint32_t> round{never};  // the round it last arrived in
   std::uint32_t reserved = 0;
 
   static constexpr std::uint32_t never = 0xffffffffu;  // no round has that number
@@ -78,9 +78,7 @@ struct barrier_state {
   // Breaks the barrier: current and later waiters throw. Does not throw.
   void abort() noexcept;
   // acquire: pairs with the seq_cst compare-and-swap that set the bit.
-  bool broken() const noexcept {
-    return (word.load(std::memory_order_acquire) & broken_bit) != 0;
-  }
+  bool broken() const noexcept { return (word.load(std::memory_order_acquire) & broken_bit) != 0; }
   // How many have arrived in the current round (a snapshot).
   std::uint32_t arrived() const noexcept {
     return static_cast<std::uint32_t>(word.load(std::memory_order_relaxed));

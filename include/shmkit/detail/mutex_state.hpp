@@ -45,8 +45,8 @@ inline constexpr std::chrono::nanoseconds mutex_spin{1000};
 struct mutex_state {
   static constexpr const char* kind = "mutex";
 
-  std::atomic<std::uint64_t> owner{0};  // identity of the holder, 0 when free
-  std::atomic<std::uint32_t> died{0};   // 1: the holder took the lock over from a dead one
+  std::atomic<std::uint64_t> owner{0};     // identity of the holder, 0 when free
+  std::atomic<std::uint32_t> died{0};      // 1: the holder took the lock over from a dead one
   std::atomic<std::uint32_t> sleepers{0};  // futex word: 1 when a locker may be asleep
   spin_hint spin;                          // how long contended lockers spin
 
@@ -157,7 +157,7 @@ struct recursive_mutex_state {
   [[noreturn]] void throw_not_held(std::string_view what) const { m.throw_not_held(what); }
 
  private:
-  bool deepen();                                   // holder re-entering; lib/sync.cpp
+  bool deepen();                                        // holder re-entering; lib/sync.cpp
   bool lock_until(std::optional<time_point> deadline);  // not yet held; lib/sync.cpp
 };
 

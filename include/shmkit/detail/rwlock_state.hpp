@@ -32,10 +32,10 @@ namespace shmkit::detail {
 struct rwlock_state {
   static constexpr std::size_t reader_slots = 64;
 
-  std::atomic<std::uint64_t> writer{0};      // identity of the writer holding or claiming it
-  std::atomic<std::uint32_t> died{0};        // 1: the writer took over from a dead writer
-  std::atomic<std::uint32_t> writing{0};     // 1 once the writer has drained the readers
-  waitpoint wp;                              // readers, writers and slot seekers sleep here
+  std::atomic<std::uint64_t> writer{0};   // identity of the writer holding or claiming it
+  std::atomic<std::uint32_t> died{0};     // 1: the writer took over from a dead writer
+  std::atomic<std::uint32_t> writing{0};  // 1 once the writer has drained the readers
+  waitpoint wp;                           // readers, writers and slot seekers sleep here
   spin_hint spin;
   std::uint32_t reserved = 0;
   std::atomic<std::uint64_t> readers[reader_slots]{};  // identities of readers, 0 = free

@@ -49,9 +49,7 @@ struct semaphore_state {
   void acquire() {
     if (!try_acquire()) acquire_slow(std::nullopt);
   }
-  bool try_acquire_until(time_point deadline) {
-    return try_acquire() || acquire_slow(deadline);
-  }
+  bool try_acquire_until(time_point deadline) { return try_acquire() || acquire_slow(deadline); }
 
   // Adds n (>= 0) and wakes up to n sleepers. Returns false, changing nothing, when the count
   // would pass `max`. Does not throw.

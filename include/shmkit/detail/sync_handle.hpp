@@ -46,8 +46,7 @@ class sync_handle {
   template <class... Args>
   sync_handle(open_or_create_t, std::string_view name, object_kind kind, std::size_t extra,
               permissions perms, Args&&... args)
-      : obj_(open_or_create, name, segment_spec{kind}, extra, perms,
-             std::forward<Args>(args)...),
+      : obj_(open_or_create, name, segment_spec{kind}, extra, perms, std::forward<Args>(args)...),
         state_(obj_.state()) {}
 
   sync_handle(sync_handle&& other) noexcept

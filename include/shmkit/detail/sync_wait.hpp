@@ -66,8 +66,7 @@ struct spin_hint {
     return std::min(v, limit);
   }
   // Learns from a spin that caught its condition after `took` (caught) or gave up (!caught).
-  void record(bool caught, std::chrono::nanoseconds took,
-              std::chrono::nanoseconds limit) noexcept {
+  void record(bool caught, std::chrono::nanoseconds took, std::chrono::nanoseconds limit) noexcept {
     const std::uint32_t v = ns.load(std::memory_order_relaxed);
     std::uint32_t next = v / 2;
     if (caught)
