@@ -120,7 +120,8 @@ std::size_t slot_start(std::uint64_t self) noexcept {
 
 bool rwlock_state::try_lock_shared() noexcept {
   const std::uint64_t self = self_identity();
-  // seq_cst: see lock_shared_until().
+  // Writers first: no slot while a writer holds or claims the lock (seq_cst, a plain load on
+  // x86; the check that matters is the one after the slot is ours).
   if (writer.load(std::memory_order_seq_cst) != 0) return false;
   const std::size_t start = slot_start(self);
   for (std::size_t i = 0; i < reader_slots; ++i) {
@@ -332,15 +333,18 @@ barrier_seat* seat_of(barrier_state& s, std::uint64_t self, std::uint32_t round)
       barrier_seat& seat = seats[(start + i) % n];
       std::uint64_t who = seat.who.load(std::memory_order_relaxed);
       const std::uint32_t r = seat.round.load(std::memory_order_relaxed);
+      // Free; or stale (its party took part in neither this round nor the last, and has
+      // arrived at least once); or dead and not counted in this round.
       const bool take = pass == 0   ? who == 0
-                        : pass == 1 ? r != round && r != previous
+                        : pass == 1 ? r != round && r != previous && r != barrier_seat::never
                                     : r != round && !identity_alive(who);
       if (!take) continue;
-      // relaxed: the seat is a hint read on a slow path; its round is written below, before
-      // this party arrives, and a stale round is harmless (it only makes the party unwatched
-      // or watched one round early).
-      seat.round.store(barrier_seat::never, std::memory_order_relaxed);
-      if (seat.who.compare_exchange_strong(who, self, std::memory_order_relaxed)) return &seat;
+      // relaxed: seats are hints read on slow paths. Until we store `never`, the seat shows
+      // us (alive) with the old party's round, which can make no waiter break the barrier.
+      if (seat.who.compare_exchange_strong(who, self, std::memory_order_relaxed)) {
+        seat.round.store(barrier_seat::never, std::memory_order_relaxed);
+        return &seat;
+      }
     }
   }
   return nullptr;

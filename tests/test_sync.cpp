@@ -11,6 +11,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <system_error>
+#include <thread>
 
 #include "shmkit/detail/rwlock_state.hpp"
 #include "shmkit/sync.hpp"
@@ -87,6 +88,35 @@ BOOST_AUTO_TEST_CASE(recursive_mutex_counts_exactly_with_nested_locks, *utf::tim
     });
   BOOST_REQUIRE(kids.all_ok());
   BOOST_CHECK_EQUAL(d->counter, long{procs} * rounds);
+}
+
+BOOST_AUTO_TEST_CASE(mutexes_exclude_threads_as_well_as_processes, *utf::timeout(240)) {
+  // Ownership is per thread: two threads in each of two processes.
+  constexpr int rounds = 20000;
+  shmkit::mutex m;
+  shmkit::recursive_mutex r;
+  in_shm<counter_data> a, b;
+  auto work = [&] {
+    auto body = [&] {
+      for (int i = 0; i < rounds; ++i) {
+        {
+          std::lock_guard<shmkit::mutex> g(m);
+          ++a->counter;
+        }
+        std::scoped_lock g(r, r);  // re-entered by the same thread
+        ++b->counter;
+      }
+    };
+    std::thread t(body);
+    body();
+    t.join();
+  };
+  children kids;
+  kids.spawn(work);
+  kids.spawn(work);
+  BOOST_REQUIRE(kids.all_ok());
+  BOOST_CHECK_EQUAL(a->counter, 4L * rounds);
+  BOOST_CHECK_EQUAL(b->counter, 4L * rounds);
 }
 
 BOOST_AUTO_TEST_CASE(standard_lock_helpers_work) {
