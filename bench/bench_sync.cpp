@@ -62,6 +62,21 @@ struct pthread_shared_mutex {
   void unlock() { ::pthread_mutex_unlock(&m); }
 };
 
+// Where the two processes of a case run: CPUs 0 and 1, both on CPU 0, or wherever the
+// scheduler puts them.
+enum class placement { pinned, same_cpu, unpinned };
+const char* name_of(placement p) {
+  return p == placement::pinned     ? "pinned 0/1"
+         : p == placement::same_cpu ? "both on CPU 0"
+                                    : "unpinned";
+}
+void place_parent(placement p) {
+  if (p != placement::unpinned) pin_to(0);
+}
+void place_child(placement p) {
+  if (p != placement::unpinned) pin_to(p == placement::pinned ? 1 : 0);
+}
+
 cpu_set_t original_affinity;
 void save_affinity() { ::sched_getaffinity(0, sizeof original_affinity, &original_affinity); }
 void unpin() { ::sched_setaffinity(0, sizeof original_affinity, &original_affinity); }
@@ -84,7 +99,7 @@ struct counter {
 
 // Increments per second when two processes each add n to a counter under `lk`.
 template <class Lock>
-double contended_rate(Lock& lk, counter* c, long n, bool pinned) {
+double contended_rate(Lock& lk, counter* c, long n, placement where) {
   c->go.store(0);
   c->value = 0;
   auto work = [&] {
@@ -94,11 +109,11 @@ double contended_rate(Lock& lk, counter* c, long n, bool pinned) {
     }
   };
   const pid_t child = fork_run([&] {
-    if (pinned) pin_to(1);
+    place_child(where);
     while (c->go.load(std::memory_order_acquire) == 0) shmkit::detail::cpu_relax();
     work();
   });
-  if (pinned) pin_to(0);
+  place_parent(where);
   const auto t0 = clock::now();
   c->go.store(1, std::memory_order_release);
   work();
@@ -111,12 +126,12 @@ double contended_rate(Lock& lk, counter* c, long n, bool pinned) {
 
 // Microseconds per round trip: the parent runs ping() and the child pong(), n times each.
 template <class Ping, class Pong>
-double round_trip_us(long n, bool pinned, Ping ping, Pong pong) {
+double round_trip_us(long n, placement where, Ping ping, Pong pong) {
   const pid_t child = fork_run([&] {
-    if (pinned) pin_to(1);
+    place_child(where);
     for (long i = 0; i < n; ++i) pong();
   });
-  if (pinned) pin_to(0);
+  place_parent(where);
   const auto t0 = clock::now();
   for (long i = 0; i < n; ++i) ping();
   const double us = seconds_since(t0) / n * 1e6;
@@ -135,20 +150,20 @@ struct semaphore_pairs {
     if (::pipe(a) != 0 || ::pipe(b) != 0) std::abort();
   }
 
-  double shmkit_rtt(long n, bool pinned) {
+  double shmkit_rtt(long n, placement where) {
     return round_trip_us(
-        n, pinned, [&] { to_child.release(), to_parent.acquire(); },
+        n, where, [&] { to_child.release(), to_parent.acquire(); },
         [&] { to_child.acquire(), to_parent.release(); });
   }
-  double boost_rtt(long n, bool pinned) {
+  double boost_rtt(long n, placement where) {
     return round_trip_us(
-        n, pinned, [&] { b_to_child->post(), b_to_parent->wait(); },
+        n, where, [&] { b_to_child->post(), b_to_parent->wait(); },
         [&] { b_to_child->wait(), b_to_parent->post(); });
   }
-  double pipe_rtt(long n, bool pinned) {
+  double pipe_rtt(long n, placement where) {
     char c = 'x';
     return round_trip_us(
-        n, pinned,
+        n, where,
         [&] {
           if (::write(a[1], &c, 1) != 1 || ::read(b[0], &c, 1) != 1) std::abort();
         },
@@ -169,9 +184,9 @@ struct condition_pairs {
   int* whose = shared_new<int>(0);  // 1: the child's turn, 0: the parent's; under m
   boost_state* b = shared_new<boost_state>();
 
-  double shmkit_rtt(long n, bool pinned) {
+  double shmkit_rtt(long n, placement where) {
     return round_trip_us(
-        n, pinned,
+        n, where,
         [&] {
           std::unique_lock<shmkit::mutex> lk(m);
           *whose = 1;
@@ -185,9 +200,9 @@ struct condition_pairs {
           to_parent.notify_one();
         });
   }
-  double boost_rtt(long n, bool pinned) {
+  double boost_rtt(long n, placement where) {
     return round_trip_us(
-        n, pinned,
+        n, where,
         [&] {
           bip::scoped_lock<bip::interprocess_mutex> lk(b->m);
           b->whose = 1;
@@ -222,30 +237,30 @@ int main() {
 
   auto* c = shared_new<counter>();
   const long n = scaled(500000);
-  for (bool pinned : {true, false}) {
-    if (pinned && !can_pin) continue;
-    auto r = interleaved({[&] { return contended_rate(sm, c, n, pinned); },
-                          [&] { return contended_rate(*bm, c, n, pinned); },
-                          [&] { return contended_rate(*pm, c, n, pinned); }});
-    t.row(fmt::format("mutex, 2 processes contending, {}", pinned ? "pinned" : "unpinned"),
-          "increments/s", better::higher, r[0],
+  std::vector<placement> places{placement::unpinned};
+  if (can_pin) places.insert(places.begin(), placement::pinned);
+  for (placement where : places) {
+    auto r = interleaved({[&] { return contended_rate(sm, c, n, where); },
+                          [&] { return contended_rate(*bm, c, n, where); },
+                          [&] { return contended_rate(*pm, c, n, where); }});
+    t.row(fmt::format("mutex, 2 processes contending, {}", name_of(where)), "increments/s",
+          better::higher, r[0],
           {{"boost::interprocess_mutex", r[1]}, {"pthread mutex (process-shared)", r[2]}});
   }
 
   semaphore_pairs sp;
   condition_pairs cp;
   const long p = scaled(20000);
-  for (bool pinned : {true, false}) {
-    if (pinned && !can_pin) continue;
-    const char* how = pinned ? "pinned" : "unpinned";
-    auto s = interleaved({[&] { return sp.shmkit_rtt(p, pinned); },
-                          [&] { return sp.boost_rtt(p, pinned); },
-                          [&] { return sp.pipe_rtt(p, pinned); }});
-    t.row(fmt::format("semaphore ping-pong round trip, {}", how), "us per round trip",
+  if (can_pin) places.insert(places.begin() + 1, placement::same_cpu);
+  for (placement where : places) {
+    auto s = interleaved({[&] { return sp.shmkit_rtt(p, where); },
+                          [&] { return sp.boost_rtt(p, where); },
+                          [&] { return sp.pipe_rtt(p, where); }});
+    t.row(fmt::format("semaphore ping-pong round trip, {}", name_of(where)), "us per round trip",
           better::lower, s[0], {{"boost::interprocess_semaphore", s[1]}, {"pipe(2)", s[2]}});
     auto cv = interleaved(
-        {[&] { return cp.shmkit_rtt(p, pinned); }, [&] { return cp.boost_rtt(p, pinned); }});
-    t.row(fmt::format("condition_variable ping-pong round trip, {}", how), "us per round trip",
-          better::lower, cv[0], {{"boost::interprocess_condition", cv[1]}});
+        {[&] { return cp.shmkit_rtt(p, where); }, [&] { return cp.boost_rtt(p, where); }});
+    t.row(fmt::format("condition_variable ping-pong round trip, {}", name_of(where)),
+          "us per round trip", better::lower, cv[0], {{"boost::interprocess_condition", cv[1]}});
   }
 }
