@@ -160,14 +160,36 @@ void clear_dead_writer(rwlock_state& s, std::uint64_t seen, std::uint64_t self) 
 }
 }  // namespace
 
+namespace {
+// True when no reader slot is taken. seq_cst loads: the load half of the Dekker handshake
+// with try_lock_shared(); acquire within it pairs with unlock_shared()'s release.
+bool no_readers(const rwlock_state& s) noexcept {
+  for (const auto& slot : s.readers)
+    if (slot.load(std::memory_order_seq_cst) != 0) return false;
+  return true;
+}
+
+// Clears the slots of readers that died holding them.
+void clear_dead_readers(rwlock_state& s) {
+  for (auto& slot : s.readers) {
+    std::uint64_t id = slot.load(std::memory_order_relaxed);
+    if (id != 0 && !identity_alive(id) &&
+        slot.compare_exchange_strong(id, 0, std::memory_order_seq_cst, std::memory_order_relaxed))
+      s.wp.notify_all();
+  }
+}
+}  // namespace
+
 bool rwlock_state::lock_shared_until(std::optional<time_point> deadline) {
   // Retries until a slot is ours with no writer; sleeps while a writer holds or claims the
-  // lock, or while every slot is taken. After each slice, clears a dead writer.
+  // lock, or while every slot is taken. After each slice, clears a dead writer, and when every
+  // slot is taken, the slots of dead readers.
   const std::uint64_t self = self_identity();
   return wait_in_slices(
       wp, spin, [&] { return try_lock_shared(); }, deadline,
       [&] {
         clear_dead_writer(*this, writer.load(std::memory_order_relaxed), self);
+        if (reader_count() == reader_slots) clear_dead_readers(*this);
         return false;
       });
 }
@@ -191,26 +213,6 @@ void rwlock_state::unlock_shared() {
       "shmkit: unlock_shared() of a reader-writer lock by thread {}, which holds no read lock",
       identity_pid(self)));
 }
-
-namespace {
-// True when no reader slot is taken. seq_cst loads: the load half of the Dekker handshake
-// with try_lock_shared(); acquire within it pairs with unlock_shared()'s release.
-bool no_readers(const rwlock_state& s) noexcept {
-  for (const auto& slot : s.readers)
-    if (slot.load(std::memory_order_seq_cst) != 0) return false;
-  return true;
-}
-
-// Clears the slots of readers that died holding them.
-void clear_dead_readers(rwlock_state& s) {
-  for (auto& slot : s.readers) {
-    std::uint64_t id = slot.load(std::memory_order_relaxed);
-    if (id != 0 && !identity_alive(id) &&
-        slot.compare_exchange_strong(id, 0, std::memory_order_seq_cst, std::memory_order_relaxed))
-      s.wp.notify_all();
-  }
-}
-}  // namespace
 
 bool rwlock_state::try_lock() {
   const std::uint64_t self = self_identity();

@@ -307,3 +307,22 @@ BOOST_AUTO_TEST_CASE(rwlock_writer_killed_is_detected, *utf::timeout(120)) {
   BOOST_CHECK(!d->lock.owner_died());
   d->lock.unlock();
 }
+
+BOOST_AUTO_TEST_CASE(rwlock_slots_of_dead_readers_are_reclaimed, *utf::timeout(120)) {
+  // A reader that dies holding every slot (a thread may hold several) leaves later readers
+  // waiting only until their next liveness check.
+  in_shm<rw_data> d;
+  children kids;
+  const pid_t victim = spawn_holder(kids, d->holding, [&] {
+    for (std::size_t i = 0; i < shmkit::detail::rwlock_state::reader_slots; ++i)
+      CHILD_CHECK(d->lock.try_lock_shared());
+    CHILD_CHECK(!d->lock.try_lock_shared());  // full
+  });
+  BOOST_CHECK_EQUAL(d->lock.reader_count(), shmkit::detail::rwlock_state::reader_slots);
+  kids.kill(victim);
+  BOOST_REQUIRE(d->lock.lock_shared_until(shmkit::detail::deadline_after(60s)));
+  d->lock.unlock_shared();
+  BOOST_REQUIRE(d->lock.lock_until(shmkit::detail::deadline_after(60s)));
+  BOOST_CHECK_EQUAL(d->lock.reader_count(), 0u);
+  d->lock.unlock();
+}
