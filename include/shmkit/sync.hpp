@@ -58,9 +58,7 @@ time_point to_deadline(const std::chrono::time_point<Clock, Duration>& t) {
   else
     return deadline_after(t - Clock::now());
 }
-}  // namespace detail
 
-namespace detail {
 // The interface shared by mutex and recursive_mutex (TimedLockable), over mutex_state or
 // recursive_mutex_state.
 template <class State>
