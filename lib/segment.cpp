@@ -4,6 +4,7 @@
 #include <boost/interprocess/exceptions.hpp>
 #include <boost/interprocess/shared_memory_object.hpp>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <fcntl.h>
@@ -118,15 +119,38 @@ std::size_t total_for(std::size_t payload) {
   return round_up(payload_alignment + payload, page_size);
 }
 
+// Anonymous memory is not bounded by /dev/shm's size but by the machine's memory: refuse a
+// reservation that cannot succeed instead of letting fallocate push the machine into the OOM
+// killer. Small requests skip the check (it reads /proc/meminfo).
+void check_memory_available(std::size_t total, const std::string& what) {
+  if (total < (std::size_t(64) << 20)) return;
+  std::FILE* f = std::fopen("/proc/meminfo", "re");
+  if (f == nullptr) return;
+  char line[256];
+  unsigned long long kib = 0;
+  while (std::fgets(line, sizeof line, f) != nullptr)
+    if (std::sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
+  std::fclose(f);
+  if (kib != 0 && total / 1024 > kib)
+    throw error(fmt::format("shmkit: cannot reserve {} bytes for {}: the machine has {} bytes "
+                            "of memory available",
+                            total, what, kib * 1024));
+}
+
 int dup_cloexec(int fd) {
   int d = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (d < 0) throw error(fmt::format("shmkit: cannot keep a descriptor: {}", errno_text(errno)));
   return d;
 }
 
-// Reads the header of a segment someone else made, waiting (bounded) for its creator to
-// publish it, and checks it against `spec`. Returns the size to map.
-std::size_t check_header(int fd, std::string_view name, segment_spec spec) {
+struct mapping {
+  std::byte* base;
+  std::size_t size;
+};
+
+// Maps a segment someone else made, waits (bounded) for its creator to publish it, and checks
+// its header against `spec`. One mapping of the whole file serves both the check and the use.
+mapping check_header(int fd, std::string_view name, segment_spec spec) {
   const std::string what = what_of(name, spec);
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   auto pause = std::chrono::microseconds(50);
@@ -140,23 +164,20 @@ std::size_t check_header(int fd, std::string_view name, segment_spec spec) {
                               "shmkit header (expected {})",
                               name, file_size, what));
     if (file_size >= payload_alignment) {
-      void* p = ::mmap(nullptr, payload_alignment, PROT_READ, MAP_SHARED, fd, 0);
+      void* p = ::mmap(nullptr, file_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
       if (p == MAP_FAILED)
-        throw error(fmt::format("shmkit: cannot map the header of {}: {}", what,
-                                errno_text(errno)));
+        throw error(fmt::format("shmkit: cannot map {}: {}", what, errno_text(errno)));
       const auto* h = static_cast<const segment_header*>(p);
-      const std::uint32_t ready = h->ready.load(std::memory_order_acquire);
-      // acquire: pairs with the release store of `ready` in segment::publish(); every
-      // header field below was written before it.
+      const header_state state = classify_header(*h, file_size);  // acquire load of `ready`
       const std::uint32_t magic = h->magic;
       std::string problem;
       bool wait = false;
-      std::size_t result = 0;
-      if ((magic != 0 && magic != segment_magic) || (ready != 0 && ready != ready_word)) {
+      bool ok = false;
+      if (state == header_state::foreign) {
         problem = fmt::format("'{}' is not a shmkit object (foreign or corrupted header: magic "
                               "{:#x}, expected {:#x}; expected {})",
                               name, magic, segment_magic, what);
-      } else if (ready != ready_word) {
+      } else if (state == header_state::unfinished) {
         const std::uint64_t creator = h->creator;
         if (creator != 0 && !identity_alive(creator))
           problem = fmt::format("shmkit: {} was never finished: its creator (pid {}) died while "
@@ -164,8 +185,7 @@ std::size_t check_header(int fd, std::string_view name, segment_spec spec) {
                                 what, identity_pid(creator));
         else
           wait = true;
-      } else if (h->version != layout_version || h->header_size != sizeof(segment_header) ||
-                 h->pointer_size != sizeof(void*)) {
+      } else if (state == header_state::incompatible) {
         problem = fmt::format("shmkit: '{}' was made by an incompatible shmkit build (layout "
                               "version {}, header {} bytes; this build expects version {}, "
                               "header {} bytes)",
@@ -180,22 +200,21 @@ std::size_t check_header(int fd, std::string_view name, segment_spec spec) {
                               kind_name(h->kind), name, std::string_view(h->type_name, n),
                               spec.type.name);
       } else {
-        const std::uint64_t want = std::max<std::uint64_t>(
-            h->total_size, h->mapped_size.load(std::memory_order_acquire));
-        if (h->payload_offset != payload_alignment ||
-            h->payload_offset + h->payload_size > h->total_size || want > file_size)
+        const std::uint64_t want = mapped_extent(*h);
+        if (state == header_state::corrupted)
           problem = fmt::format("shmkit: {} is corrupted: its header describes {} bytes but the "
                                 "file holds {}",
                                 what, want, file_size);
         else
-          result = want;
+          ok = true;
       }
-      ::munmap(p, payload_alignment);
+      if (ok) return {static_cast<std::byte*>(p), file_size};
+      ::munmap(p, file_size);
       if (!problem.empty()) {
         if (problem.rfind("shmkit: ", 0) != 0) problem = "shmkit: " + problem;
         throw error(problem);
       }
-      if (!wait) return result;
+      if (!wait) throw error(fmt::format("shmkit: cannot open {}", what));
     }
     if (std::chrono::steady_clock::now() > give_up)
       throw error(fmt::format("shmkit: {} was not finished by its creator within 10 s", what));
@@ -205,6 +224,29 @@ std::size_t check_header(int fd, std::string_view name, segment_spec spec) {
 }
 
 }  // namespace
+
+std::uint64_t mapped_extent(const segment_header& h) noexcept {
+  // acquire: pairs with the release store of `mapped_size` in segment::grow(); the grown
+  // pages are backed before their size is published.
+  return std::max<std::uint64_t>(h.total_size, h.mapped_size.load(std::memory_order_acquire));
+}
+
+header_state classify_header(const segment_header& h, std::size_t file_size) noexcept {
+  if (file_size < payload_alignment) return header_state::foreign;
+  // acquire: pairs with the release store of `ready` in segment::publish(); every header
+  // field read after it was written before it.
+  const std::uint32_t ready = h.ready.load(std::memory_order_acquire);
+  if ((h.magic != 0 && h.magic != segment_magic) || (ready != 0 && ready != ready_word))
+    return header_state::foreign;
+  if (ready != ready_word) return header_state::unfinished;
+  if (h.version != layout_version || h.header_size != sizeof(segment_header) ||
+      h.pointer_size != sizeof(void*))
+    return header_state::incompatible;
+  if (h.payload_offset != payload_alignment || h.total_size < h.payload_offset ||
+      h.payload_size > h.total_size - h.payload_offset || mapped_extent(h) > file_size)
+    return header_state::corrupted;
+  return header_state::sound;
+}
 
 std::string kind_name(std::uint32_t kind) {
   switch (static_cast<object_kind>(kind)) {
@@ -230,9 +272,15 @@ std::string kind_name(std::uint32_t kind) {
 segment::~segment() {
   if (base_ != nullptr) ::munmap(base_, mapped_);
   if (fd_ >= 0) ::close(fd_);
-  if (owns_name_ && owner_pid_ == ::getpid()) {
-    const std::string file = "/" + std::string(name_prefix) + name_;
-    ::shm_unlink(file.c_str());
+  if (owns_name_ && owner_pid_ == identity_pid(process_identity())) {
+    // Remove the name only if it still refers to the file we created: after an explicit
+    // remove() somebody else may have made a new object of the same name.
+    const std::string path = "/dev/shm/" + std::string(name_prefix) + name_;
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && st.st_ino == inode_) {
+      const std::string file = "/" + std::string(name_prefix) + name_;
+      ::shm_unlink(file.c_str());
+    }
   }
 }
 
@@ -244,6 +292,7 @@ std::string segment::describe() const {
 segment segment::create_anonymous(segment_spec spec, std::size_t payload, bool growable) {
   const std::size_t total = total_for(payload);
   const std::string what = what_of({}, spec);
+  check_memory_available(total, what);
   int fd = ::memfd_create("shmkit", MFD_CLOEXEC);
   if (fd < 0)
     throw error(fmt::format("shmkit: cannot create {}: {}", what, errno_text(errno)));
@@ -292,7 +341,9 @@ segment segment::create(std::string_view name, segment_spec spec, std::size_t pa
   s.mapped_ = total;
   s.name_ = std::string(name);
   s.owns_name_ = true;
-  s.owner_pid_ = ::getpid();
+  s.owner_pid_ = identity_pid(process_identity());
+  struct stat st {};
+  if (::fstat(fd, &st) == 0) s.inode_ = st.st_ino;
   fill_header(s.base_, total, payload, spec);
   return s;
 }
@@ -309,13 +360,10 @@ segment segment::open(std::string_view name, segment_spec spec, bool growable) {
     throw error(fmt::format("shmkit: cannot open {}: {}", what, e.what()));
   }
   const int fd = shm->get_mapping_handle().handle;
-  const std::size_t total = check_header(fd, name, spec);
-  void* p = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (p == MAP_FAILED)
-    throw error(fmt::format("shmkit: cannot map {}: {}", what, errno_text(errno)));
+  const mapping m = check_header(fd, name, spec);
   segment s;
-  s.base_ = static_cast<std::byte*>(p);
-  s.mapped_ = total;
+  s.base_ = m.base;
+  s.mapped_ = m.size;
   s.name_ = std::string(name);
   if (growable) s.fd_ = dup_cloexec(fd);
   return s;

@@ -11,6 +11,16 @@ namespace shmkit::detail {
 
 static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t));
 
+namespace {
+// Process-local statistics; relaxed, they order nothing.
+std::atomic<std::uint64_t> wait_calls{0};
+std::atomic<std::uint64_t> wake_calls{0};
+}  // namespace
+
+futex_counts futex_calls() noexcept {
+  return {wait_calls.load(std::memory_order_relaxed), wake_calls.load(std::memory_order_relaxed)};
+}
+
 bool futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected,
                 std::optional<time_point> until) noexcept {
   timespec ts{};
@@ -25,6 +35,7 @@ bool futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected,
   }
   // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, so a retry after EINTR
   // does not stretch the wait. Not FUTEX_PRIVATE_FLAG: the word is shared between processes.
+  wait_calls.fetch_add(1, std::memory_order_relaxed);
   long r = ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAIT_BITSET,
                      expected, tsp, nullptr, FUTEX_BITSET_MATCH_ANY);
   if (r == 0) return true;
@@ -39,6 +50,7 @@ bool futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected,
 }
 
 int futex_wake(std::atomic<std::uint32_t>* word, int n) noexcept {
+  wake_calls.fetch_add(1, std::memory_order_relaxed);
   long r = ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE, n, nullptr,
                      nullptr, 0);
   return r < 0 ? 0 : static_cast<int>(r);

@@ -2,7 +2,9 @@
 // The whole of shmkit: Python-style multiprocessing for C++, on shared memory.
 #pragma once
 
+#include "shmkit/codec.hpp"
 #include "shmkit/error.hpp"
 #include "shmkit/naming.hpp"
 #include "shmkit/shared_memory.hpp"
+#include "shmkit/process.hpp"
 #include "shmkit/sync.hpp"

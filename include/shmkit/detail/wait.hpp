@@ -45,6 +45,14 @@ bool futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected,
 // Wakes up to n sleepers on `word`; returns how many were woken.
 int futex_wake(std::atomic<std::uint32_t>* word, int n = INT_MAX) noexcept;
 
+// How many futex system calls (waits, wakes) this process has made: lets tests check that the
+// paths where nobody sleeps make none.
+struct futex_counts {
+  std::uint64_t waits;
+  std::uint64_t wakes;
+};
+futex_counts futex_calls() noexcept;
+
 // How long a waiter spins before it sleeps. About a futex round trip: a peer that answers
 // within it is caught without a system call on either side.
 inline constexpr std::chrono::nanoseconds spin_budget{8000};

@@ -1,0 +1,792 @@
+// SPDX-License-Identifier: MIT
+// The pool's runtime: supervisor, workers, result thread. See pool.hpp for the contract.
+//
+// Processes: the caller's process (the parent) forks one supervisor (a daemon shmkit::process)
+// before it starts any thread of its own; the supervisor forks the workers and, whenever one
+// ends, reports it on the result queue and forks a replacement, so no fork ever happens in the
+// possibly multithreaded parent after start. Each worker has an inbox (a shmkit::queue of at
+// most `depth` tasks) and all share one result queue back to the parent.
+//
+// Knowing which task a dead worker held: every worker writes, in its slot of a shared table,
+// `getting` before it takes from its inbox and the task's id once it has it, and 0 once its
+// result is sent. The supervisor reads that word after reaping the worker and before forking
+// the replacement, and sends it with the death report. A worker that died running task X: X
+// fails at once. A worker that died inside get() may have taken a message with it (the queue
+// loses at most the message a killed consumer was taking) or nothing: the parent then queues a
+// probe behind what the worker held. The replacement takes the inbox in order and answers the
+// probe at once; results come back in the order they were sent, so when the probe's answer
+// arrives, every task queued before it that has no result was lost, and fails. A task failed
+// while its result is still on the way keeps its failure: results are accepted once.
+#include "shmkit/pool.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <dirent.h>
+#include <sys/mman.h>
+#include <csignal>
+#include <cstdio>
+#include <fmt/format.h>
+#include <map>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <unordered_map>
+
+#include "shmkit/detail/identity.hpp"
+#include "shmkit/detail/shared_object.hpp"
+#include "shmkit/process.hpp"
+#include "shmkit/queue.hpp"
+#include "shmkit/shared_memory.hpp"
+
+namespace shmkit::detail {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct task_msg {
+  std::uint64_t id = 0;  // 0: leave (sentinel); entry 0 with an id: a probe, answered at once
+  std::uint64_t entry = 0;
+  std::uint64_t fn_word = 0;
+  std::vector<std::byte> payload;
+  std::string blob;  // a large payload's own shared_memory, instead of `payload`
+  template <class Ar>
+  void serialize(Ar& ar) {
+    ar(id, entry, fn_word, payload, blob);
+  }
+};
+
+enum class msg_kind : std::uint32_t { ok = 1, failed, worker_exit, kick, supervisor_done, probe };
+
+struct result_msg {
+  std::uint32_t kind = 0;
+  std::int32_t slot = -1;
+  std::uint64_t task = 0;   // the task (ok / failed), or what the dead worker held (worker_exit)
+  std::int64_t status = 0;  // worker_exit: the wait status
+  std::int64_t pid = 0;     // worker_exit: the worker's pid
+  std::vector<std::byte> payload;
+  std::string blob;  // a large result's own shared_memory, instead of `payload`
+  template <class Ar>
+  void serialize(Ar& ar) {
+    ar(kind, slot, task, status, pid, payload, blob);
+  }
+};
+
+constexpr std::uint64_t getting = ~std::uint64_t(0);
+constexpr std::size_t max_depth = 16;                // tasks queued per worker, at most
+constexpr std::size_t stash_threshold = 1u << 20;   // larger payloads travel beside the queues
+
+struct worker_slot {
+  std::atomic<std::int32_t> pid{0};       // written by the supervisor after fork
+  std::atomic<std::uint64_t> current{0};  // 0, `getting`, or the id of the task held
+};
+static_assert(std::atomic<std::int32_t>::is_always_lock_free);
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
+
+struct pool_shared {
+  std::atomic<std::uint32_t> stopping{0};     // close(): workers that end are not replaced
+  std::atomic<std::uint32_t> terminating{0};  // terminate(): kill everything
+  std::uint32_t workers = 0;
+  explicit pool_shared(std::uint32_t n) : workers(n) {}
+  worker_slot* slots() { return reinterpret_cast<worker_slot*>(this + 1); }
+};
+
+// A forked worker inherits the caller's signal handlers (a test framework's, say): a crash in
+// a task must end the worker, not run the caller's handler in the worker's copy of it.
+void reset_signals() {
+  for (int sig : {SIGABRT, SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGTERM, SIGALRM})
+    ::signal(sig, SIG_DFL);
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+}
+
+std::string describe_status(int status) {
+  if (WIFSIGNALED(status)) {
+    const char* s = ::strsignal(WTERMSIG(status));
+    return fmt::format("killed by signal {} ({})", WTERMSIG(status), s ? s : "?");
+  }
+  if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
+  return fmt::format("ended with wait status {}", status);
+}
+
+class runtime final : public pool_runtime, public std::enable_shared_from_this<runtime> {
+ public:
+  explicit runtime(pool_options o) : opts_(std::move(o)) {
+    nworkers_ = opts_.processes > 0 ? opts_.processes : cpu_count();
+    if (opts_.maxtasksperchild < 0)
+      throw std::invalid_argument("shmkit::pool: maxtasksperchild must be >= 0");
+    parent_pid_ = ::getpid();
+    shared_ = shared_object<pool_shared>({object_kind::internal},
+                                         sizeof(worker_slot) * nworkers_,
+                                         static_cast<std::uint32_t>(nworkers_));
+    for (int i = 0; i < nworkers_; ++i) new (&shared_.state()->slots()[i]) worker_slot;
+    results_.emplace(4096, queue_options{.heap_bytes = 16u << 20});
+    for (int i = 0; i < nworkers_; ++i)
+      inboxes_.push_back(std::make_unique<queue<task_msg>>(
+          max_depth + 4, queue_options{.heap_bytes = 4u << 20}));
+    slots_.resize(nworkers_);
+    supervisor_ = process([this] { supervise(); });
+    supervisor_.daemon(true);
+    supervisor_.name("shmkit-pool-supervisor");
+    supervisor_.start();
+  }
+
+  void start_thread() {
+    thread_ = std::thread([self = shared_from_this()] { self->result_loop(); });
+  }
+
+  ~runtime() override { terminate(); }
+
+  void submit(std::vector<task_request> tasks) override {
+    std::vector<failure> failures;
+    {
+      std::lock_guard lk(m_);
+      if (closed_ || terminated_)
+        throw std::logic_error("shmkit::pool: the pool is closed; no new tasks");
+      if (broken_) throw worker_lost_error(broken_why_);
+      for (auto& t : tasks) pending_.push_back(std::move(t));
+      outstanding_ += tasks.size();
+      // Straight into the workers' inboxes from this thread: no hop through the result thread.
+      dispatch_locked(failures);
+    }
+    deliver_failures(failures);
+  }
+
+  bool post(std::function<void()> job) override {
+    {
+      std::lock_guard lk(m_);
+      if (thread_done_) return false;
+      posted_.push_back(std::move(job));
+    }
+    if (std::this_thread::get_id() != thread_.get_id()) kick();
+    return true;
+  }
+
+  void close() override {
+    std::lock_guard lk(m_);
+    closed_ = true;
+  }
+
+  void join() override {
+    {
+      std::unique_lock lk(m_);
+      if (!closed_ && !terminated_)
+        throw std::logic_error("shmkit::pool: join() before close() or terminate()");
+      idle_cv_.wait(lk, [&] { return outstanding_ == 0 || terminated_ || broken_; });
+    }
+    shutdown_workers();
+  }
+
+  void terminate() noexcept override {
+    {
+      std::lock_guard lk(m_);
+      if (finished_) return;
+      terminated_ = true;
+    }
+    auto* sh = shared_.state();
+    sh->stopping.store(1);
+    sh->terminating.store(1);
+    for (int i = 0; i < nworkers_; ++i) {
+      const pid_t p = sh->slots()[i].pid.load();
+      if (p > 0) ::kill(p, SIGKILL);
+    }
+    // The supervisor reaps the killed workers, kills any it forked meanwhile, and leaves.
+    try {
+      if (!supervisor_.join_for(10s)) {
+        supervisor_.kill();
+        supervisor_.join();
+      }
+    } catch (...) {
+    }
+    stop_thread();
+    fail_everything(std::make_exception_ptr(
+        worker_lost_error("shmkit::pool: the pool was terminated before the task finished")));
+    remove_stashes();
+    std::lock_guard lk(m_);
+    finished_ = true;
+    idle_cv_.notify_all();
+  }
+
+  int processes() const noexcept override { return nworkers_; }
+
+  std::vector<pid_t> worker_pids() const override {
+    std::vector<pid_t> v;
+    for (int i = 0; i < nworkers_; ++i) {
+      const pid_t p = shared_.state()->slots()[i].pid.load();
+      if (p > 0) v.push_back(p);
+    }
+    return v;
+  }
+
+ private:
+  // ---- parent side ---------------------------------------------------------------------
+
+  struct inflight_task {
+    std::shared_ptr<task_sink> sink;
+    int slot;
+  };
+  struct slot_book {
+    std::deque<std::uint64_t> held;  // ids given to this worker, oldest first
+    long assigned = 0;               // tasks given to the worker's current incarnation
+    // Probes sent after a death inside get(): probe id -> the tasks held when it was sent.
+    std::map<std::uint64_t, std::vector<std::uint64_t>> probes;
+  };
+  // An outcome to hand to a sink once the lock is released.
+  struct outcome {
+    std::shared_ptr<task_sink> sink;
+    bool ok;
+    std::vector<std::byte> payload;
+    pid_t pid;
+  };
+  struct failure {
+    std::shared_ptr<task_sink> sink;
+    std::exception_ptr error;
+  };
+
+  void kick() {
+    if (kick_pending_.exchange(true)) return;
+    try {
+      result_msg k;
+      k.kind = static_cast<std::uint32_t>(msg_kind::kick);
+      results_->put(k);
+    } catch (...) {
+      kick_pending_.store(false);
+    }
+  }
+
+  void result_loop() {
+    std::vector<result_msg> batch;
+    std::vector<outcome> outcomes;
+    std::vector<failure> failures;
+    for (;;) {
+      std::optional<result_msg> m;
+      try {
+        m = results_->get_for(250ms);
+      } catch (const closed_error&) {
+        break;
+      }
+      if (!m) {
+        if (stop_thread_.load()) break;
+        check_supervisor();
+        continue;
+      }
+      batch.clear();
+      batch.push_back(std::move(*m));
+      for (int i = 0; i < 255; ++i) {  // what else is there, under one lock
+        auto more = results_->try_get();
+        if (!more) break;
+        batch.push_back(std::move(*more));
+      }
+      {
+        std::lock_guard lk(m_);
+        for (auto& r : batch) handle_locked(r, outcomes, failures);
+        dispatch_locked(failures);
+      }
+      for (auto& o : outcomes) deliver(o);
+      std::size_t done = outcomes.size();
+      outcomes.clear();
+      done += deliver_failures(failures);
+      finished(done);
+      run_posted();
+      if (stop_thread_.load()) break;
+    }
+    run_posted();
+    std::lock_guard lk(m_);
+    thread_done_ = true;
+  }
+
+  void handle_locked(result_msg& m, std::vector<outcome>& outcomes,
+                     std::vector<failure>& failures) {
+    switch (static_cast<msg_kind>(m.kind)) {
+      case msg_kind::ok:
+      case msg_kind::failed: {
+        auto it = inflight_.find(m.task);
+        if (it == inflight_.end()) {  // already failed as lost
+          drop_stash(m.blob);
+          return;
+        }
+        forget(it->second.slot, m.task);
+        outcomes.push_back({std::move(it->second.sink),
+                            m.kind == static_cast<std::uint32_t>(msg_kind::ok),
+                            std::move(m.payload), static_cast<pid_t>(m.pid)});
+        if (!m.blob.empty()) outcomes.back().payload = unstash(m.blob);
+        inflight_.erase(it);
+        break;
+      }
+      case msg_kind::worker_exit:
+        worker_ended_locked(m, failures);
+        break;
+      case msg_kind::kick:
+        kick_pending_.store(false);
+        break;
+      case msg_kind::probe:
+        probe_answered_locked(m, failures);
+        break;
+      case msg_kind::supervisor_done:
+        break;
+    }
+  }
+
+  static void deliver(outcome& o) {
+    try {
+      if (o.ok) {
+        o.sink->succeeded(o.payload);
+      } else {
+        auto f = decode<task_failure>(o.payload);
+        o.sink->failed(std::make_exception_ptr(remote_error(f.type_name, f.message, o.pid)));
+      }
+    } catch (...) {
+      o.sink->failed(std::current_exception());
+    }
+  }
+
+  std::size_t deliver_failures(std::vector<failure>& failures) {
+    for (auto& f : failures) f.sink->failed(f.error);
+    const std::size_t n = failures.size();
+    failures.clear();
+    return n;
+  }
+
+  void fail_lost_locked(int slot, std::uint64_t id, const std::string& why,
+                        std::vector<failure>& failures) {
+    auto it = inflight_.find(id);
+    if (it == inflight_.end()) return;
+    failures.push_back({std::move(it->second.sink),
+                        std::make_exception_ptr(worker_lost_error(why))});
+    forget(slot, id);
+    inflight_.erase(it);
+  }
+
+  void probe_answered_locked(const result_msg& m, std::vector<failure>& failures) {
+    if (m.slot < 0 || m.slot >= nworkers_) return;
+    auto& probes = slots_[m.slot].probes;
+    auto it = probes.find(m.task);
+    if (it == probes.end()) return;
+    for (std::uint64_t id : it->second)
+      fail_lost_locked(m.slot, id,
+                       fmt::format("shmkit::pool: worker {} died while taking a task; the task "
+                                   "was lost with it",
+                                   m.slot),
+                       failures);
+    probes.erase(it);
+  }
+
+  void worker_ended_locked(const result_msg& m, std::vector<failure>& failures) {
+    if (m.slot < 0 || m.slot >= nworkers_) return;
+    auto& book = slots_[m.slot];
+    const std::string why =
+        fmt::format("shmkit::pool: worker {} (pid {}) {} while running a task", m.slot, m.pid,
+                    describe_status(static_cast<int>(m.status)));
+    if (m.task == getting) {
+      if (!book.held.empty()) {
+        // Ask the replacement what is left in the inbox: see the comment at the top.
+        const std::uint64_t probe = next_id_++;
+        task_msg msg;
+        msg.id = probe;
+        bool sent = false;
+        try {
+          sent = inboxes_[m.slot]->try_put(msg);
+        } catch (...) {
+        }
+        if (sent)
+          book.probes.emplace(probe,
+                              std::vector<std::uint64_t>(book.held.begin(), book.held.end()));
+        else  // cannot ask: fail the one most likely taken
+          fail_lost_locked(m.slot, book.held.front(), why, failures);
+      }
+    } else if (m.task != 0) {
+      fail_lost_locked(m.slot, m.task, why, failures);
+    }
+    // The replacement inherits the inbox: what is still queued there counts toward it.
+    book.assigned = static_cast<long>(book.held.size());
+  }
+
+  void forget(int slot, std::uint64_t id) {
+    auto& held = slots_[slot].held;
+    for (auto it = held.begin(); it != held.end(); ++it)
+      if (*it == id) {
+        held.erase(it);
+        return;
+      }
+  }
+
+  // Counts finished tasks (their sinks were called) and wakes join().
+  void finished(std::size_t n) {
+    if (n == 0) return;
+    std::lock_guard lk(m_);
+    outstanding_ -= n;
+    if (outstanding_ == 0) idle_cv_.notify_all();
+  }
+
+  // How many tasks each worker may hold: two, so it never waits for the next while the parent
+  // catches up; more while many small tasks wait, so the round trips to the parent amortise.
+  std::size_t depth_locked() const {
+    const std::size_t per = pending_.size() / (static_cast<std::size_t>(nworkers_) * 4);
+    return std::clamp<std::size_t>(per, 2, max_depth);
+  }
+
+  // Moves pending tasks into inboxes with room. Tasks that cannot be sent at all become
+  // failures (delivered by the caller once the lock is released).
+  void dispatch_locked(std::vector<failure>& failures) {
+    if (pending_.empty() || broken_ || terminated_) return;
+    const long max = opts_.maxtasksperchild;
+    const std::size_t depth = depth_locked();
+    for (bool progress = true; progress && !pending_.empty();) {
+      progress = false;
+      for (int s = 0; s < nworkers_ && !pending_.empty(); ++s) {
+        auto& book = slots_[s];
+        if (book.held.size() >= depth || (max > 0 && book.assigned >= max)) continue;
+        task_request& t = pending_.front();
+        const std::uint64_t id = next_id_;
+        task_msg msg{id, reinterpret_cast<std::uintptr_t>(t.entry), t.fn_word, {}, {}};
+        bool sent = false;
+        try {
+          if (t.payload.size() > stash_threshold)
+            msg.blob = stash(t.payload, "t");
+          else
+            msg.payload = std::move(t.payload);
+          sent = inboxes_[s]->try_put(msg);
+          if (!sent) {
+            if (msg.blob.empty())
+              t.payload = std::move(msg.payload);
+            else
+              drop_stash(msg.blob);
+          }
+        } catch (...) {
+          // The task itself cannot be sent (no room for its arguments anywhere).
+          drop_stash(msg.blob);
+          failures.push_back({std::move(t.sink), std::current_exception()});
+          pending_.pop_front();
+          progress = true;
+          continue;
+        }
+        if (!sent) continue;  // the inbox is full after all: try later
+        ++next_id_;
+        inflight_.emplace(id, inflight_task{std::move(t.sink), s});
+        pending_.pop_front();
+        book.held.push_back(id);
+        ++book.assigned;
+        progress = true;
+      }
+    }
+  }
+
+  void run_posted() {
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::lock_guard lk(m_);
+        if (posted_.empty()) return;
+        job = std::move(posted_.front());
+        posted_.pop_front();
+      }
+      try {
+        job();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "shmkit::pool: a callback threw: %s\n", e.what());
+      } catch (...) {
+        std::fprintf(stderr, "shmkit::pool: a callback threw\n");
+      }
+    }
+  }
+
+  void check_supervisor() {
+    bool dead = false;
+    try {
+      dead = !supervisor_.is_alive();
+    } catch (...) {
+      dead = true;
+    }
+    if (!dead) return;
+    std::string why;
+    {
+      std::lock_guard lk(m_);
+      if (terminated_ || finished_ || broken_) return;
+      broken_ = true;
+      broken_why_ = fmt::format("shmkit::pool: the pool's supervisor (pid {}) died; its workers "
+                                "are gone",
+                                supervisor_.pid());
+      why = broken_why_;
+    }
+    auto* sh = shared_.state();
+    for (int i = 0; i < nworkers_; ++i) {
+      const pid_t p = sh->slots()[i].pid.load();
+      if (p > 0) ::kill(p, SIGKILL);
+    }
+    fail_everything(std::make_exception_ptr(worker_lost_error(why)));
+  }
+
+  // Fails every pending and in-flight task (terminate, broken pool).
+  void fail_everything(std::exception_ptr e) {
+    std::vector<failure> failures;
+    {
+      std::lock_guard lk(m_);
+      for (auto& t : pending_) failures.push_back({std::move(t.sink), e});
+      pending_.clear();
+      for (auto& [id, t] : inflight_) failures.push_back({std::move(t.sink), e});
+      inflight_.clear();
+      for (auto& b : slots_) {
+        b.held.clear();
+        b.probes.clear();
+      }
+    }
+    finished(deliver_failures(failures));
+  }
+
+  void stop_thread() noexcept {
+    if (!thread_.joinable()) return;
+    stop_thread_.store(true);
+    kick_pending_.store(false);
+    kick();
+    if (std::this_thread::get_id() == thread_.get_id())
+      thread_.detach();
+    else
+      thread_.join();
+  }
+
+  void shutdown_workers() {
+    {
+      std::lock_guard lk(m_);
+      if (finished_) return;
+    }
+    shared_.state()->stopping.store(1);
+    if (!broken_ && !terminated_) {
+      for (auto& q : inboxes_) {
+        try {
+          q->put(task_msg{});  // leave
+        } catch (...) {
+        }
+      }
+    }
+    try {
+      supervisor_.join();
+    } catch (...) {
+    }
+    stop_thread();
+    remove_stashes();
+    std::lock_guard lk(m_);
+    finished_ = true;
+  }
+
+  // ---- payloads too large for the queues' heaps ------------------------------------------
+  // They travel in a named shared_memory of their own, which the receiver opens, copies and
+  // removes. Names carry the parent's pid, so that what a killed process left behind is
+  // removed when the pool ends.
+
+  std::string stash(std::span<const std::byte> bytes, const char* what) {
+    const std::string name = fmt::format("pool-{}-{}-{}-{}", parent_pid_, what, ::getpid(),
+                                         stash_counter_.fetch_add(1));
+    shared_memory m(create_only, name, bytes.size());
+    std::memcpy(m.data(), bytes.data(), bytes.size());
+    m.release_name();
+    return name;
+  }
+  static std::vector<std::byte> unstash(const std::string& name) {
+    shared_memory m(open_only, name);
+    std::vector<std::byte> v(m.data(), m.data() + m.size());
+    drop_stash(name);
+    return v;
+  }
+  static void drop_stash(const std::string& name) noexcept {
+    if (name.empty()) return;
+    try {
+      shmkit::remove(name);
+    } catch (...) {
+    }
+  }
+  void remove_stashes() noexcept {
+    const std::string prefix = fmt::format("shmkit.pool-{}-", parent_pid_);
+    if (DIR* d = ::opendir("/dev/shm")) {
+      while (dirent* e = ::readdir(d))
+        if (std::string_view(e->d_name).starts_with(prefix))
+          ::shm_unlink(("/" + std::string(e->d_name)).c_str());
+      ::closedir(d);
+    }
+  }
+
+  // ---- supervisor side (a separate, single-threaded process) --------------------------
+
+  [[noreturn]] void supervise() {
+    reset_signals();
+    ::signal(SIGPIPE, SIG_IGN);
+    auto* sh = shared_.state();
+    std::map<pid_t, int> children;
+    for (int i = 0; i < nworkers_; ++i) children.emplace(spawn_worker(i), i);
+    for (;;) {
+      if (sh->terminating.load()) {
+        for (auto& [p, s] : children) ::kill(p, SIGKILL);
+      }
+      int status = 0;
+      const pid_t p = ::waitpid(-1, &status, 0);
+      if (p < 0) {
+        if (errno == EINTR) continue;
+        break;  // no children left
+      }
+      auto it = children.find(p);
+      if (it == children.end()) continue;
+      const int slot = it->second;
+      children.erase(it);
+      auto& ws = sh->slots()[slot];
+      result_msg m;
+      m.kind = static_cast<std::uint32_t>(msg_kind::worker_exit);
+      m.slot = slot;
+      m.task = ws.current.load();
+      m.status = status;
+      m.pid = p;
+      ws.pid.store(0);
+      ws.current.store(0);
+      if (!sh->terminating.load()) {
+        try {
+          results_->put(m);
+        } catch (...) {
+        }
+      }
+      const bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+      const bool replace = !sh->terminating.load() && (!sh->stopping.load() || !clean);
+      if (replace) children.emplace(spawn_worker(slot), slot);
+      if (children.empty()) break;
+    }
+    result_msg done;
+    done.kind = static_cast<std::uint32_t>(msg_kind::supervisor_done);
+    try {
+      if (!sh->terminating.load()) results_->put(done);
+    } catch (...) {
+    }
+    std::fflush(nullptr);
+    std::_Exit(0);
+  }
+
+  pid_t spawn_worker(int slot) {
+    std::fflush(nullptr);
+    const pid_t parent = ::getpid();
+    pid_t p;
+    do {
+      p = ::fork();
+    } while (p < 0 && (errno == EAGAIN || errno == EINTR) && (::usleep(10000), true));
+    if (p == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) std::_Exit(0);  // the supervisor died before prctl
+      work(slot);
+    }
+    shared_.state()->slots()[slot].pid.store(p);
+    return p;
+  }
+
+  [[noreturn]] void work(int slot) {
+    auto& ws = shared_.state()->slots()[slot];
+    auto& inbox = *inboxes_[slot];
+    reset_signals();
+    if (opts_.initializer) {
+      try {
+        opts_.initializer();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "shmkit::pool: worker initializer failed: %s\n", e.what());
+        std::fflush(nullptr);
+        std::_Exit(2);
+      }
+    }
+    long done = 0;
+    std::vector<std::byte> out;
+    for (;;) {
+      // release: pairs with the supervisor's load after waitpid(); the order of these stores
+      // is what the death report relies on.
+      ws.current.store(getting, std::memory_order_release);
+      task_msg t;
+      try {
+        t = inbox.get();
+      } catch (...) {
+        break;
+      }
+      if (t.id == 0) break;
+      if (t.entry == 0) {  // a probe: answer in order with the results
+        result_msg p;
+        p.kind = static_cast<std::uint32_t>(msg_kind::probe);
+        p.slot = slot;
+        p.task = t.id;
+        try {
+          results_->put(p);
+        } catch (...) {
+          break;
+        }
+        continue;
+      }
+      ws.current.store(t.id, std::memory_order_release);
+      result_msg r;
+      r.slot = slot;
+      r.task = t.id;
+      r.pid = ::getpid();
+      bool ok = false;
+      try {
+        if (!t.blob.empty()) t.payload = unstash(t.blob);
+        ok = run_task(reinterpret_cast<task_entry>(static_cast<std::uintptr_t>(t.entry)),
+                      t.fn_word, t.payload, out);
+      } catch (const std::exception& e) {  // the arguments' shared_memory could not be read
+        out = encode(task_failure{"shmkit::error", e.what()});
+      }
+      r.kind = static_cast<std::uint32_t>(ok ? msg_kind::ok : msg_kind::failed);
+      try {
+        if (out.size() > stash_threshold)
+          r.blob = stash(out, "r");
+        else
+          r.payload = std::move(out);
+        out = {};
+        results_->put(r);
+      } catch (const closed_error&) {
+        break;
+      } catch (const std::exception& e) {
+        // The result cannot travel (too large for the result queue): report that instead.
+        drop_stash(r.blob);
+        r.blob.clear();
+        r.kind = static_cast<std::uint32_t>(msg_kind::failed);
+        r.payload = encode(task_failure{"shmkit::error", e.what()});
+        try {
+          results_->put(r);
+        } catch (...) {
+          break;
+        }
+      }
+      ws.current.store(0, std::memory_order_release);
+      if (opts_.maxtasksperchild > 0 && ++done >= opts_.maxtasksperchild) break;
+    }
+    ws.current.store(0, std::memory_order_release);
+    std::fflush(nullptr);
+    std::_Exit(0);
+  }
+
+  pool_options opts_;
+  int nworkers_ = 1;
+  pid_t parent_pid_ = 0;
+  std::atomic<std::uint64_t> stash_counter_{0};
+  shared_object<pool_shared> shared_;
+  std::optional<queue<result_msg>> results_;
+  std::vector<std::unique_ptr<queue<task_msg>>> inboxes_;
+  process supervisor_;
+  std::thread thread_;
+
+  // Parent state, all guarded by m_. Sinks are called with m_ released.
+  std::mutex m_;
+  std::condition_variable idle_cv_;
+  std::deque<task_request> pending_;
+  std::deque<std::function<void()>> posted_;
+  std::size_t outstanding_ = 0;
+  bool closed_ = false, terminated_ = false, broken_ = false, finished_ = false;
+  bool thread_done_ = false;
+  std::string broken_why_;
+  std::unordered_map<std::uint64_t, inflight_task> inflight_;
+  std::vector<slot_book> slots_;
+  std::uint64_t next_id_ = 1;
+  std::atomic<bool> kick_pending_{false};
+  std::atomic<bool> stop_thread_{false};
+};
+
+}  // namespace
+
+std::shared_ptr<pool_runtime> pool_runtime::start(pool_options options) {
+  auto rt = std::make_shared<runtime>(std::move(options));
+  rt->start_thread();
+  return rt;
+}
+
+}  // namespace shmkit::detail
