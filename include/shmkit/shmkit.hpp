@@ -12,3 +12,4 @@
 #include "shmkit/progress.hpp"
 #include "shmkit/queue.hpp"
 #include "shmkit/mpi_pool.hpp"
+#include "shmkit/sync.hpp"
