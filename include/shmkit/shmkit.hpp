@@ -4,4 +4,5 @@
 
 #include "shmkit/error.hpp"
 #include "shmkit/naming.hpp"
+#include "shmkit/pipe.hpp"
 #include "shmkit/shared_memory.hpp"
