@@ -7,6 +7,7 @@
 #include <bit>
 #include <fmt/format.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdexcept>
 #include <thread>
 
@@ -29,6 +30,9 @@ void count_fork() noexcept {
 
 // How often a blocked call checks that its peer lives.
 constexpr auto liveness_slice = std::chrono::milliseconds(100);
+
+// The shortest spin before sleeping, once spinning has kept failing.
+constexpr std::chrono::nanoseconds min_spin{500};
 
 // No message is longer than this (a header claiming more is corrupted).
 constexpr std::uint64_t max_message_bytes = std::uint64_t(1) << 46;
@@ -190,6 +194,24 @@ bool connection_base::ready_now(bool check_alive) {
   return rx_.has_data() || peer_closed() || (check_alive && peer_dead());
 }
 
+// Spins briefly for `ready` before the caller sleeps, and learns from it: a spin that catches
+// the peer doubles the next one (up to spin_budget), one that fails halves it (down to
+// min_spin), so a slow peer costs little CPU and a quick one is caught without a system call.
+// No spin at all while the peer last waited on this very CPU: spinning would only keep it off.
+template <class Pred>
+bool connection_base::spin_first(Pred&& ready) {
+  const int cpu = ::sched_getcpu();
+  if (cpu >= 0) {
+    // relaxed: a scheduling hint; nothing is read on the strength of it.
+    self_->cpu.store(static_cast<std::uint32_t>(cpu), std::memory_order_relaxed);
+    if (peer_->cpu.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(cpu))
+      return ready();
+  }
+  const bool caught = detail::spin_until(ready, spin_);
+  spin_ = caught ? std::min(spin_ * 2, detail::spin_budget) : std::max(spin_ / 2, detail::min_spin);
+  return caught;
+}
+
 connection_base::readiness connection_base::wait_readable(
     std::optional<detail::time_point> deadline) {
   // After the peer closed or died, data may still be buffered: that comes first.
@@ -199,12 +221,12 @@ connection_base::readiness connection_base::wait_readable(
   if (deadline && clock::now() >= *deadline)
     return peer_dead() ? data_or_eof() : readiness::timeout;
   auto ready = [&] { return rx_.has_data() || peer_closed(); };
-  auto spin = detail::spin_budget;
+  if (spin_first(ready)) return data_or_eof();
   for (;;) {
     const auto slice_end = clock::now() + detail::liveness_slice;
     const auto until = deadline ? std::min(*deadline, slice_end) : slice_end;
-    if (rx_.ctl()->readable.wait_until(ready, until, spin)) return data_or_eof();
-    spin = std::chrono::nanoseconds::zero();
+    if (rx_.ctl()->readable.wait_until(ready, until, std::chrono::nanoseconds::zero()))
+      return data_or_eof();
     if (peer_dead()) return data_or_eof();
     if (deadline && clock::now() >= *deadline) return readiness::timeout;
   }
@@ -212,14 +234,16 @@ connection_base::readiness connection_base::wait_readable(
 
 void connection_base::wait_writable(std::size_t bytes) {
   auto ready = [&] { return peer_closed() || tx_.can_reserve(bytes); };
-  auto spin = detail::spin_budget;
+  tx_.announce_need(bytes);
+  bool room = spin_first(ready);
   for (;;) {
-    if (tx_.ctl()->writable.wait_until(ready, clock::now() + detail::liveness_slice, spin)) {
+    if (room) {
       if (peer_closed()) throw_peer_gone(true);
       return;
     }
-    spin = std::chrono::nanoseconds::zero();
-    if (peer_dead()) throw_peer_gone(true);
+    room = tx_.ctl()->writable.wait_until(ready, clock::now() + detail::liveness_slice,
+                                          std::chrono::nanoseconds::zero());
+    if (!room && peer_dead()) throw_peer_gone(true);
   }
 }
 
@@ -249,11 +273,12 @@ void connection_base::send_bytes(std::span<const std::byte> bytes) {
 }
 
 void connection_base::send_stream(std::span<const std::byte> bytes) {
-  // Pieces of at most a quarter of the ring, so the receiver copies out one while we copy in
-  // the next; we wait for room only when less than a sixteenth is free.
+  // Pieces of up to half the ring: the receiver copies one out while we copy the next in
+  // (double buffering, with as few hand-overs as that allows); we wait for room only while
+  // less than an eighth of the ring is free.
   const std::size_t cap = tx_.capacity();
-  const std::size_t max_piece = cap / 4;
-  const std::size_t min_piece_payload = cap / 16;
+  const std::size_t max_piece = detail::max_frame_bytes(cap);
+  const std::size_t min_piece_payload = cap / 8;
   const std::uint64_t total = bytes.size();
   std::size_t sent = 0;
   for (bool first = true; first || sent < total; first = false) {

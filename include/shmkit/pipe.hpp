@@ -238,6 +238,8 @@ class connection_base {
   bool peer_dead() const noexcept;
   void check_peer_now_and_then();
   bool ready_now(bool check_alive);
+  template <class Pred>
+  bool spin_first(Pred&& ready);
   readiness wait_readable(std::optional<detail::time_point> deadline);
   void wait_writable(std::size_t bytes);
   std::byte* reserve_frame_slow(std::size_t bytes);
@@ -263,6 +265,7 @@ class connection_base {
     std::swap(fork_gen_, o.fork_gen_);
     std::swap(sends_, o.sends_);
     std::swap(last_alive_check_, o.last_alive_check_);
+    std::swap(spin_, o.spin_);
     std::swap(end_, o.end_);
   }
 
@@ -273,6 +276,7 @@ class connection_base {
   std::uint64_t fork_gen_ = 0;  // detail::fork_generation() when the handle was made
   std::uint32_t sends_ = 0;
   detail::time_point last_alive_check_{};
+  std::chrono::nanoseconds spin_ = detail::spin_budget;  // adapted: see spin_first()
   std::uint8_t end_ = 0;
 };
 

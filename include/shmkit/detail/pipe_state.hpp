@@ -21,6 +21,9 @@ struct alignas(cache_line) pipe_end_state {
   // 1 once some process used the end (or opened it by name); an opener by name may take an
   // end that is held but was never used (the creator's spare end), never one in use.
   std::atomic<std::uint32_t> used{0};
+  // The CPU the owner ran on when it last began to wait: a scheduling hint for the peer, which
+  // does not spin while it shares that CPU (spinning would only delay the owner).
+  std::atomic<std::uint32_t> cpu{~0u};
 };
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);

@@ -37,6 +37,9 @@ struct ring_ctl {
   alignas(cache_line) waitpoint readable;
   // The producer sleeps here for room.
   alignas(cache_line) waitpoint writable;
+  // The tail the sleeping producer waits for (its room is there once tail reaches it). Written
+  // by the producer before it sleeps; read by the consumer only while a producer sleeps.
+  std::atomic<std::uint64_t> want_tail{0};
 };
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 static_assert(offsetof(ring_ctl, tail) - offsetof(ring_ctl, head) >= cache_line,
@@ -86,6 +89,7 @@ class ring_writer {
   void resync() noexcept {
     // acquire: pairs with our own (or a previous producer's) seq_cst store in commit().
     head_ = ctl_->head.load(std::memory_order_acquire);
+    published_ = head_;
     // acquire: pairs with the consumer's seq_cst store of tail in ring_reader::consume().
     tail_ = ctl_->tail.load(std::memory_order_acquire);
   }
@@ -135,14 +139,37 @@ class ring_writer {
   // Publishes the frame of `bytes` bytes written at the place try_reserve*() gave (together
   // with any pad frame before it), and wakes the consumer if it sleeps.
   void commit(std::size_t bytes) noexcept {
+    const std::uint64_t before = published_;
     head_ += bytes;
+    published_ = head_;
     // seq_cst: (1) release: pairs with the consumer's acquire load of head in
-    // ring_reader::peek() and with the waiter's seq_cst load in has_data(), so the frame's bytes
-    // are visible before the new head; (2) total order with the load of readable.waiters
-    // below versus the waiter's increment of `waiters` in waitpoint::wait_until() before it
-    // re-checks head: either the waiter sees this head, or we see it counted and wake it.
+    // ring_reader::resync() and its seq_cst load in has_data(), so the frame's bytes are
+    // visible before the new head; (2) total order with the load of readable.waiters below
+    // versus the waiter's increment of `waiters` in waitpoint::wait_until() before it
+    // re-checks head: either the waiter sees this head, or we see it counted.
     ctl_->head.store(head_, std::memory_order_seq_cst);
-    if (ctl_->readable.waiters.load(std::memory_order_seq_cst) != 0) ctl_->readable.notify_all();
+    if (ctl_->readable.waiters.load(std::memory_order_seq_cst) != 0) [[unlikely]] {
+      // A consumer sleeps or is about to. If it has not consumed all we published before this
+      // commit, it saw those frames or was woken for them (by the commit that first published
+      // past its tail: that one found tail >= its `before`), and it re-reads head after
+      // consuming them (seq_cst: its tail store follows our load of tail, so its later load
+      // of head follows our store). Then no wake-up is due: this spares a system call per
+      // message while a woken consumer waits for a CPU.
+      // seq_cst: pairs with the consumer's seq_cst store in ring_reader::consume().
+      if (ctl_->tail.load(std::memory_order_seq_cst) >= before) ctl_->readable.notify_all();
+    }
+  }
+
+  // Before sleeping until try_reserve(bytes) or try_reserve_some(bytes, ...) can succeed:
+  // tells the consumer which tail brings that room, so that it wakes us once, when its tail
+  // crosses that point (see ring_reader::consume()).
+  void announce_need(std::size_t bytes) noexcept {
+    const std::size_t to_end = cap_ - (head_ & mask_);
+    const std::size_t need = bytes <= to_end ? bytes : to_end + bytes;
+    // seq_cst: stored before our increment of writable.waiters in waitpoint::wait_until(), so
+    // a consumer that sees us counted reads this value (or a later one).
+    const std::uint64_t want = head_ + need > cap_ ? head_ + need - cap_ : 0;
+    ctl_->want_tail.store(want, std::memory_order_seq_cst);
   }
 
   // Bytes written and not yet consumed, as far as this view knows (refreshes the tail).
@@ -173,7 +200,8 @@ class ring_writer {
   std::byte* data_ = nullptr;
   std::size_t cap_ = 0;
   std::size_t mask_ = 0;
-  std::uint64_t head_ = 0;
+  std::uint64_t head_ = 0;       // next byte to write (past any pad not yet published)
+  std::uint64_t published_ = 0;  // head as last published
   std::uint64_t tail_ = 0;
 };
 
@@ -227,15 +255,25 @@ class ring_reader {
     return reinterpret_cast<const std::byte*>(h) + sizeof(frame_header);
   }
 
-  // Releases `bytes` bytes (the frame just read) to the producer, waking it if it sleeps.
+  // Releases `bytes` bytes (the frame just read) to the producer, waking it if it sleeps
+  // for the room this makes.
   void consume(std::size_t bytes) noexcept {
+    const std::uint64_t before = tail_;
     tail_ += bytes;
     // seq_cst: (1) release: pairs with the producer's seq_cst load of tail in
     // ring_writer::refresh_tail(), so our reads of the frame complete before it may overwrite
     // them; (2) total order with the load of writable.waiters below versus the producer's
     // increment of `waiters` before it re-checks the room (waitpoint::wait_until()).
     ctl_->tail.store(tail_, std::memory_order_seq_cst);
-    if (ctl_->writable.waiters.load(std::memory_order_seq_cst) != 0) ctl_->writable.notify_all();
+    if (ctl_->writable.waiters.load(std::memory_order_seq_cst) != 0) [[unlikely]] {
+      // Wake the producer once, when the tail crosses the point it announced: before that it
+      // has no room, after that an earlier consume() already woke it (or it saw the room
+      // itself when it re-checked), so no system call per frame while it waits for a CPU.
+      // seq_cst: pairs with the store in ring_writer::announce_need(), made before the
+      // producer counted itself in `waiters`.
+      const std::uint64_t want = ctl_->want_tail.load(std::memory_order_seq_cst);
+      if (before < want && tail_ >= want) ctl_->writable.notify_all();
+    }
   }
 
   // Returned by peek() for a header that breaks the frame rules.
