@@ -25,10 +25,15 @@ std::atomic<bool> waitv_missing{false};
 
 }  // namespace
 
+void simulate_missing_futex_waitv(bool missing) noexcept {
+  // relaxed: a flag read by this process only; a stale read costs one more system call.
+  waitv_missing.store(missing, std::memory_order_relaxed);
+}
+
 wait_any_result futex_wait_any(std::span<const wait_word> words,
                                std::optional<time_point> until) noexcept {
   if (words.empty() || words.size() > wait_any_max ||
-      waitv_missing.load(std::memory_order_relaxed))
+      waitv_missing.load(std::memory_order_relaxed))  // relaxed: see simulate_missing_...()
     return wait_any_result::unsupported;
   kernel_futex_waitv v[wait_any_max];
   for (std::size_t i = 0; i < words.size(); ++i)

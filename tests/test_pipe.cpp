@@ -9,9 +9,11 @@
 #include <cstdint>
 #include <random>
 #include <string>
+#include <sys/resource.h>
 #include <vector>
 
 #include "shmkit/detail/wait.hpp"
+#include "shmkit/detail/wait_any.hpp"
 #include "shmkit/pipe.hpp"
 #include "support.hpp"
 
@@ -54,6 +56,63 @@ struct point {
   std::int32_t tag;
   bool operator==(const point&) const = default;
 };
+
+// CPU time (user + system) this process has used so far.
+std::chrono::microseconds cpu_used() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return std::chrono::seconds(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         std::chrono::microseconds(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+// Receives, in this process, what `producers` children send on one-way pipes at random moments
+// (each sends `per_producer` values, then closes), using shmkit::wait; checks every value
+// arrives, in order per child.
+void fan_in(int producers, int per_producer) {
+  std::vector<std::pair<shmkit::connection<int>, shmkit::connection<int>>> pipes;
+  for (int i = 0; i < producers; ++i) pipes.push_back(shmkit::pipe<int>(false));
+  std::vector<pid_t> kids;
+  for (int p = 0; p < producers; ++p)
+    kids.push_back(spawn([&, p] {
+      std::mt19937 rng(static_cast<unsigned>(p * 7919 + ::getpid()));
+      std::uniform_int_distribution<int> pause_us(0, 3000);
+      for (int k = 0; k < per_producer; ++k) {
+        if (rng() % 4 == 0) std::this_thread::sleep_for(std::chrono::microseconds(pause_us(rng)));
+        pipes[p].second.send(p * 1000000 + k);
+      }
+      pipes[p].second.close();
+    }));
+  std::vector<shmkit::connection<int>*> live;
+  std::vector<int> owner_of;
+  for (int p = 0; p < producers; ++p) {
+    live.push_back(&pipes[p].first);
+    owner_of.push_back(p);
+  }
+  std::vector<int> next(producers, 0);
+  while (!live.empty()) {
+    const std::vector<std::size_t> ready = shmkit::wait(live, 60s);
+    BOOST_REQUIRE(!ready.empty());
+    std::vector<std::size_t> finished;
+    for (std::size_t i : ready) {
+      BOOST_REQUIRE_LT(i, live.size());
+      const int p = owner_of[i];
+      try {
+        // Ready means recv() does not block: a value or EOF.
+        const int v = live[i]->recv();
+        BOOST_REQUIRE_EQUAL(v, p * 1000000 + next[p]);
+        ++next[p];
+      } catch (const shmkit::eof_error&) {
+        finished.push_back(i);
+      }
+    }
+    for (auto it = finished.rbegin(); it != finished.rend(); ++it) {
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(*it));
+      owner_of.erase(owner_of.begin() + static_cast<std::ptrdiff_t>(*it));
+    }
+  }
+  for (int p = 0; p < producers; ++p) BOOST_CHECK_EQUAL(next[p], per_producer);
+  BOOST_CHECK(wait_all_ok(kids));
+}
 
 template <class F>
 bool throws_eof(F&& f) {
@@ -300,52 +359,49 @@ BOOST_AUTO_TEST_CASE(a_sender_blocked_on_a_full_buffer_sees_the_reader_die) {
   BOOST_CHECK_EQUAL(wait_exit(child), -SIGKILL);
 }
 
-BOOST_AUTO_TEST_CASE(wait_on_8_pipes_fed_by_8_processes_at_random_times) {
-  constexpr int producers = 8;
-  constexpr int per_producer = 200;
-  std::vector<std::pair<shmkit::connection<int>, shmkit::connection<int>>> pipes;
-  for (int i = 0; i < producers; ++i) pipes.push_back(shmkit::pipe<int>(false));
-  std::vector<pid_t> kids;
-  for (int p = 0; p < producers; ++p)
-    kids.push_back(spawn([&, p] {
-      std::mt19937 rng(static_cast<unsigned>(p * 7919 + ::getpid()));
-      std::uniform_int_distribution<int> pause_us(0, 3000);
-      for (int k = 0; k < per_producer; ++k) {
-        if (rng() % 4 == 0) std::this_thread::sleep_for(std::chrono::microseconds(pause_us(rng)));
-        pipes[p].second.send(p * 1000000 + k);
-      }
-      pipes[p].second.close();
-    }));
-  std::vector<shmkit::connection<int>*> live;
-  std::vector<int> owner_of;
-  for (int p = 0; p < producers; ++p) {
-    live.push_back(&pipes[p].first);
-    owner_of.push_back(p);
-  }
-  std::vector<int> next(producers, 0);
-  while (!live.empty()) {
-    const std::vector<std::size_t> ready = shmkit::wait(live, 60s);
-    BOOST_REQUIRE(!ready.empty());
-    std::vector<std::size_t> finished;
-    for (std::size_t i : ready) {
-      BOOST_REQUIRE_LT(i, live.size());
-      const int p = owner_of[i];
-      try {
-        // Ready means recv() does not block: a value or EOF.
-        const int v = live[i]->recv();
-        BOOST_REQUIRE_EQUAL(v, p * 1000000 + next[p]);
-        ++next[p];
-      } catch (const shmkit::eof_error&) {
-        finished.push_back(i);
-      }
+BOOST_AUTO_TEST_CASE(wait_on_8_pipes_fed_by_8_processes_at_random_times) { fan_in(8, 200); }
+
+BOOST_AUTO_TEST_CASE(wait_without_futex_waitv_polls_and_loses_nothing) {
+  shmkit::detail::simulate_missing_futex_waitv(true);
+  fan_in(4, 100);
+  shmkit::detail::simulate_missing_futex_waitv(false);
+}
+
+BOOST_AUTO_TEST_CASE(blocked_calls_sleep_instead_of_spinning) {
+  auto [a, b] = shmkit::pipe<int>();
+  auto [c, d] = shmkit::pipe<int>();
+  // wait() with nothing ready for 400 ms: a few milliseconds of CPU at most, not 400.
+  const auto before = cpu_used();
+  BOOST_CHECK(shmkit::wait({&a, &c}, 400ms).empty());
+  BOOST_CHECK_LT((cpu_used() - before).count(), 150000);
+  // recv() blocked 400 ms in a child until the parent sends.
+  pid_t child = spawn([&] {
+    const auto t0 = cpu_used();
+    CHILD_CHECK(b.recv() == 1);
+    CHILD_CHECK((cpu_used() - t0).count() < 150000);
+  });
+  std::this_thread::sleep_for(400ms);
+  a.send(1);
+  BOOST_CHECK_EQUAL(wait_exit(child), 0);
+}
+
+BOOST_AUTO_TEST_CASE(a_trivially_copyable_value_larger_than_the_buffer_is_streamed) {
+  using big = std::array<std::uint32_t, 20000>;  // 80 KB through a 4 KiB buffer
+  auto [rx, tx] = shmkit::pipe<big>(false, 4096);
+  pid_t child = spawn([&] {
+    auto v = std::make_unique<big>();
+    for (std::uint32_t round = 0; round < 3; ++round) {
+      for (std::size_t i = 0; i < v->size(); ++i) (*v)[i] = static_cast<std::uint32_t>(i * 7 + round);
+      tx.send(*v);
     }
-    for (auto it = finished.rbegin(); it != finished.rend(); ++it) {
-      live.erase(live.begin() + static_cast<std::ptrdiff_t>(*it));
-      owner_of.erase(owner_of.begin() + static_cast<std::ptrdiff_t>(*it));
-    }
+  });
+  for (std::uint32_t round = 0; round < 3; ++round) {
+    const auto v = std::make_unique<big>(rx.recv());
+    bool ok = true;
+    for (std::size_t i = 0; i < v->size(); ++i) ok = ok && (*v)[i] == i * 7 + round;
+    BOOST_CHECK(ok);
   }
-  for (int p = 0; p < producers; ++p) BOOST_CHECK_EQUAL(next[p], per_producer);
-  BOOST_CHECK(wait_all_ok(kids));
+  BOOST_CHECK_EQUAL(wait_exit(child), 0);
 }
 
 BOOST_AUTO_TEST_CASE(wait_with_nothing_ready_times_out) {

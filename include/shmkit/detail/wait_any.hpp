@@ -33,4 +33,8 @@ inline constexpr std::size_t wait_any_max = 128;
 wait_any_result futex_wait_any(std::span<const wait_word> words,
                                std::optional<time_point> until) noexcept;
 
+// For tests: makes futex_wait_any() answer `unsupported`, as on a kernel without futex_waitv,
+// so that callers' polling fallback can be exercised. Off again with false.
+void simulate_missing_futex_waitv(bool missing) noexcept;
+
 }  // namespace shmkit::detail
