@@ -31,6 +31,9 @@ void count_fork() noexcept {
 // How often a blocked call checks that its peer lives.
 constexpr auto liveness_slice = std::chrono::milliseconds(100);
 
+// How often a poll with no timeout may ask /proc whether the peer lives.
+constexpr auto poll_liveness_every = std::chrono::milliseconds(5);
+
 // The shortest spin before sleeping, once spinning has kept failing.
 constexpr std::chrono::nanoseconds min_spin{500};
 
@@ -170,28 +173,40 @@ void connection_base::claim() {
   user_ = me;
 }
 
-bool connection_base::peer_closed() const noexcept {
+bool connection_base::peer_gone() noexcept {
   // acquire: pairs with the seq_cst store of `closed` in the peer's close(); everything the
   // peer sent before closing is visible once this reads 1.
-  return peer_->closed.load(std::memory_order_acquire) != 0;
+  if (peer_->closed.load(std::memory_order_acquire) != 0) return true;
+  if (known_dead_ == 0) return false;
+  // acquire: pairs with the store of owner in claim() / attach_by_name().
+  if (peer_->owner.load(std::memory_order_acquire) == known_dead_) return true;
+  known_dead_ = 0;  // another process took the end over
+  return false;
 }
 
-bool connection_base::peer_dead() const noexcept {
+bool connection_base::peer_dead() noexcept {
   // acquire: pairs with the peer's store of owner in claim() / attach_by_name().
   const std::uint64_t owner = peer_->owner.load(std::memory_order_acquire);
   if (owner == 0 || owner == detail::process_identity()) return false;
-  return !detail::identity_alive(owner);
+  if (owner == known_dead_) return true;
+  last_alive_check_ = clock::now();
+  if (detail::identity_alive(owner)) return false;
+  known_dead_ = owner;
+  return true;
+}
+
+bool connection_base::peer_dead_throttled() noexcept {
+  if (clock::now() - last_alive_check_ < detail::poll_liveness_every) return peer_gone();
+  return peer_dead();
 }
 
 void connection_base::check_peer_now_and_then() {
-  const auto now = clock::now();
-  if (now - last_alive_check_ < detail::liveness_slice) return;
-  last_alive_check_ = now;
+  if (clock::now() - last_alive_check_ < detail::liveness_slice) return;
   if (peer_dead()) throw_peer_gone(true);
 }
 
 bool connection_base::ready_now(bool check_alive) {
-  return rx_.has_data() || peer_closed() || (check_alive && peer_dead());
+  return rx_.has_data() || peer_gone() || (check_alive && peer_dead_throttled());
 }
 
 // Spins briefly for `ready` before the caller sleeps, and learns from it: a spin that catches
@@ -217,10 +232,10 @@ connection_base::readiness connection_base::wait_readable(
   // After the peer closed or died, data may still be buffered: that comes first.
   auto data_or_eof = [&] { return rx_.has_data() ? readiness::data : readiness::eof; };
   if (rx_.has_data()) return readiness::data;
-  if (peer_closed()) return data_or_eof();
+  if (peer_gone()) return data_or_eof();
   if (deadline && clock::now() >= *deadline)
-    return peer_dead() ? data_or_eof() : readiness::timeout;
-  auto ready = [&] { return rx_.has_data() || peer_closed(); };
+    return peer_dead_throttled() ? data_or_eof() : readiness::timeout;
+  auto ready = [&] { return rx_.has_data() || peer_gone(); };
   if (spin_first(ready)) return data_or_eof();
   for (;;) {
     const auto slice_end = clock::now() + detail::liveness_slice;
@@ -233,12 +248,12 @@ connection_base::readiness connection_base::wait_readable(
 }
 
 void connection_base::wait_writable(std::size_t bytes) {
-  auto ready = [&] { return peer_closed() || tx_.can_reserve(bytes); };
+  auto ready = [&] { return peer_gone() || tx_.can_reserve(bytes); };
   tx_.announce_need(bytes);
   bool room = spin_first(ready);
   for (;;) {
     if (room) {
-      if (peer_closed()) throw_peer_gone(true);
+      if (peer_gone()) throw_peer_gone(true);
       return;
     }
     room = tx_.ctl()->writable.wait_until(ready, clock::now() + detail::liveness_slice,
@@ -300,7 +315,7 @@ void connection_base::send_stream(std::span<const std::byte> bytes) {
     if (take != 0) std::memcpy(p + prefix, bytes.data() + sent, take);
     tx_.commit(detail::frame_bytes(prefix + take));
     sent += take;
-    if (sent < total && peer_closed()) throw_peer_gone(true);
+    if (sent < total && peer_gone()) throw_peer_gone(true);
   }
 }
 
@@ -401,7 +416,7 @@ void connection_base::close() noexcept {
     const bool may_live_elsewhere =
         seg_->seg().named() || detail::fork_generation() != fork_gen_;
     if (user_ == me || !may_live_elsewhere) {
-      // seq_cst: release pairs with the peer's acquire load in peer_closed() (what we sent
+      // seq_cst: release pairs with the peer's acquire load in peer_gone() (what we sent
       // is visible before the EOF), and the waitpoint protocol wants the state changed before
       // the notify below bumps `seq`.
       self_->closed.store(1, std::memory_order_seq_cst);

@@ -170,8 +170,8 @@ class connection_base {
       throw_wrong_direction(true);
     // relaxed: advisory (a peer that closes a moment later is caught by the next send); no
     // data is read on the strength of this load.
-    if (peer_->closed.load(std::memory_order_relaxed) != 0) [[unlikely]]
-      throw_peer_gone(true);
+    if (peer_->closed.load(std::memory_order_relaxed) != 0 || known_dead_ != 0) [[unlikely]]
+      if (peer_gone()) throw_peer_gone(true);
     if ((++sends_ & 4095u) == 0) [[unlikely]]
       check_peer_now_and_then();
   }
@@ -234,8 +234,12 @@ class connection_base {
   void attach_by_name();
 
   void claim();
-  bool peer_closed() const noexcept;
-  bool peer_dead() const noexcept;
+  // The peer closed, or its process is already known to be dead (no system call).
+  bool peer_gone() noexcept;
+  // Whether the peer's process died (reads /proc; remembers a death it finds).
+  bool peer_dead() noexcept;
+  // peer_dead(), at most once per few milliseconds (for polls with no timeout).
+  bool peer_dead_throttled() noexcept;
   void check_peer_now_and_then();
   bool ready_now(bool check_alive);
   template <class Pred>
@@ -265,6 +269,7 @@ class connection_base {
     std::swap(fork_gen_, o.fork_gen_);
     std::swap(sends_, o.sends_);
     std::swap(last_alive_check_, o.last_alive_check_);
+    std::swap(known_dead_, o.known_dead_);
     std::swap(spin_, o.spin_);
     std::swap(end_, o.end_);
   }
@@ -276,6 +281,7 @@ class connection_base {
   std::uint64_t fork_gen_ = 0;  // detail::fork_generation() when the handle was made
   std::uint32_t sends_ = 0;
   detail::time_point last_alive_check_{};
+  std::uint64_t known_dead_ = 0;  // the peer owner found dead, so that is not asked again
   std::chrono::nanoseconds spin_ = detail::spin_budget;  // adapted: see spin_first()
   std::uint8_t end_ = 0;
 };
