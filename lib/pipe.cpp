@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "shmkit/detail/inspect.hpp"
 #include "shmkit/detail/wait_any.hpp"
 
 namespace shmkit::detail {
@@ -56,6 +57,37 @@ int end_index(pipe_end end) {
     throw std::invalid_argument(fmt::format("shmkit: pipe end {}: must be first or second", e));
   return e;
 }
+
+// What `shmkit` (the command) shows for a pipe: its shape, who holds each end, and how many
+// bytes wait in each direction. Reads only, through a read-only mapping.
+detail_lines inspect_pipe(const segment_header&, std::span<const std::byte> payload) {
+  if (payload.size() < sizeof(pipe_state)) return {{"state", "truncated"}};
+  const auto* st = reinterpret_cast<const pipe_state*>(payload.data());
+  detail_lines out;
+  out.emplace_back("direction", st->duplex ? "duplex" : "one-way (first receives)");
+  out.emplace_back("buffer", fmt::format("{} bytes each way", st->ring_bytes));
+  for (int e = 0; e < 2; ++e) {
+    const pipe_end_state& end = st->ends[e];
+    // relaxed: a snapshot for display; nothing is read on the strength of it.
+    const std::uint64_t owner = end.owner.load(std::memory_order_relaxed);
+    std::string who = owner == 0 ? "nobody"
+                                 : fmt::format("pid {} ({})", identity_pid(owner),
+                                               identity_alive(owner) ? "alive" : "dead");
+    if (end.closed.load(std::memory_order_relaxed) != 0) who += ", closed";
+    out.emplace_back(e == 0 ? "end first" : "end second", who);
+  }
+  for (std::uint32_t k = 0; k < st->ring_count() && k < 2; ++k) {
+    const ring_ctl& r = st->rings[k];
+    // relaxed: as above.
+    const std::uint64_t buffered =
+        r.head.load(std::memory_order_relaxed) - r.tail.load(std::memory_order_relaxed);
+    out.emplace_back(k == 0 ? "to first" : "to second",
+                     fmt::format("{} bytes buffered", buffered));
+  }
+  return out;
+}
+
+const inspector_registrar pipe_inspector(object_kind::pipe, &inspect_pipe);
 
 }  // namespace
 

@@ -12,6 +12,7 @@
 #include <sys/resource.h>
 #include <vector>
 
+#include "shmkit/detail/inspect.hpp"
 #include "shmkit/detail/wait.hpp"
 #include "shmkit/detail/wait_any.hpp"
 #include "shmkit/pipe.hpp"
@@ -510,6 +511,24 @@ BOOST_AUTO_TEST_CASE(opening_with_another_element_type_throws) {
   BOOST_CHECK_THROW(shmkit::pipe<int>(shmkit::create_only, name.name), shmkit::error);
   BOOST_CHECK_THROW(shmkit::pipe<int>(shmkit::create_only, "bad name!"), std::invalid_argument);
   BOOST_CHECK_THROW(shmkit::pipe<int>(true, 0), std::invalid_argument);
+}
+
+BOOST_AUTO_TEST_CASE(the_shmkit_command_sees_a_pipes_ends_and_buffered_bytes) {
+  const name_guard name(unique_name("pipe"));
+  auto [a, b] = shmkit::pipe<int>(shmkit::create_only, name.name, false, 4096);
+  b.send(1);
+  b.send(2);
+  const auto r = shmkit::detail::inspect_file(shmkit::file_name(name.name));
+  BOOST_REQUIRE(r.status == shmkit::detail::object_status::ok);
+  auto line = [&](std::string_view key) {
+    for (const auto& [k, v] : r.details)
+      if (k == key) return v;
+    return std::string("(missing)");
+  };
+  BOOST_CHECK_EQUAL(line("direction"), "one-way (first receives)");
+  BOOST_CHECK_EQUAL(line("buffer"), "4096 bytes each way");
+  BOOST_CHECK_EQUAL(line("to first"), "32 bytes buffered");  // two 16-byte frames
+  BOOST_CHECK(line("end second").find(std::to_string(::getpid())) != std::string::npos);
 }
 
 BOOST_AUTO_TEST_CASE(parent_closing_the_childs_end_after_fork_is_harmless) {
