@@ -327,18 +327,21 @@ python_figures run_python(long n_rtt, long n_tput) {
 int main() {
   table t("pipe");
   const bool can_pin = cpus_available() >= 2;
+  // The kernel-based baselines take 5-100 us per round trip: fewer of those keep the run short.
   const long n_rtt = scaled(100000);
+  const long n_rtt_sys = scaled(20000);
   const long n_tput = scaled(2000000);
+  const long n_tput_sys = scaled(500000);
   const long n_bw = scaled(2000);
-  const python_figures py = run_python(std::max(1L, n_rtt / 5), std::max(1L, n_tput / 10));
+  const python_figures py = run_python(std::max(1L, n_rtt_sys), std::max(1L, n_tput_sys / 2));
 
   for (bool pinned : {true, false}) {
     if (pinned && !can_pin) continue;
     const char* how = pinned ? "pinned" : "unpinned";
     const double s = shmkit_rtt(n_rtt, pinned);
-    const double p = fd_rtt(n_rtt, pinned, false);
-    const double u = fd_rtt(n_rtt, pinned, true);
-    const double q = mq_rtt(n_rtt, pinned);
+    const double p = fd_rtt(n_rtt_sys, pinned, false);
+    const double u = fd_rtt(n_rtt_sys, pinned, true);
+    const double q = mq_rtt(n_rtt_sys, pinned);
     t.row(fmt::format("ping-pong round trip (8 B), {}", how), "us per round trip",
           better::lower, s,
           {{"pipe(2)", p},
@@ -350,9 +353,9 @@ int main() {
     if (pinned && !can_pin) continue;
     const char* how = pinned ? "pinned" : "unpinned";
     const double s = shmkit_throughput(n_tput, pinned);
-    const double p = fd_throughput(n_tput, pinned, false);
-    const double u = fd_throughput(n_tput, pinned, true);
-    const double q = mq_throughput(n_tput, pinned);
+    const double p = fd_throughput(n_tput_sys, pinned, false);
+    const double u = fd_throughput(n_tput_sys, pinned, true);
+    const double q = mq_throughput(n_tput_sys, pinned);
     t.row(fmt::format("64 B messages one way, {}", how), "messages/s", better::higher, s,
           {{"pipe(2)", p},
            {"socketpair(AF_UNIX)", u},
@@ -364,7 +367,7 @@ int main() {
     const char* how = pinned ? "pinned" : "unpinned";
     const double s = shmkit_bandwidth(n_bw, pinned);
     const double m = memcpy_bandwidth(n_bw);
-    const double p = fd_bandwidth(n_bw, pinned);
+    const double p = fd_bandwidth(n_bw / 4, pinned);
     t.row(fmt::format("1 MiB messages one way, {}", how), "GB/s", better::higher, s,
           {{"memcpy (one process)", m}, {"pipe(2)", p}});
   }
