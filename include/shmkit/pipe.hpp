@@ -39,7 +39,8 @@
 //   live on elsewhere (the process forked since, or the pipe is named) is only let go, so
 //   closing the child's end in the parent after fork(), as Python programs do, is harmless.
 //   Limitation: a forked child that dies before its first call on its end is not seen as a
-//   dead peer, since its creator still stands for that end.
+//   dead peer, since its creator (or, once the creator let the copy go, nobody) still stands
+//   for that end; a child that made one call is watched like any owner.
 // - Throws: shmkit::eof_error (peer gone), shmkit::closed_error (this handle was closed),
 //   shmkit::error (creating or opening failed, a name of another kind or element type, bytes
 //   that do not decode as T), std::logic_error (send on a receive-only end or the reverse),
