@@ -7,6 +7,8 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
+#include <optional>
 #include <random>
 #include <string>
 #include <sys/resource.h>
@@ -115,6 +117,18 @@ void fan_in(int producers, int per_producer) {
   BOOST_CHECK(wait_all_ok(kids));
 }
 
+// A user type that opts in to the codec.
+struct order {
+  std::string customer;
+  std::vector<double> amounts;
+  std::optional<int> priority;
+  template <class Ar>
+  void serialize(Ar& ar) {
+    ar(customer, amounts, priority);
+  }
+  bool operator==(const order&) const = default;
+};
+
 template <class F>
 bool throws_eof(F&& f) {
   try {
@@ -152,6 +166,36 @@ BOOST_AUTO_TEST_CASE(one_way_pipe_first_receives_second_sends) {
   BOOST_CHECK_THROW(rx.send({}), std::logic_error);
   BOOST_CHECK_THROW(tx.recv(), std::logic_error);
   BOOST_CHECK_THROW(tx.recv_bytes(), std::logic_error);
+}
+
+BOOST_AUTO_TEST_CASE(codec_values_cross_processes) {
+  using table = std::map<std::string, std::vector<int>>;
+  auto [a, b] = shmkit::pipe<table>();
+  auto [oa, ob] = shmkit::pipe<order>(false);
+  pid_t child = spawn([&] {
+    table t = b.recv();
+    t["added"] = {1, 2, 3};
+    t["big"] = std::vector<int>(100000, 7);  // 400 KB: streamed through 64 KiB
+    b.send(t);
+    ob.send({"ada", {1.5, 2.5}, 3});
+    ob.send({std::string(70000, 'c'), {}, std::nullopt});
+  });
+  a.send({{"x", {1}}, {"y", {}}});
+  const table t = a.recv();
+  BOOST_CHECK_EQUAL(t.size(), 4u);
+  BOOST_CHECK(t.at("x") == std::vector<int>{1});
+  BOOST_CHECK(t.at("added") == (std::vector<int>{1, 2, 3}));
+  BOOST_CHECK(t.at("big") == std::vector<int>(100000, 7));
+  BOOST_CHECK(oa.recv() == (order{"ada", {1.5, 2.5}, 3}));
+  BOOST_CHECK(oa.recv() == (order{std::string(70000, 'c'), {}, std::nullopt}));
+  BOOST_CHECK_EQUAL(wait_exit(child), 0);
+  // Bytes that are not a table: shmkit::error, and the pipe goes on.
+  const std::array<std::byte, 5> junk{std::byte{0xff}, std::byte{0xff}, std::byte{0xff},
+                                      std::byte{0xff}, std::byte{0x01}};
+  b.send_bytes(junk);
+  b.send({});
+  BOOST_CHECK_THROW(a.recv(), shmkit::error);
+  BOOST_CHECK(a.recv().empty());
 }
 
 BOOST_AUTO_TEST_CASE(strings_of_many_sizes_through_a_small_buffer) {
