@@ -247,9 +247,9 @@ double mq_throughput(long n, bool pinned) {
 // ---- 1 MiB bandwidth ----------------------------------------------------------------------
 constexpr std::size_t mib = 1 << 20;
 
-double shmkit_bandwidth(long n, bool pinned) {
+double shmkit_bandwidth(long n, bool pinned, std::size_t buffer) {
   return median_of_runs(
-      pinned, [] { return shmkit::pipe<int>(false); },
+      pinned, [&] { return shmkit::pipe<int>(false, buffer); },
       [&](auto& p) {
         std::vector<std::byte> src(mib, std::byte{7});
         for (long i = 0; i < n; ++i) p.second.send_bytes(src);
@@ -365,10 +365,13 @@ int main() {
   for (bool pinned : {true, false}) {
     if (pinned && !can_pin) continue;
     const char* how = pinned ? "pinned" : "unpinned";
-    const double s = shmkit_bandwidth(n_bw, pinned);
+    const double s = shmkit_bandwidth(n_bw, pinned, shmkit::default_pipe_buffer);
+    const double big = shmkit_bandwidth(n_bw, pinned, mib);
     const double m = memcpy_bandwidth(n_bw);
     const double p = fd_bandwidth(n_bw / 4, pinned);
-    t.row(fmt::format("1 MiB messages one way, {}", how), "GB/s", better::higher, s,
-          {{"memcpy (one process)", m}, {"pipe(2)", p}});
+    t.row(fmt::format("1 MiB msgs one way, 64 KiB buffer, {}", how), "GB/s", better::higher,
+          s, {{"memcpy (one process)", m}, {"pipe(2)", p}});
+    t.row(fmt::format("1 MiB msgs one way, 1 MiB buffer, {}", how), "GB/s", better::higher,
+          big, {{"memcpy (one process)", m}});
   }
 }
