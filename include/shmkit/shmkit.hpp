@@ -5,6 +5,7 @@
 #include "shmkit/codec.hpp"
 #include "shmkit/error.hpp"
 #include "shmkit/naming.hpp"
+#include "shmkit/pipe.hpp"
 #include "shmkit/shared_memory.hpp"
 #include "shmkit/async_result.hpp"
 #include "shmkit/pool.hpp"
