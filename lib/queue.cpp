@@ -435,54 +435,67 @@ std::uint64_t queue_ring::find_run(std::uint64_t n) const noexcept {
   return no_page;
 }
 
-void queue_ring::collect() {
+void queue_ring::collect(bool check_liveness) {
   struct candidate {
     std::uint64_t first, end, tag;
   };
   std::vector<candidate> candidates;
   alive_cache alive;
-  const std::uint64_t pages = st_->pages;
+  auto lives = [&](std::uint64_t id) { return !check_liveness || alive(id); };
+  // relaxed, here and for every tag below: under the lock, which the allocator that wrote
+  // them released and the next allocator acquires.
+  const std::uint64_t top = std::min(st_->high_water.load(std::memory_order_relaxed), st_->pages);
+  std::uint64_t kept_top = 0;  // end of the highest allocation that stays
   // 1. Allocations no live producer holds. A run of pages with one tag is one allocation (a
   // holder that died while tagging leaves a prefix, a collector that died while freeing a
   // suffix; either way the owner word at its start is 0 or dead).
-  for (std::uint64_t i = 0; i < pages;) {
-    const std::uint64_t t = tags_[i].load(std::memory_order_relaxed);  // under the lock
+  for (std::uint64_t i = 0; i < top;) {
+    const std::uint64_t t = tags_[i].load(std::memory_order_relaxed);
     if (t == 0) {
       ++i;
       continue;
     }
     std::uint64_t j = i + 1;
-    while (j < pages && tags_[j].load(std::memory_order_relaxed) == t) ++j;  // under the lock
+    while (j < top && tags_[j].load(std::memory_order_relaxed) == t) ++j;
     // acquire: pairs with the release store of 0 in hand_over(); the producer wrote the
     // tag into its slot before, so step 2 finds it there.
     const std::uint64_t owner = owners_[i].load(std::memory_order_acquire);
-    if (owner == 0 || !alive(owner)) candidates.push_back({i, j, t});
+    if (owner == 0 || !lives(owner))
+      candidates.push_back({i, j, t});
+    else
+      kept_top = j;
     i = j;
   }
-  if (candidates.empty()) return;
   // 2. Tags that slots still need: a message published, or claimed by a live process.
   std::vector<std::uint64_t> live;
-  for (std::uint64_t k = 0; k < cap_; ++k) {
-    // acquire: pairs with release() (a consumer finished reading before it freed the slot)
-    // and with publish().
-    const std::uint64_t w = slots_[k].seq.load(std::memory_order_acquire);
-    // relaxed: ordered after the acquire of the owner in step 1 and of `seq` just above.
-    const std::uint64_t t = slots_[k].tag.load(std::memory_order_relaxed);
-    if (t == 0) continue;
-    const bool needed =
-        seqw::is_claim(w) ? alive(seqw::claimant(w)) : ((w & 1) != 0 && (w & seqw::skip_bit) == 0);
-    if (needed) live.push_back(t);
+  if (!candidates.empty()) {
+    for (std::uint64_t k = 0; k < cap_; ++k) {
+      // acquire: pairs with release() (a consumer finished reading before it freed the
+      // slot) and with publish().
+      const std::uint64_t w = slots_[k].seq.load(std::memory_order_acquire);
+      // relaxed: ordered after the acquire of the owner in step 1 and of `seq` just above.
+      const std::uint64_t t = slots_[k].tag.load(std::memory_order_relaxed);
+      if (t == 0) continue;
+      const bool needed = seqw::is_claim(w) ? lives(seqw::claimant(w))
+                                            : ((w & 1) != 0 && (w & seqw::skip_bit) == 0);
+      if (needed) live.push_back(t);
+    }
+    std::sort(live.begin(), live.end());
   }
-  std::sort(live.begin(), live.end());
-  // 3. Free the rest.
+  // 3. Free the rest; allocation goes on from the lowest page freed, so a queue whose
+  // consumers keep up reuses the same few (cache-warm) megabytes.
   std::uint64_t lowest = no_page;
   for (const candidate& c : candidates) {
-    if (std::binary_search(live.begin(), live.end(), c.tag)) continue;
-    // relaxed: under the lock; the next allocator acquires it.
+    if (std::binary_search(live.begin(), live.end(), c.tag)) {
+      kept_top = std::max(kept_top, c.end);
+      continue;
+    }
     for (std::uint64_t p = c.first; p < c.end; ++p) tags_[p].store(0, std::memory_order_relaxed);
     lowest = std::min(lowest, c.first);
   }
-  if (lowest != no_page) st_->next_fit.store(lowest, std::memory_order_relaxed);  // a hint
+  st_->high_water.store(kept_top, std::memory_order_relaxed);
+  if (lowest != no_page) st_->next_fit.store(lowest, std::memory_order_relaxed);
+  st_->since_collect.store(0, std::memory_order_relaxed);
 }
 
 std::optional<queue_block> queue_ring::allocate(std::size_t bytes, std::optional<time_point> until,
@@ -502,19 +515,29 @@ std::optional<queue_block> queue_ring::allocate(std::size_t bytes, std::optional
       queue_ring* r;
       ~unlock() { r->unlock_heap(); }
     } unlocker{this};
+    // Collect every so often (after about 2 MiB, eight such messages or a quarter of the
+    // ring's worth of pages since the last time), to keep reusing warm pages; when there is
+    // no room, collect at once, and if that is not enough, ask which owners died.
+    const bool may_collect = mode != alloc_mode::if_free;
+    const std::uint64_t every = std::max({std::uint64_t(8192), 8 * n, cap_ / 4});
+    if (may_collect && st_->since_collect.load(std::memory_order_relaxed) >= every) collect(false);
     std::uint64_t first = find_run(n);
-    if (first == no_page && mode != alloc_mode::if_free) {
-      collect();
+    for (bool liveness : {false, true}) {
+      if (first != no_page || !may_collect) break;
+      collect(liveness);
       first = find_run(n);
     }
     if (first == no_page) {
       poll = true;  // pages held by a producer that dies are found by a later collection
       return false;
     }
-    // The tag first (one atomic add: a holder that dies never leaves it reusable), then the
-    // owner, then the pages' tags: every prefix of this is something collect() frees.
-    // relaxed, all three: under the lock, which the collector acquires before reading them.
+    // The tag first (one atomic add: a holder that dies never leaves it reusable), the high
+    // water mark, then the owner, then the pages' tags: every prefix of this is something
+    // collect() finds and frees. relaxed, all: under the lock, which the collector acquires.
     const std::uint64_t tag = st_->next_tag.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (st_->high_water.load(std::memory_order_relaxed) < first + n)
+      st_->high_water.store(first + n, std::memory_order_relaxed);
+    st_->since_collect.fetch_add(n, std::memory_order_relaxed);
     owners_[first].store(me, std::memory_order_relaxed);
     for (std::uint64_t p = first; p < first + n; ++p)
       tags_[p].store(tag, std::memory_order_relaxed);

@@ -37,7 +37,7 @@ inline constexpr std::size_t queue_slot_bytes = 128;
 inline constexpr std::size_t queue_inline_bytes = 96;  // message bytes stored in the slot
 inline constexpr std::size_t queue_page_bytes = 256;   // heap allocation unit
 inline constexpr std::size_t queue_default_heap_bytes = std::size_t(16) << 20;
-inline constexpr std::uint32_t queue_layout = 0x51550001;  // "QU", layout 1
+inline constexpr std::uint32_t queue_layout = 0x51550002;  // "QU", layout 2
 inline constexpr std::size_t queue_max_capacity = std::size_t(1) << 32;
 inline constexpr std::size_t queue_max_batch = 1024;  // slots one claim takes at most
 
@@ -105,6 +105,10 @@ struct alignas(queue_line) queue_state {
   waitpoint heap_space;                 // producers waiting for pages sleep here
   std::atomic<std::uint64_t> next_fit;  // allocation cursor (a hint)
   std::atomic<std::uint64_t> next_tag;  // allocation tags: unique, never 0
+  // Every tagged page lies below it (raised before tagging, lowered by the collector): the
+  // collector scans no further.
+  std::atomic<std::uint64_t> high_water;
+  std::atomic<std::uint64_t> since_collect;  // pages allocated since the last collection
   // joinable_queue: messages handed out by get (counted before the slot is released) and
   // task_done() calls.
   alignas(queue_line) std::atomic<std::uint64_t> gotten;
@@ -278,7 +282,9 @@ class queue_ring {
   void lock_heap() noexcept;
   void unlock_heap() noexcept;
   std::uint64_t find_run(std::uint64_t n) const noexcept;
-  void collect();
+  // Frees the pages nothing needs. `check_liveness`: also those of dead owners and dead
+  // claimants (asks /proc); without it, any owner or claimant counts as alive (cheap).
+  void collect(bool check_liveness);
   bool ring_idle() const;
 
   queue_state* st_ = nullptr;
