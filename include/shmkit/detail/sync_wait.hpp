@@ -45,13 +45,15 @@ bool spin_with_backoff(Pred&& pred, std::chrono::nanoseconds budget) {
 // than answers take. A spin that had to sleep halves the budget, down to none. Spinning pays
 // when the peer runs on another CPU and answers within the budget; when both share one (two
 // busy vCPUs, or an unpinned pair the scheduler put together) it only burns the CPU the peer
-// needs, and measured up to 2x slower than not spinning at all. One wait in 32 probes with
-// probe_budget anyway (enough to catch a peer that spins on another CPU), so a budget that
-// fell to zero climbs back when spinning pays again, at a cost of about 60 ns per wait while
-// it does not. Lives in shared memory next to the waitpoint; only a hint, so every access is
-// relaxed.
+// needs, and measured up to 2x slower than not spinning at all. One wait in 64 (per thread)
+// probes with probe_budget anyway (enough to catch a peer that spins on another CPU), so a
+// budget that fell to zero climbs back when spinning pays again, at a cost of about 15 ns per
+// wait while it does not. Lives in shared memory next to the waitpoint; only a hint, so every
+// access is relaxed.
 struct spin_hint {
   static constexpr std::chrono::nanoseconds probe_budget{1000};
+  // Counts this thread's waits with a zero budget, to pick the probes (process-local).
+  static inline thread_local unsigned waits_of_this_thread = 0;
 
   std::atomic<std::uint32_t> ns{static_cast<std::uint32_t>(probe_budget.count())};
 
@@ -61,8 +63,7 @@ struct spin_hint {
   std::chrono::nanoseconds budget(std::chrono::nanoseconds limit) const noexcept {
     const std::chrono::nanoseconds v(ns.load(std::memory_order_relaxed));
     const std::chrono::nanoseconds probe = std::min(probe_budget, limit);
-    if (v < probe && (clock::now().time_since_epoch().count() & 0x1f0) == 0)
-      return probe;  // a probe: the clock's low bits are random enough
+    if (v < probe && (++waits_of_this_thread & 63) == 0) return probe;
     return std::min(v, limit);
   }
   // Learns from a spin that caught its condition after `took` (caught) or gave up (!caught).
@@ -81,6 +82,7 @@ struct spin_hint {
   bool spin(Pred&& pred, std::chrono::nanoseconds limit = spin_budget, bool backoff = false) {
     if (pred()) return true;
     const std::chrono::nanoseconds b = budget(limit);
+    if (b <= b.zero()) return false;  // nothing to learn: only probes raise a zero budget
     const time_point start = clock::now();
     const bool caught = backoff ? spin_with_backoff(pred, b) : spin_until(pred, b);
     record(caught, clock::now() - start, limit);
