@@ -125,6 +125,9 @@ constexpr u64 slot_entry(u64 slot) { return slot >> 16; }
 constexpr u64 slot_pack(u64 entry, u64 hash) { return (entry << 16) | (hash >> 48); }
 constexpr u64 slot_tag(u64 hash) { return hash >> 48; }
 constexpr u64 min_table = 8;
+constexpr u64 slot_offset(u64 table, u64 index) {
+  return table + header_bytes + sizeof(table_block) + index * 8;
+}
 
 struct entry_block {  // followed by the key, padding to 8, then the value (at least 8 bytes)
   u64 hash;
@@ -132,6 +135,8 @@ struct entry_block {  // followed by the key, padding to 8, then the value (at l
   u64 value_len;
 };
 constexpr u64 round8(u64 n) { return (n + 7) & ~u64(7); }
+// std::has_single_bit without -mpopcnt is a library call: too slow for every read.
+constexpr bool power_of_two(u64 n) { return n != 0 && (n & (n - 1)) == 0; }
 constexpr u64 entry_value_at(u64 key_len) { return sizeof(entry_block) + round8(key_len); }
 constexpr u64 entry_payload(u64 key_len, u64 value_len) {
   return entry_value_at(key_len) + std::max<u64>(round8(value_len), 8);
@@ -553,7 +558,7 @@ std::vector<std::pair<u64, u64>> reachable(const space& s) {
       if (c->kind == static_cast<u32>(container_kind::dict)) {
         const u64 tsize = add(c->body, block_kind::table, sizeof(table_block));
         const auto* t = payload<table_block>(s, c->body);
-        if (!std::has_single_bit(t->capacity) ||
+        if (!power_of_two(t->capacity) ||
             t->capacity > (tsize - header_bytes - sizeof(table_block)) / 8)
           throw torn{};
         const u64* slots = reinterpret_cast<const u64*>(t + 1);
@@ -740,10 +745,9 @@ class txn {
   // Frees a block, and for a table or list body everything hanging from it.
   void free_tree(const retired& x) noexcept {
     if (x.kind == block_kind::table) {
-      const auto* t = payload<table_block>(s_, x.off);
-      const u64 cap = t->capacity;
+      const u64 cap = payload<table_block>(s_, x.off)->capacity;
       for (u64 j = 0; j < cap; ++j) {
-        const u64 e = slot_entry(reinterpret_cast<const u64*>(payload<table_block>(s_, x.off) + 1)[j]);
+        const u64 e = slot_entry(*s_.at<u64>(slot_offset(x.off, j)));
         if (e != 0) release(e);
       }
     } else if (x.kind == block_kind::list_body) {
@@ -772,12 +776,13 @@ class txn {
   void grow_for(u64 need);
 
   space s_;
-  std::array<u64, 4> fresh_{};
+  // Filled up to their counts only (a write should not pay for clearing them).
+  std::array<u64, 4> fresh_;
   std::size_t fresh_count_ = 0;
   std::vector<u64> fresh_more_;
-  std::array<journal_entry, journal_capacity> journal_{};
+  std::array<journal_entry, journal_capacity> journal_;
   std::size_t staged_ = 0;
-  std::array<retired, 4> retire_{};
+  std::array<retired, 4> retire_;
   std::size_t retired_ = 0;
   bool busy_ = false;
   bool committed_ = false;
@@ -912,8 +917,9 @@ auto write(manager_core& core, Op&& op) {
 
 // --- dict ----------------------------------------------------------------------------------
 
+// A container block never moves and is never freed, and its offset was checked when the
+// handle was made (open_container): no check here.
 const container_block* container_at(const space& s, u64 root) {
-  s.check_block(root, block_kind::container, sizeof(container_block));
   return payload<container_block>(s, root);
 }
 
@@ -923,10 +929,6 @@ struct probe_result {
   u64 entry;   // 0 when absent
   bool reuses_tombstone;
 };
-
-u64 slot_offset(u64 table, u64 index) {
-  return table + header_bytes + sizeof(table_block) + index * 8;
-}
 
 // A dict's current table, checked.
 struct table_view {
@@ -941,7 +943,7 @@ table_view table_of(const space& s, u64 root) {
   s.check_block(table, block_kind::table, sizeof(table_block));
   const auto* t = payload<table_block>(s, table);
   const u64 cap = load(t->capacity);
-  if (!std::has_single_bit(cap)) throw torn{};
+  if (!power_of_two(cap)) throw torn{};
   s.check(slot_offset(table, 0), cap * 8);
   return {table, t, cap, reinterpret_cast<const u64*>(t + 1)};
 }
@@ -1134,7 +1136,8 @@ u64 make_list_body(txn& t) {
 }
 
 [[noreturn]] void out_of_range(const std::string& what, std::size_t i, std::size_t n) {
-  throw std::out_of_range(fmt::format("shmkit: {}: index {} is out of range (size {})", what, i, n));
+  throw std::out_of_range(
+      fmt::format("shmkit: {}: index {} is out of range (size {})", what, i, n));
 }
 
 // --- directory -----------------------------------------------------------------------------
@@ -1172,20 +1175,29 @@ void (*manager_fault_hook)(write_step) noexcept = nullptr;
 
 std::uint64_t hash_bytes(bytes_view data) noexcept {
   constexpr u64 m = 0x9e3779b97f4a7c15ull;
-  const std::byte* p = data.data();
-  std::size_t n = data.size();
-  u64 h = 0x243f6a8885a308d3ull ^ (n * m);
-  while (n >= 8) {
+  auto word = [](const std::byte* q) {
     u64 w;
-    std::memcpy(&w, p, 8);
-    h = std::rotl((h ^ w) * m, 29);
-    p += 8;
-    n -= 8;
-  }
-  if (n != 0) {
-    u64 w = 0;
-    std::memcpy(&w, p, n);
-    h = std::rotl((h ^ w) * m, 29);
+    std::memcpy(&w, q, 8);
+    return w;
+  };
+  auto half = [](const std::byte* q) {
+    u32 w;
+    std::memcpy(&w, q, 4);
+    return u64(w);
+  };
+  auto mix = [](u64 h, u64 w) { return std::rotl((h ^ w) * m, 29); };
+  const std::byte* p = data.data();
+  const std::size_t n = data.size();
+  u64 h = 0x243f6a8885a308d3ull ^ (n * m);
+  // Whole words, then the last 8 (or 4, or the 1..3) bytes read with fixed-size loads that
+  // may overlap what came before: no byte-by-byte tail. The length went into the seed.
+  if (n >= 8) {
+    for (std::size_t i = 0; i + 8 < n; i += 8) h = mix(h, word(p + i));
+    h = mix(h, word(p + n - 8));
+  } else if (n >= 4) {
+    h = mix(h, (half(p) << 32) | half(p + n - 4));
+  } else if (n != 0) {
+    h = mix(h, (u64(p[0]) << 16) | (u64(p[n / 2]) << 8) | u64(p[n - 1]));
   }
   // murmur3's finaliser: every input bit reaches the top 16 bits (the slot tag) and the low
   // bits (the slot index).
@@ -1251,7 +1263,10 @@ std::uint64_t manager_core::open_container(std::string_view name, const containe
     for_each_record(t.sp(), [&](const record_view& rv) {
       if (found == 0 && matches(rv)) found = rv.rec->root;
     });
-    if (found != 0) return found;
+    if (found != 0) {
+      t.sp().check_block(found, block_kind::container, sizeof(container_block));
+      return found;
+    }
 
     // A new container: its block, its empty body, and a new directory with one more record.
     const u64 root = t.alloc(sizeof(container_block), block_kind::container);

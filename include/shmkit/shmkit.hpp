@@ -3,5 +3,7 @@
 #pragma once
 
 #include "shmkit/error.hpp"
+#include "shmkit/manager.hpp"
 #include "shmkit/naming.hpp"
+#include "shmkit/shared.hpp"
 #include "shmkit/shared_memory.hpp"

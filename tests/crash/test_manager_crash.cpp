@@ -122,7 +122,10 @@ BOOST_AUTO_TEST_CASE(death_at_every_step) {
   };
   const auto none = std::nullopt;
   auto fill = [&](shmkit::manager& m, int n) {
-    for (int i = 0; i < n; ++i) dict(m).set("k" + std::to_string(i), make_value("k" + std::to_string(i), 1, 50));
+    for (int i = 0; i < n; ++i) {
+      const std::string k = "k" + std::to_string(i);
+      dict(m).set(k, make_value(k, 1, 50));
+    }
   };
   const std::vector<scenario> scenarios = {
       {"insert a new key", [&](auto& m) { fill(m, 3); },
