@@ -11,7 +11,8 @@ cd "$(dirname "$0")"
 what=${1:-demos}
 build=${BUILD_DIR:-build}
 
-packages=(cmake ninja-build g++ pkg-config libboost-dev libboost-test-dev libfmt-dev python3)
+packages=(cmake ninja-build g++ pkg-config libboost-dev libboost-test-dev libfmt-dev python3
+          gnuplot-nox)
 
 install_deps() {
   local missing=()

@@ -3,10 +3,23 @@
 // processes, and prints one row per case: the shmkit figure, each baseline's figure and the
 // ratio (how many times better shmkit is: >1 means shmkit wins, whichever way the unit runs).
 // The same rows are appended as JSON lines to $SHMKIT_BENCH_JSON when it is set.
+//
+// Sweeps: bench/report (which writes docs/BENCHMARKS.md) draws a chart from every case whose
+// name ends in " | <key>=<value>"; the text before the bar names the series, one line per
+// series and per baseline:
+//   "queue ping-pong p50 | payload=64B"   latency against payload size (lower is better)
+//   "queue throughput | msg=4KiB"         throughput against message size (higher is better)
+//   "pool map | workers=4"                speed-up against worker count (each line divided by
+//                                         its value at the fewest workers, unless the unit is
+//                                         already a speed-up, e.g. "x")
+// Keys payload, msg, message, size and bytes take a byte count (64, 64B, 4KiB, 1MiB, 2MB);
+// workers, processes, procs and threads a count; any other key gets a chart of its own
+// (unit against key). Keep the series text identical across the sweep, and one unit per series.
 #pragma once
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -119,15 +132,30 @@ class table {
     const char* path = std::getenv("SHMKIT_BENCH_JSON");
     if (path == nullptr || *path == '\0') return;
     if (std::FILE* f = std::fopen(path, "a")) {
-      auto val = [](double v) { return v != v ? std::string("null") : fmt::format("{}", v); };
+      auto val = [](double v) {
+        return std::isfinite(v) ? fmt::format("{}", v) : std::string("null");
+      };
+      const std::string suite = escape(suite_), nm = escape(name), un = escape(unit),
+                        who = escape(b.who);
       std::fprintf(f,
                    "{\"suite\":\"%s\",\"case\":\"%s\",\"unit\":\"%s\",\"better\":\"%s\","
                    "\"shmkit\":%s,\"baseline\":\"%s\",\"baseline_value\":%s,\"ratio\":%s}\n",
-                   suite_.c_str(), std::string(name).c_str(), std::string(unit).c_str(),
+                   suite.c_str(), nm.c_str(), un.c_str(),
                    dir == better::higher ? "higher" : "lower", val(shmkit).c_str(),
-                   b.who.c_str(), val(b.value).c_str(), val(ratio).c_str());
+                   who.c_str(), val(b.value).c_str(), val(ratio).c_str());
       std::fclose(f);
     }
+  }
+  // The text of a JSON string: quotes, backslashes and control characters escaped.
+  static std::string escape(std::string_view s) {
+    std::string out;
+    for (char c : s) {
+      if (c == '"' || c == '\\') out += {'\\', c};
+      else if (static_cast<unsigned char>(c) < 0x20)
+        out += fmt::format("\\u{:04x}", static_cast<int>(c));
+      else out += c;
+    }
+    return out;
   }
   std::string suite_;
 };

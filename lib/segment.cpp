@@ -168,18 +168,16 @@ mapping check_header(int fd, std::string_view name, segment_spec spec) {
       if (p == MAP_FAILED)
         throw error(fmt::format("shmkit: cannot map {}: {}", what, errno_text(errno)));
       const auto* h = static_cast<const segment_header*>(p);
-      const std::uint32_t ready = h->ready.load(std::memory_order_acquire);
-      // acquire: pairs with the release store of `ready` in segment::publish(); every
-      // header field below was written before it.
+      const header_state state = classify_header(*h, file_size);  // acquire load of `ready`
       const std::uint32_t magic = h->magic;
       std::string problem;
       bool wait = false;
       bool ok = false;
-      if ((magic != 0 && magic != segment_magic) || (ready != 0 && ready != ready_word)) {
+      if (state == header_state::foreign) {
         problem = fmt::format("'{}' is not a shmkit object (foreign or corrupted header: magic "
                               "{:#x}, expected {:#x}; expected {})",
                               name, magic, segment_magic, what);
-      } else if (ready != ready_word) {
+      } else if (state == header_state::unfinished) {
         const std::uint64_t creator = h->creator;
         if (creator != 0 && !identity_alive(creator))
           problem = fmt::format("shmkit: {} was never finished: its creator (pid {}) died while "
@@ -187,8 +185,7 @@ mapping check_header(int fd, std::string_view name, segment_spec spec) {
                                 what, identity_pid(creator));
         else
           wait = true;
-      } else if (h->version != layout_version || h->header_size != sizeof(segment_header) ||
-                 h->pointer_size != sizeof(void*)) {
+      } else if (state == header_state::incompatible) {
         problem = fmt::format("shmkit: '{}' was made by an incompatible shmkit build (layout "
                               "version {}, header {} bytes; this build expects version {}, "
                               "header {} bytes)",
@@ -203,10 +200,8 @@ mapping check_header(int fd, std::string_view name, segment_spec spec) {
                               kind_name(h->kind), name, std::string_view(h->type_name, n),
                               spec.type.name);
       } else {
-        const std::uint64_t want = std::max<std::uint64_t>(
-            h->total_size, h->mapped_size.load(std::memory_order_acquire));
-        if (h->payload_offset != payload_alignment ||
-            h->payload_offset + h->payload_size > h->total_size || want > file_size)
+        const std::uint64_t want = mapped_extent(*h);
+        if (state == header_state::corrupted)
           problem = fmt::format("shmkit: {} is corrupted: its header describes {} bytes but the "
                                 "file holds {}",
                                 what, want, file_size);
@@ -229,6 +224,29 @@ mapping check_header(int fd, std::string_view name, segment_spec spec) {
 }
 
 }  // namespace
+
+std::uint64_t mapped_extent(const segment_header& h) noexcept {
+  // acquire: pairs with the release store of `mapped_size` in segment::grow(); the grown
+  // pages are backed before their size is published.
+  return std::max<std::uint64_t>(h.total_size, h.mapped_size.load(std::memory_order_acquire));
+}
+
+header_state classify_header(const segment_header& h, std::size_t file_size) noexcept {
+  if (file_size < payload_alignment) return header_state::foreign;
+  // acquire: pairs with the release store of `ready` in segment::publish(); every header
+  // field read after it was written before it.
+  const std::uint32_t ready = h.ready.load(std::memory_order_acquire);
+  if ((h.magic != 0 && h.magic != segment_magic) || (ready != 0 && ready != ready_word))
+    return header_state::foreign;
+  if (ready != ready_word) return header_state::unfinished;
+  if (h.version != layout_version || h.header_size != sizeof(segment_header) ||
+      h.pointer_size != sizeof(void*))
+    return header_state::incompatible;
+  if (h.payload_offset != payload_alignment || h.total_size < h.payload_offset ||
+      h.payload_size > h.total_size - h.payload_offset || mapped_extent(h) > file_size)
+    return header_state::corrupted;
+  return header_state::sound;
+}
 
 std::string kind_name(std::uint32_t kind) {
   switch (static_cast<object_kind>(kind)) {

@@ -68,6 +68,19 @@ static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 static_assert(sizeof(segment_header) <= payload_alignment);
 
+// What a header says about its segment, judged without trusting it: by check_header() when
+// opening, and by the shmkit command (detail/inspect.hpp). `file_size` is the file's size.
+enum class header_state {
+  sound,         // published, this layout, sizes that fit the file
+  unfinished,    // the ready word is not written yet (being built, or its creator died)
+  foreign,       // not a shmkit segment: smaller than a header, wrong magic or ready word
+  incompatible,  // a shmkit segment of another layout version, header size or pointer size
+  corrupted,     // a shmkit header whose sizes do not fit the file
+};
+header_state classify_header(const segment_header& h, std::size_t file_size) noexcept;
+// The bytes a process maps: header + payload, growth included (total_size or mapped_size).
+std::uint64_t mapped_extent(const segment_header& h) noexcept;
+
 // What an opener expects to find.
 struct segment_spec {
   object_kind kind;
