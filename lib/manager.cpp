@@ -36,6 +36,8 @@
 #include <limits>
 #include <stdexcept>
 #include <utility>
+#include <cerrno>
+#include <sys/mman.h>
 
 #include "shmkit/detail/identity.hpp"
 #include "shmkit/detail/mutex_state.hpp"
@@ -241,17 +243,17 @@ inline void fault_point(write_step step) noexcept {
 // read it means a write overlapped (retry); under the lock it means corruption.
 struct torn {};
 
-// Typed access by offset. Re-reads the base every time: growth may move the mapping.
+// Typed access by offset, through the core's view (which never moves).
 class space {
  public:
-  explicit space(segment& seg) noexcept : seg_(seg) {}
-  std::byte* base() const noexcept { return seg_.base(); }
+  explicit space(manager_core& core) noexcept : core_(core) {}
+  std::byte* base() const noexcept { return core_.base(); }
   template <class T>
   T* at(u64 off) const noexcept {
-    return reinterpret_cast<T*>(seg_.base() + off);
+    return reinterpret_cast<T*>(core_.base() + off);
   }
   manager_root* root() const noexcept { return at<manager_root>(root_at); }
-  u64 mapped() const noexcept { return seg_.mapped_bytes(); }
+  u64 mapped() const noexcept { return core_.mapped_bytes(); }
   // Throws torn unless [off, off + len) lies inside the mapping past the root.
   void check(u64 off, u64 len) const {
     const u64 m = mapped();
@@ -270,10 +272,11 @@ class space {
     check(off, size);
     return size;
   }
-  segment& seg() const noexcept { return seg_; }
+  manager_core& core() const noexcept { return core_; }
+  const segment& seg() const noexcept { return core_.seg(); }
 
  private:
-  segment& seg_;
+  manager_core& core_;
 };
 
 block_header* hdr(const space& s, u64 off) { return s.at<block_header>(off); }
@@ -612,10 +615,10 @@ std::vector<std::pair<u64, u64>> reachable(const space& s) {
 class write_lock {
  public:
   explicit write_lock(manager_core& core, void (*recover)(manager_core&)) : core_(core) {
-    space(core.seg()).root()->lock.lock();  // throws system_error if this thread holds it
+    space(core).root()->lock.lock();  // throws system_error if this thread holds it
     try {
-      core.seg().refresh();
-      manager_root* r = space(core.seg()).root();
+      core.refresh();
+      manager_root* r = space(core).root();
       // relaxed: we hold the mutex, whose acquire orders us after the last holder that
       // released it; a holder that died released nothing, and then these words are exactly
       // what recovery is for.
@@ -625,13 +628,13 @@ class write_lock {
         recover(core);
       if (r->lock.owner_died()) r->lock.mark_consistent();
     } catch (...) {
-      space(core.seg()).root()->lock.unlock_if_owner();
+      space(core).root()->lock.unlock_if_owner();
       throw;
     }
   }
   write_lock(const write_lock&) = delete;
   write_lock& operator=(const write_lock&) = delete;
-  ~write_lock() { space(core_.seg()).root()->lock.unlock_if_owner(); }
+  ~write_lock() { space(core_).root()->lock.unlock_if_owner(); }
 
  private:
   manager_core& core_;
@@ -641,7 +644,7 @@ class write_lock {
 // memory, a value's encoder throwing); commit() publishes it.
 class txn {
  public:
-  explicit txn(segment& seg) noexcept : s_(seg) {}
+  explicit txn(manager_core& core) noexcept : s_(core) {}
   txn(const txn&) = delete;
   txn& operator=(const txn&) = delete;
   ~txn() {
@@ -792,7 +795,7 @@ class txn {
 constexpr u64 page = 4096;
 
 void txn::grow_for(u64 need) {
-  segment& seg = s_.seg();
+  const segment& seg = s_.seg();
   heap_state& h = s_.root()->heap;
   const u64 cur = h.end;
   const u64 free_now = h.free_bytes;
@@ -809,12 +812,12 @@ void txn::grow_for(u64 need) {
   u64 target = std::max(least, cur * 2);
   if (max_total != 0) target = std::min(target, max_total);
   try {
-    seg.grow(target);
+    s_.core().grow(target);
   } catch (const error& e) {
     if (target == least) throw full(e.what());
     try {
       target = least;
-      seg.grow(target);
+      s_.core().grow(target);
     } catch (const error& e2) {
       throw full(e2.what());
     }
@@ -823,7 +826,7 @@ void txn::grow_for(u64 need) {
 }
 
 void recover(manager_core& core) {
-  space s(core.seg());
+  space s(core);
   manager_root* r = s.root();
   heap_state& h = r->heap;
   // A heap that lies about its own bounds cannot be repaired.
@@ -869,10 +872,10 @@ constexpr int optimistic_tries = 4;
 // Runs pass(space) without the lock until a run does not overlap a write, or under the lock.
 template <class Pass>
 auto read(manager_core& core, Pass&& pass) {
-  segment& seg = core.seg();
+  const segment& seg = core.seg();
   for (int attempt = 0; attempt < optimistic_tries; ++attempt) {
-    seg.refresh();
-    space s(seg);
+    core.refresh();
+    space s(core);
     const manager_root* r = s.root();
     // acquire: pairs with the release store of an even version in txn::commit: everything
     // published before it is visible to the pass.
@@ -893,7 +896,7 @@ auto read(manager_core& core, Pass&& pass) {
   }
   write_lock lock(core, recover);
   try {
-    return pass(space(seg));
+    return pass(space(core));
   } catch (const torn&) {
     throw error(fmt::format("shmkit: {} is corrupted: a container holds an offset outside "
                             "its memory",
@@ -906,7 +909,7 @@ template <class Op>
 auto write(manager_core& core, Op&& op) {
   write_lock lock(core, recover);
   try {
-    txn t(core.seg());
+    txn t(core);
     return op(t);
   } catch (const torn&) {
     throw error(fmt::format("shmkit: {} is corrupted: a container holds an offset outside "
@@ -1211,33 +1214,101 @@ std::uint64_t hash_bytes(bytes_view data) noexcept {
 
 // --- manager_core --------------------------------------------------------------------------
 
+// Address space a manager's view reserves when it has no max_bytes: it cannot grow past
+// this. Only address space: nothing is committed until the file grows into it.
+constexpr u64 default_reserve = u64(256) << 30;
+
 manager_core::manager_core(segment seg, std::size_t max_bytes) : seg_(std::move(seg)) {
-  space s(seg_);
-  auto* r = new (s.root()) manager_root{};
-  const u64 begin = (root_at + sizeof(manager_root) + 63) / 64 * 64;
   const u64 end = seg_.mapped_bytes();
+  const u64 begin = (root_at + sizeof(manager_root) + 63) / 64 * 64;
   if (end < begin + 4 * page)
     throw std::logic_error("shmkit: manager segment too small for its root");
-  r->heap.max_total = max_bytes == 0 ? 0 : std::max<u64>(max_bytes, end);
+  // A limit is a whole number of pages, and never below the first size.
+  const u64 max_total = max_bytes == 0 ? 0 : std::max<u64>(max_bytes / page * page, end);
+  map_view(max_total != 0 ? max_total : std::max(default_reserve, end));
+  space s(*this);
+  auto* r = new (s.root()) manager_root{};
+  r->heap.max_total = max_total;
   heap(s).init(begin, end);
   seg_.publish();
 }
 
 manager_core::manager_core(segment seg) : seg_(std::move(seg)) {
-  space s(seg_);
   if (seg_.mapped_bytes() < root_at + sizeof(manager_root))
     throw error(fmt::format("shmkit: {} is too small to hold a manager", seg_.describe()));
-  const manager_root* r = s.root();
+  const auto* r = reinterpret_cast<const manager_root*>(seg_.base() + root_at);
   if (r->magic != root_magic || r->layout != root_layout)
     throw error(fmt::format("shmkit: {} was made by an incompatible shmkit build (manager "
                             "layout {}, this build reads layout {})",
                             seg_.describe(), r->layout, root_layout));
+  const u64 max_total = r->heap.max_total;  // written once, before the segment was published
+  const u64 now = seg_.mapped_bytes();
+  map_view(std::max<u64>(max_total != 0 ? max_total : default_reserve, now));
 }
 
-manager_core::~manager_core() = default;
+manager_core::~manager_core() {
+  if (base_ != nullptr) ::munmap(base_, reserved_);
+}
+
+void manager_core::map_view(std::size_t reserve) {
+  reserved_ = (reserve + page - 1) / page * page;
+  void* p = ::mmap(nullptr, reserved_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+  if (p == MAP_FAILED)
+    throw error(fmt::format("shmkit: cannot reserve {} bytes of address space for {}: {}",
+                            reserved_, seg_.describe(), std::strerror(errno)));
+  base_ = static_cast<std::byte*>(p);
+  try {
+    extend_view(seg_.mapped_bytes());
+  } catch (...) {
+    ::munmap(base_, reserved_);
+    base_ = nullptr;
+    throw;
+  }
+}
+
+void manager_core::extend_view(std::size_t want) {
+  const std::size_t have = mapped_.load(std::memory_order_relaxed);
+  if (want <= have) return;
+  if (want > reserved_)
+    throw error(fmt::format("shmkit: {} cannot grow to {} bytes: its view reserved {} bytes of "
+                            "address space (give manager_options::max_bytes to reserve more)",
+                            seg_.describe(), want, reserved_));
+  void* p = ::mmap(base_ + have, want - have, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+                   seg_.fd(), static_cast<off_t>(have));
+  if (p == MAP_FAILED)
+    throw error(fmt::format("shmkit: cannot map {} at {} bytes: {}", seg_.describe(), want,
+                            std::strerror(errno)));
+  // release: pairs with the acquire load in mapped_bytes(): the pages are mapped before
+  // another thread of this process is told it may use them.
+  mapped_.store(want, std::memory_order_release);
+}
+
+void manager_core::refresh() {
+  const auto* h = reinterpret_cast<const segment_header*>(base_);
+  // acquire: pairs with the release store of mapped_size in segment::grow(): the pages are
+  // backed before their size is published.
+  const std::size_t want = h->mapped_size.load(std::memory_order_acquire);
+  if (want <= mapped_bytes()) [[likely]]
+    return;
+  std::lock_guard g(map_mutex_);
+  extend_view(want);
+}
+
+void manager_core::grow(std::size_t total) {
+  total = (total + page - 1) / page * page;
+  if (total > reserved_)
+    throw error(fmt::format("its view reserved {} bytes of address space (give "
+                            "manager_options::max_bytes to reserve more)",
+                            reserved_));
+  seg_.refresh();  // the segment's own mapping, so that the size it publishes only grows
+  seg_.grow(total);
+  std::lock_guard g(map_mutex_);
+  extend_view(total);
+}
 
 bool manager_core::mutation_in_progress() const noexcept {
-  const manager_root* r = reinterpret_cast<const manager_root*>(seg_.base() + root_at);
+  const auto* r = reinterpret_cast<const manager_root*>(base_ + root_at);
   return (r->version.load(std::memory_order_acquire) & 1) != 0 ||
          r->busy.load(std::memory_order_acquire) != 0;
 }

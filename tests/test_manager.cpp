@@ -7,11 +7,13 @@
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <set>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 #include "shmkit/manager.hpp"
@@ -437,6 +439,35 @@ BOOST_AUTO_TEST_CASE(growth_after_a_grower_died_half_way) {
   da.set(2, std::string(3 << 20, 'a'));
   BOOST_TEST(da.get(0) == "before");
   a.verify();
+}
+
+// Threads of one process share a handle while one of them grows the manager many times over:
+// the view never moves under the others.
+BOOST_AUTO_TEST_CASE(threads_share_a_handle_while_it_grows) {
+  shmkit::manager mgr(1 << 16);
+  auto d = mgr.dict<int, std::string>("t");
+  auto counts = mgr.dict<std::string, long>("c");
+  d.set(0, "zero");
+  std::atomic<bool> stop{false};
+  std::atomic<long> reads{0};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 2; ++r)
+    readers.emplace_back([&] {
+      while (!stop.load()) {
+        if (d.get(0) != "zero") std::abort();
+        for (const auto& [k, v] : d.items())
+          if (k != 0 && v != std::string(static_cast<std::size_t>(k) * 1000, 'g')) std::abort();
+        counts.update("reads", [](long& n) { ++n; });
+        reads.fetch_add(1);
+      }
+    });
+  for (int i = 1; i <= 64; ++i) d.set(i, std::string(static_cast<std::size_t>(i) * 1000, 'g'));
+  while (reads.load() < 100) std::this_thread::yield();
+  stop.store(true);
+  for (auto& t : readers) t.join();
+  BOOST_TEST(mgr.stats().capacity_bytes > std::size_t(1) << 21);
+  BOOST_TEST(counts.get("reads") == reads.load());
+  mgr.verify();
 }
 
 BOOST_AUTO_TEST_CASE(update_that_throws_changes_nothing) {

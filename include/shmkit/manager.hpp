@@ -28,9 +28,10 @@
 //   std::map::at; try_get() returns nullopt instead), at()/set() past the end and pop_back()
 //   on an empty list; std::system_error (resource_deadlock_would_occur) when update()'s fn
 //   writes to a container of the same manager; whatever the codec throws for a value.
-// - Handles (manager, shared_dict, shared_list) are cheap to copy and keep the segment mapped.
-//   One handle must not be used by two threads at once (its mapping may move when the
-//   manager grows); give each thread its own copy... of a named manager (open it again).
+// - Handles (manager, shared_dict, shared_list) are cheap to copy, keep the segment mapped,
+//   and may be used by any number of threads at once: each process maps the manager into
+//   address space reserved once (max_bytes, or 256 GiB when unlimited: a manager cannot grow
+//   past its reservation), so growth never moves it.
 #pragma once
 
 #include <cstddef>

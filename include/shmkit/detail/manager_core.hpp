@@ -10,9 +10,11 @@
 // progress. See lib/manager.cpp for the commit protocol and the recovery after a dead writer.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -93,6 +95,17 @@ class manager_core {
   const segment& seg() const noexcept { return seg_; }
   segment& seg() noexcept { return seg_; }
 
+  // The segment as this process sees it: a view that never moves (address space reserved
+  // once, the file mapped into it as it grows), so that threads of one process may share a
+  // handle while another thread grows the manager.
+  std::byte* base() const noexcept { return base_; }
+  std::size_t mapped_bytes() const noexcept { return mapped_.load(std::memory_order_acquire); }
+  // Maps what other processes grew since. Cheap when nothing grew (one load).
+  void refresh();
+  // Grows the file to at least `total` bytes and maps it (the caller holds the writers'
+  // lock). Throws shmkit::error when the memory is not there.
+  void grow(std::size_t total);
+
   // The root offset of the container `name`, creating it (empty) when absent. Throws
   // shmkit::error when it exists with another kind or other types (the message names both),
   // or when the memory is full; std::invalid_argument for an empty name or one over 200 bytes.
@@ -142,9 +155,14 @@ class manager_core {
   bool mutation_in_progress() const noexcept;
 
  private:
-  struct impl;
-  friend struct impl;
+  void map_view(std::size_t reserve);
+  void extend_view(std::size_t want);  // the caller holds map_mutex_ (or is constructing)
+
   segment seg_;
+  std::byte* base_ = nullptr;
+  std::size_t reserved_ = 0;
+  std::atomic<std::size_t> mapped_{0};
+  std::mutex map_mutex_;  // process-local: one thread extends the view at a time
 };
 
 }  // namespace shmkit::detail
