@@ -40,6 +40,7 @@
 #include <sys/mman.h>
 
 #include "shmkit/detail/identity.hpp"
+#include "shmkit/detail/inspect.hpp"
 #include "shmkit/detail/mutex_state.hpp"
 #include "shmkit/error.hpp"
 
@@ -1614,6 +1615,80 @@ void manager_core::list_scan(std::uint64_t root, function_ref<void()> restart,
     return 0;
   });
 }
+
+// --- the shmkit command's view ------------------------------------------------------------
+
+namespace {
+
+// What `shmkit inspect` shows for a manager: memory, a writer holding the lock or caught half
+// way, and each container with its types and size. Reads a read-only mapping without any lock,
+// checking every offset against it; the figures of a manager being written may be mixed.
+detail_lines inspect_manager(const segment_header&, std::span<const std::byte> payload) {
+  auto at = [&](u64 off, u64 len) -> const std::byte* {
+    if (off < root_at || off - root_at > payload.size() || len > payload.size() - (off - root_at))
+      throw std::runtime_error(fmt::format("an offset ({}) outside the segment", off));
+    return payload.data() + (off - root_at);
+  };
+  auto word = [&](u64 off) {
+    u64 w;
+    std::memcpy(&w, at(off, 8), 8);
+    return w;
+  };
+  const auto* r = reinterpret_cast<const manager_root*>(at(root_at, sizeof(manager_root)));
+  if (r->magic != root_magic || r->layout != root_layout)
+    return {{"state", fmt::format("manager layout {} (this build reads {})", r->layout,
+                                  root_layout)}};
+  detail_lines lines;
+  const heap_state& h = r->heap;
+  const u64 heap_bytes = h.end > h.begin + header_bytes ? h.end - header_bytes - h.begin : 0;
+  lines.emplace_back("memory", fmt::format("{} bytes, {} free{}", h.end,
+                                           heap_bytes - std::min(heap_bytes, h.live_bytes),
+                                           h.max_total != 0
+                                               ? fmt::format(", grows up to {}", h.max_total)
+                                               : std::string(", grows")));
+  const u64 owner = r->lock.owner.load(std::memory_order_relaxed);
+  if (owner != 0)
+    lines.emplace_back("writer", fmt::format("pid {} holds the lock{}", identity_pid(owner),
+                                             identity_alive(owner) ? "" : " (dead)"));
+  if ((r->version.load(std::memory_order_relaxed) & 1) != 0 ||
+      r->busy.load(std::memory_order_relaxed) != 0)
+    lines.emplace_back("write in progress",
+                       "yes: the next caller finishes or undoes it");
+  if (h.recoveries != 0)
+    lines.emplace_back("repairs", fmt::format("{} after dead writers", h.recoveries));
+  const u64 dir = r->directory.load(std::memory_order_relaxed);
+  if (dir == 0) {
+    lines.emplace_back("containers", "none");
+    return lines;
+  }
+  const auto* d = reinterpret_cast<const directory_block*>(
+      at(dir + header_bytes, sizeof(directory_block)));
+  lines.emplace_back("containers", std::to_string(d->count));
+  u64 rec_at = dir + header_bytes + sizeof(directory_block);
+  for (u64 i = 0; i < d->count && i < 10000; ++i) {
+    const auto* rec = reinterpret_cast<const dir_record*>(at(rec_at, sizeof(dir_record)));
+    const char* text = reinterpret_cast<const char*>(
+        at(rec_at + sizeof(dir_record),
+           u64(rec->name_len) + rec->key_name_len + rec->value_name_len));
+    const std::string_view name(text, rec->name_len);
+    const std::string_view key(text + rec->name_len, rec->key_name_len);
+    const std::string_view value(text + rec->name_len + rec->key_name_len, rec->value_name_len);
+    const auto kind = static_cast<container_kind>(rec->kind);
+    const u64 body = word(rec->root + header_bytes + offsetof(container_block, body));
+    const u64 n = kind == container_kind::dict
+                      ? word(body + header_bytes + offsetof(table_block, count))
+                      : word(body + header_bytes + offsetof(list_body_block, size));
+    lines.emplace_back(fmt::format("  {}", name),
+                       fmt::format("{}, {} {}", describe_type(kind, key, value), n,
+                                   kind == container_kind::dict ? "entries" : "items"));
+    rec_at += std::max<u64>(rec->record_bytes, sizeof(dir_record));
+  }
+  return lines;
+}
+
+const inspector_registrar manager_inspector(object_kind::manager, &inspect_manager);
+
+}  // namespace
 
 }  // namespace shmkit::detail
 

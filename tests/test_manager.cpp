@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "shmkit/detail/inspect.hpp"
 #include "shmkit/manager.hpp"
 #include "shmkit/shared.hpp"
 #include "support.hpp"
@@ -535,6 +536,23 @@ BOOST_AUTO_TEST_CASE(snapshots_are_one_moment) {
   BOOST_TEST(ok);
   BOOST_TEST(wait_all_ok({writer}));
   mgr.verify();
+}
+
+// What the shmkit command shows for a manager: its containers, their types and sizes.
+BOOST_AUTO_TEST_CASE(inspected_by_the_shmkit_command) {
+  const name_guard g(unique_name("inspect"));
+  shmkit::manager mgr(shmkit::create_only, g.name);
+  auto d = mgr.dict<std::string, int>("scores");
+  d.set("a", 1);
+  d.set("b", 2);
+  mgr.list<double>("samples").push_back(1.5);
+  const auto report = shmkit::detail::inspect_file("shmkit." + g.name);
+  BOOST_TEST(report.details_problem == "");
+  std::map<std::string, std::string> lines(report.details.begin(), report.details.end());
+  BOOST_TEST(lines["containers"] == "2");
+  BOOST_TEST(lines["  scores"] == "shared_dict<std::string, int>, 2 entries");
+  BOOST_TEST(lines["  samples"] == "shared_list<double>, 1 items");
+  BOOST_TEST(contains(lines["memory"], "free"));
 }
 
 BOOST_AUTO_TEST_CASE(stats_are_consistent) {
