@@ -247,37 +247,41 @@ struct torn {};
 // Typed access by offset, through the core's view (which never moves).
 class space {
  public:
-  explicit space(manager_core& core) noexcept : core_(core) {}
-  std::byte* base() const noexcept { return core_.base(); }
+  explicit space(manager_core& core) noexcept : core_(core), base_(core.base()) {}
+  std::byte* base() const noexcept { return base_; }
   template <class T>
   T* at(u64 off) const noexcept {
-    return reinterpret_cast<T*>(core_.base() + off);
+    return reinterpret_cast<T*>(base_ + off);
   }
   manager_root* root() const noexcept { return at<manager_root>(root_at); }
   u64 mapped() const noexcept { return core_.mapped_bytes(); }
   // Throws torn unless [off, off + len) lies inside the mapping past the root.
   void check(u64 off, u64 len) const {
     const u64 m = mapped();
-    if (off < root_at + sizeof(manager_root) || off > m || len > m - off) [[unlikely]]
+    if (off < heap_floor || off > m || len > m - off) [[unlikely]]
       throw torn{};
   }
-  // The block at `off` must be of kind `k` and hold `payload` bytes; returns its size.
+  // The block at `off` must be of kind `k` and hold `payload` bytes; returns its size (the
+  // whole block then lies inside the mapping).
   u64 check_block(u64 off, block_kind k, u64 payload) const {
-    check(off, header_bytes);
-    if (off % 16 != 0) [[unlikely]]
+    const u64 m = mapped();
+    if (off < heap_floor || off > m - header_bytes || off % 16 != 0) [[unlikely]]
       throw torn{};
     const u64 word = load(at<block_header>(off)->word);
     const u64 size = word & size_mask;
-    if (static_cast<block_kind>(word >> 56) != k || size < header_bytes + payload) [[unlikely]]
+    if (static_cast<block_kind>(word >> 56) != k || size < header_bytes + payload ||
+        size > m - off) [[unlikely]]
       throw torn{};
-    check(off, size);
     return size;
   }
   manager_core& core() const noexcept { return core_; }
   const segment& seg() const noexcept { return core_.seg(); }
 
  private:
+  // No block starts before the end of the root (the mapping always holds the root).
+  static constexpr u64 heap_floor = root_at + sizeof(manager_root);
   manager_core& core_;
+  std::byte* base_;  // the core's view never moves
 };
 
 block_header* hdr(const space& s, u64 off) { return s.at<block_header>(off); }
@@ -944,11 +948,11 @@ struct table_view {
 
 table_view table_of(const space& s, u64 root) {
   const u64 table = load(container_at(s, root)->body);
-  s.check_block(table, block_kind::table, sizeof(table_block));
+  const u64 size = s.check_block(table, block_kind::table, sizeof(table_block));
   const auto* t = payload<table_block>(s, table);
   const u64 cap = load(t->capacity);
-  if (!power_of_two(cap)) throw torn{};
-  s.check(slot_offset(table, 0), cap * 8);
+  // Against the block's own size, which check_block bounded: cap * 8 could overflow.
+  if (!power_of_two(cap) || cap > (size - header_bytes - sizeof(table_block)) / 8) throw torn{};
   return {table, t, cap, reinterpret_cast<const u64*>(t + 1)};
 }
 
@@ -1177,40 +1181,78 @@ void (*manager_fault_hook)(write_step) noexcept = nullptr;
 
 // --- hashing -------------------------------------------------------------------------------
 
+// wyhash (Wang Yi, public domain; final version 4): one or two 64x64->128-bit multiplies for
+// a short key, 16 bytes per step for a long one; passes SMHasher. It is part of the layout:
+// every process must hash alike, so it never changes within a layout version.
+namespace {
+constexpr u64 wy_secret[4] = {0x2d358dccaa6c78a5ull, 0x8bb84b93962eacc9ull,
+                              0x4b33a62ed433d4a3ull, 0x4d5a2da51de1aa47ull};
+inline void wy_mum(u64& a, u64& b) noexcept {
+  const unsigned __int128 r = static_cast<unsigned __int128>(a) * b;
+  a = static_cast<u64>(r);
+  b = static_cast<u64>(r >> 64);
+}
+inline u64 wy_mix(u64 a, u64 b) noexcept {
+  wy_mum(a, b);
+  return a ^ b;
+}
+inline u64 wy_r8(const std::byte* p) noexcept {
+  u64 v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+inline u64 wy_r4(const std::byte* p) noexcept {
+  u32 v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+inline u64 wy_r3(const std::byte* p, std::size_t k) noexcept {
+  return (u64(p[0]) << 16) | (u64(p[k >> 1]) << 8) | u64(p[k - 1]);
+}
+// The seed after wyhash's first step, for seed 0.
+const u64 wy_seed = wy_mix(wy_secret[0], wy_secret[1]);
+}  // namespace
+
 std::uint64_t hash_bytes(bytes_view data) noexcept {
-  constexpr u64 m = 0x9e3779b97f4a7c15ull;
-  auto word = [](const std::byte* q) {
-    u64 w;
-    std::memcpy(&w, q, 8);
-    return w;
-  };
-  auto half = [](const std::byte* q) {
-    u32 w;
-    std::memcpy(&w, q, 4);
-    return u64(w);
-  };
-  auto mix = [](u64 h, u64 w) { return std::rotl((h ^ w) * m, 29); };
   const std::byte* p = data.data();
-  const std::size_t n = data.size();
-  u64 h = 0x243f6a8885a308d3ull ^ (n * m);
-  // Whole words, then the last 8 (or 4, or the 1..3) bytes read with fixed-size loads that
-  // may overlap what came before: no byte-by-byte tail. The length went into the seed.
-  if (n >= 8) {
-    for (std::size_t i = 0; i + 8 < n; i += 8) h = mix(h, word(p + i));
-    h = mix(h, word(p + n - 8));
-  } else if (n >= 4) {
-    h = mix(h, (half(p) << 32) | half(p + n - 4));
-  } else if (n != 0) {
-    h = mix(h, (u64(p[0]) << 16) | (u64(p[n / 2]) << 8) | u64(p[n - 1]));
+  const std::size_t len = data.size();
+  u64 seed = wy_seed;
+  u64 a, b;
+  if (len <= 16) [[likely]] {
+    if (len >= 4) {
+      a = (wy_r4(p) << 32) | wy_r4(p + ((len >> 3) << 2));
+      b = (wy_r4(p + len - 4) << 32) | wy_r4(p + len - 4 - ((len >> 3) << 2));
+    } else if (len > 0) {
+      a = wy_r3(p, len);
+      b = 0;
+    } else {
+      a = b = 0;
+    }
+  } else {
+    std::size_t i = len;
+    if (i > 48) {
+      u64 see1 = seed, see2 = seed;
+      do {
+        seed = wy_mix(wy_r8(p) ^ wy_secret[1], wy_r8(p + 8) ^ seed);
+        see1 = wy_mix(wy_r8(p + 16) ^ wy_secret[2], wy_r8(p + 24) ^ see1);
+        see2 = wy_mix(wy_r8(p + 32) ^ wy_secret[3], wy_r8(p + 40) ^ see2);
+        p += 48;
+        i -= 48;
+      } while (i > 48);
+      seed ^= see1 ^ see2;
+    }
+    while (i > 16) {
+      seed = wy_mix(wy_r8(p) ^ wy_secret[1], wy_r8(p + 8) ^ seed);
+      i -= 16;
+      p += 16;
+    }
+    a = wy_r8(p + i - 16);
+    b = wy_r8(p + i - 8);
   }
-  // murmur3's finaliser: every input bit reaches the top 16 bits (the slot tag) and the low
-  // bits (the slot index).
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdull;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ull;
-  h ^= h >> 33;
-  return h;
+  a ^= wy_secret[1];
+  b ^= seed;
+  wy_mum(a, b);
+  return wy_mix(a ^ wy_secret[0] ^ len, b ^ wy_secret[1]);
 }
 
 // --- manager_core --------------------------------------------------------------------------
@@ -1252,9 +1294,17 @@ manager_core::~manager_core() {
 }
 
 void manager_core::map_view(std::size_t reserve) {
-  reserved_ = (reserve + page - 1) / page * page;
-  void* p = ::mmap(nullptr, reserved_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
+  // Where address space is limited (ulimit -v, valgrind), settle for less, down to the size
+  // the segment has now: growth past the reservation then fails like a full /dev/shm.
+  const std::size_t least = (seg_.mapped_bytes() + page - 1) / page * page;
+  reserved_ = std::max((reserve + page - 1) / page * page, least);
+  void* p = MAP_FAILED;
+  for (;;) {
+    p = ::mmap(nullptr, reserved_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+               0);
+    if (p != MAP_FAILED || reserved_ == least) break;
+    reserved_ = std::max(reserved_ / 4 / page * page, least);
+  }
   if (p == MAP_FAILED)
     throw error(fmt::format("shmkit: cannot reserve {} bytes of address space for {}: {}",
                             reserved_, seg_.describe(), std::strerror(errno)));
@@ -1523,7 +1573,10 @@ void manager_core::list_push_back(std::uint64_t root, value_source item) {
       chunk = t.alloc(chunk_slots(pos.chunk) * 8, block_kind::chunk);
       t.stage(body_at + offsetof(list_body_block, chunks) + pos.chunk * 8, chunk);
     }
-    t.stage(chunk + header_bytes + pos.slot * 8, word);
+    // The slot lies past `size`: no reader looks at it and recovery ignores it, so it is
+    // written now, and the commit is the one store of the new size (with the new chunk's
+    // offset, if any, beside it in the journal).
+    store(*t.sp().at<u64>(chunk + header_bytes + pos.slot * 8), word);
     t.stage(body_at + offsetof(list_body_block, size), n + 1);
     t.commit();
     return 0;
