@@ -496,6 +496,40 @@ BOOST_AUTO_TEST_CASE(update_that_throws_changes_nothing) {
   mgr.verify();
 }
 
+// Readers take no lock: while a writer holds the writers' lock (parked inside update()'s fn),
+// other processes read everything, and see the value from before the update.
+BOOST_AUTO_TEST_CASE(reads_do_not_wait_for_a_writer) {
+  shmkit::manager mgr;
+  auto d = mgr.dict<std::string, long>("r");
+  auto l = mgr.list<long>("rl");
+  d.set("k", 1);
+  d.set("other", 2);
+  l.push_back(3);
+  shmkit::value<int> phase(0);
+  const pid_t writer = spawn([&] {
+    d.update("k", [&](long& v) {
+      phase.store(1);
+      while (phase.load() != 2) ::usleep(1000);  // holds the writers' lock meanwhile
+      v = 100;
+    });
+  });
+  while (phase.load() != 1) ::usleep(1000);
+  const pid_t reader = spawn([&] {
+    for (int i = 0; i < 10000; ++i) {
+      CHILD_CHECK(d.get("k") == 1);
+      CHILD_CHECK(d.get("other") == 2);
+      CHILD_CHECK(d.size() == 2);
+      CHILD_CHECK(l.at(0) == 3);
+      CHILD_CHECK(d.items().size() == 2);
+    }
+  });
+  const bool read_ok = wait_all_ok({reader});
+  phase.store(2);
+  BOOST_TEST(read_ok);
+  BOOST_TEST(wait_all_ok({writer}));
+  BOOST_TEST(d.get("k") == 100);
+}
+
 // A writer sets k0, k1, ..., k{n-1} to round r, then to r + 1, ...: at every moment the values
 // read r+1, ..., r+1, r, ..., r in key order. A snapshot that mixed two moments would break
 // that (a later key ahead of an earlier one, or a spread over 1).
