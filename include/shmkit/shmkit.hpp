@@ -2,6 +2,7 @@
 // The whole of shmkit: Python-style multiprocessing for C++, on shared memory.
 #pragma once
 
+#include "shmkit/codec.hpp"
 #include "shmkit/error.hpp"
 #include "shmkit/manager.hpp"
 #include "shmkit/naming.hpp"

@@ -1,0 +1,480 @@
+// SPDX-License-Identifier: MIT
+// shmkit::pool: a pool of worker processes, like Python's multiprocessing.Pool, fed by
+// shmkit's own shared-memory queues.
+//
+// Contract
+// - Workers are forked when the pool is made, from a single-threaded supervisor process that
+//   the pool forks first, before it starts its own result thread; replacements (a worker that
+//   died, or retired after maxtasksperchild tasks) are forked by that supervisor, never by the
+//   caller's process, so a multithreaded caller is safe. Make the pool from a thread that
+//   outlives it (the supervisor is tied to it by the parent-death signal).
+// - What can be sent: function pointers, captureless lambdas, and callables whose state the
+//   codec can serialize (a member serialize()); arguments and results are codec values. Any
+//   other callable is a compile error at the call site that says so.
+// - Each worker has its own inbox queue, holding at most two tasks; the result thread refills
+//   it as results come back, so the pool always knows which tasks a worker holds.
+// - Errors: an exception escaping f in a worker reaches the caller as shmkit::remote_error
+//   (type name and message) from get(), map(), iteration or the error callback, and the pool
+//   stays usable. A worker that dies (crash, kill -9, abort) is replaced, and the task it held
+//   fails with shmkit::worker_lost_error; map() then throws it. If the supervisor itself dies,
+//   every pending task fails with worker_lost_error and the pool refuses new work. Nothing
+//   waits forever.
+// - Callbacks (async_result::then) run in this process on the pool's one result thread, in
+//   completion order. A callback that throws is reported on stderr and ignored.
+// - Thread-safe: any thread may submit. close() stops new submissions; join() (after close())
+//   waits for the work and the workers; terminate() kills the workers at once and fails what
+//   is pending; the destructor terminates, like Python's `with Pool() as p:`.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdio>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <ranges>
+#include <span>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "shmkit/async_result.hpp"
+#include "shmkit/codec.hpp"
+#include "shmkit/detail/task.hpp"
+#include "shmkit/error.hpp"
+
+namespace shmkit {
+
+struct pool_options {
+  // Worker processes; 0 means cpu_count().
+  int processes = 0;
+  // Runs once in every worker when it starts (any callable: workers are forked, not sent it).
+  std::function<void()> initializer = {};
+  // A worker retires and is replaced after this many tasks (chunks); 0 means never.
+  long maxtasksperchild = 0;
+};
+
+namespace detail {
+
+// Receives the outcome of one task, on the result thread.
+class task_sink {
+ public:
+  virtual ~task_sink() = default;
+  // The task's encoded result. May throw (a result that does not decode): the runtime then
+  // calls failed() with that exception.
+  virtual void succeeded(std::span<const std::byte> result) = 0;
+  virtual void failed(std::exception_ptr e) = 0;
+};
+
+struct task_request {
+  task_entry entry = nullptr;
+  std::uint64_t fn_word = 0;
+  std::vector<std::byte> payload;
+  std::shared_ptr<task_sink> sink;
+};
+
+// The non-template heart of the pool (lib/pool.cpp).
+class pool_runtime : public callback_executor {
+ public:
+  // Forks the supervisor and the workers, then starts the result thread.
+  static std::shared_ptr<pool_runtime> start(pool_options options);
+  ~pool_runtime() override = default;
+
+  // Queues tasks; their sinks are called on the result thread. Throws std::logic_error after
+  // close() or terminate(), shmkit::error when the pool is broken.
+  virtual void submit(std::vector<task_request> tasks) = 0;
+  virtual void close() = 0;
+  virtual void join() = 0;
+  virtual void terminate() noexcept = 0;
+  virtual int processes() const noexcept = 0;
+  virtual std::vector<pid_t> worker_pids() const = 0;
+};
+
+// Python's default: chunks of n / (4 * workers), rounded up.
+inline std::size_t default_chunksize(std::size_t n, int workers) {
+  if (n == 0) return 1;
+  const std::size_t parts = static_cast<std::size_t>(workers) * 4;
+  return std::max<std::size_t>(1, n / parts + (n % parts != 0 ? 1 : 0));
+}
+
+template <class Items>
+auto to_chunks(const Items& items, std::size_t chunksize) {
+  using Item = std::remove_cvref_t<std::ranges::range_value_t<Items>>;
+  std::vector<std::vector<Item>> chunks;
+  std::vector<Item> cur;
+  cur.reserve(chunksize);
+  for (auto&& x : items) {
+    cur.push_back(x);
+    if (cur.size() == chunksize) {
+      chunks.push_back(std::move(cur));
+      cur = {};
+      cur.reserve(chunksize);
+    }
+  }
+  if (!cur.empty()) chunks.push_back(std::move(cur));
+  return chunks;
+}
+
+template <class F>
+constexpr void check_sendable() {
+  static_assert(sendable_callable<F>,
+                "shmkit::pool: f must be a function pointer, a captureless lambda, or a callable "
+                "whose state the codec can serialize (give it a member `template <class Ar> void "
+                "serialize(Ar& ar)`); a lambda that captures cannot be sent to another process");
+}
+
+// Results of a chunked map gathered on the result thread, in submission order.
+template <class R>
+struct map_collector {
+  std::vector<std::vector<R>> chunks;
+  std::size_t left = 0;
+  std::shared_ptr<async_state<std::vector<R>>> state;
+};
+
+template <class R>
+class map_chunk_sink final : public task_sink {
+ public:
+  map_chunk_sink(std::shared_ptr<map_collector<R>> c, std::size_t index)
+      : c_(std::move(c)), index_(index) {}
+  void succeeded(std::span<const std::byte> bytes) override {
+    c_->chunks[index_] = decode<std::vector<R>>(bytes);
+    if (--c_->left == 0) {
+      std::vector<R> all;
+      std::size_t n = 0;
+      for (auto& ch : c_->chunks) n += ch.size();
+      all.reserve(n);
+      for (auto& ch : c_->chunks)
+        for (auto& r : ch) all.push_back(std::move(r));
+      c_->state->set_value(std::move(all));
+    }
+  }
+  void failed(std::exception_ptr e) override { c_->state->set_error(std::move(e)); }
+
+ private:
+  std::shared_ptr<map_collector<R>> c_;
+  std::size_t index_;
+};
+
+template <class R>
+class value_sink final : public task_sink {
+ public:
+  explicit value_sink(std::shared_ptr<async_state<R>> s) : s_(std::move(s)) {}
+  void succeeded(std::span<const std::byte> bytes) override {
+    if constexpr (std::is_void_v<R>) {
+      if (!bytes.empty()) throw error("shmkit: a task of void result sent back bytes");
+      s_->set_value(true);
+    } else {
+      s_->set_value(decode<R>(bytes));
+    }
+  }
+  void failed(std::exception_ptr e) override { s_->set_error(std::move(e)); }
+
+ private:
+  std::shared_ptr<async_state<R>> s_;
+};
+
+// The shared state of an imap / imap_unordered range: chunk results as they arrive.
+template <class R>
+class stream_state {
+ public:
+  stream_state(std::size_t chunks, std::size_t items, bool ordered)
+      : ordered_(ordered), slots_(ordered ? chunks : 0), chunks_left_(chunks), items_(items) {}
+
+  void deliver(std::size_t index, std::vector<R>&& results) {
+    std::lock_guard lk(m_);
+    if (ordered_)
+      slots_[index].emplace(std::move(results));
+    else
+      for (auto& r : results) ready_.push_back(std::move(r));
+    --chunks_left_;
+    cv_.notify_all();
+  }
+  void fail(std::size_t index, std::exception_ptr e) {
+    std::lock_guard lk(m_);
+    if (ordered_)
+      slots_[index].emplace(std::vector<R>{}), errors_.emplace_back(index, e);
+    else
+      errors_.emplace_back(0, e);
+    --chunks_left_;
+    cv_.notify_all();
+  }
+
+  // The next result, or nullopt at the end. Throws a task's failure where it stands in order
+  // (ordered) or as soon as it is known (unordered).
+  std::optional<R> next() {
+    std::unique_lock lk(m_);
+    for (;;) {
+      if (ordered_) {
+        while (pos_ < current_.size()) {
+          return std::optional<R>(std::move(current_[pos_++]));
+        }
+        if (next_chunk_ == slots_.size()) return std::nullopt;
+        cv_.wait(lk, [&] { return slots_[next_chunk_].has_value(); });
+        for (auto it = errors_.begin(); it != errors_.end(); ++it)
+          if (it->first == next_chunk_) {
+            auto e = it->second;
+            errors_.erase(it);
+            ++next_chunk_;
+            std::rethrow_exception(e);
+          }
+        current_ = std::move(*slots_[next_chunk_]);
+        slots_[next_chunk_].reset();
+        ++next_chunk_;
+        pos_ = 0;
+      } else {
+        cv_.wait(lk, [&] { return !ready_.empty() || !errors_.empty() || chunks_left_ == 0; });
+        if (!errors_.empty()) {
+          auto e = errors_.front().second;
+          errors_.erase(errors_.begin());
+          std::rethrow_exception(e);
+        }
+        if (ready_.empty()) return std::nullopt;
+        R r = std::move(ready_.front());
+        ready_.pop_front();
+        return std::optional<R>(std::move(r));
+      }
+    }
+  }
+
+  std::size_t size() const noexcept { return items_; }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  const bool ordered_;
+  std::vector<std::optional<std::vector<R>>> slots_;  // ordered: per chunk
+  std::deque<R> ready_;                               // unordered
+  std::vector<std::pair<std::size_t, std::exception_ptr>> errors_;
+  std::size_t chunks_left_;
+  std::size_t items_;
+  std::size_t next_chunk_ = 0;
+  std::vector<R> current_;
+  std::size_t pos_ = 0;
+};
+
+template <class R>
+class stream_chunk_sink final : public task_sink {
+ public:
+  stream_chunk_sink(std::shared_ptr<stream_state<R>> s, std::size_t index)
+      : s_(std::move(s)), index_(index) {}
+  void succeeded(std::span<const std::byte> bytes) override {
+    s_->deliver(index_, decode<std::vector<R>>(bytes));
+  }
+  void failed(std::exception_ptr e) override { s_->fail(index_, std::move(e)); }
+
+ private:
+  std::shared_ptr<stream_state<R>> s_;
+  std::size_t index_;
+};
+
+}  // namespace detail
+
+// The lazy range imap() and imap_unordered() return: single pass, usable in range-for.
+// Iterating blocks until the next result is there; a failed task throws from the increment
+// that reaches it. size() is the number of items submitted.
+template <class R>
+class result_stream {
+ public:
+  class iterator {
+   public:
+    using iterator_category = std::input_iterator_tag;
+    using value_type = R;
+    using difference_type = std::ptrdiff_t;
+    using reference = R&;
+    using pointer = R*;
+
+    iterator() = default;
+    explicit iterator(detail::stream_state<R>* s) : s_(s) { advance(); }
+    R& operator*() { return *cur_; }
+    R* operator->() { return &*cur_; }
+    iterator& operator++() {
+      advance();
+      return *this;
+    }
+    void operator++(int) { advance(); }
+    friend bool operator==(const iterator& it, std::default_sentinel_t) {
+      return !it.cur_.has_value();
+    }
+
+   private:
+    void advance() {
+      cur_.reset();
+      cur_ = s_->next();
+    }
+    detail::stream_state<R>* s_ = nullptr;
+    std::optional<R> cur_;
+  };
+
+  explicit result_stream(std::shared_ptr<detail::stream_state<R>> s) : s_(std::move(s)) {}
+  iterator begin() { return iterator(s_.get()); }
+  std::default_sentinel_t end() { return {}; }
+  std::size_t size() const noexcept { return s_->size(); }
+
+ private:
+  std::shared_ptr<detail::stream_state<R>> s_;
+};
+
+class pool {
+ public:
+  // `processes` workers (0: cpu_count()).
+  explicit pool(int processes = 0) : pool(pool_options{.processes = processes}) {}
+  explicit pool(pool_options options) : rt_(detail::pool_runtime::start(std::move(options))) {}
+  pool(pool&&) noexcept = default;
+  pool& operator=(pool&&) noexcept = default;
+  pool(const pool&) = delete;
+  pool& operator=(const pool&) = delete;
+  // terminate(), like leaving Python's `with Pool() as p:`.
+  ~pool() {
+    if (rt_) rt_->terminate();
+  }
+
+  // f(x) for each x of items, in order. Throws remote_error / worker_lost_error for the first
+  // failed chunk; the pool stays usable.
+  template <class F, std::ranges::sized_range Items>
+  auto map(F f, const Items& items, std::size_t chunksize = 0) {
+    return map_async(std::move(f), items, chunksize).get();
+  }
+
+  template <class F, std::ranges::sized_range Items>
+  auto map_async(F f, const Items& items, std::size_t chunksize = 0) {
+    using Fd = std::decay_t<F>;
+    detail::check_sendable<Fd>();
+    using Item = std::remove_cvref_t<std::ranges::range_value_t<Items>>;
+    using R = detail::map_result_t<Fd, Item>;
+    return chunked<R, Item>(f, items, chunksize, &detail::map_entry<Fd, Item>);
+  }
+
+  // f(std::get<I>(t)...) for each tuple t of items, in order.
+  template <class F, std::ranges::sized_range Items>
+  auto starmap(F f, const Items& items, std::size_t chunksize = 0) {
+    return starmap_async(std::move(f), items, chunksize).get();
+  }
+  template <class F, std::ranges::sized_range Items>
+  auto starmap_async(F f, const Items& items, std::size_t chunksize = 0) {
+    using Fd = std::decay_t<F>;
+    detail::check_sendable<Fd>();
+    using Tuple = std::remove_cvref_t<std::ranges::range_value_t<Items>>;
+    using R = detail::starmap_result_t<Fd, Tuple>;
+    return chunked<R, Tuple>(f, items, chunksize, &detail::starmap_entry<Fd, Tuple>);
+  }
+
+  // Lazy, ordered: results in the order of items, each as soon as it and those before it are
+  // done. chunksize defaults to 1, as in Python.
+  template <class F, std::ranges::sized_range Items>
+  auto imap(F f, const Items& items, std::size_t chunksize = 1) {
+    return stream(std::move(f), items, chunksize, true);
+  }
+  // Lazy, in completion order.
+  template <class F, std::ranges::sized_range Items>
+  auto imap_unordered(F f, const Items& items, std::size_t chunksize = 1) {
+    return stream(std::move(f), items, chunksize, false);
+  }
+
+  // f(args...) in a worker, waiting for the result.
+  template <class F, class... Args>
+  auto apply(F f, Args&&... args) {
+    return apply_async(std::move(f), std::forward<Args>(args)...).get();
+  }
+
+  template <class F, class... Args>
+  auto apply_async(F f, Args&&... args) {
+    using Fd = std::decay_t<F>;
+    detail::check_sendable<Fd>();
+    using R = detail::apply_result_t<Fd, Args...>;
+    static_assert(std::is_void_v<R> || encodable<R>,
+                  "shmkit::pool: the result type of f must be a codec type");
+    auto state = detail::make_async_state<R>(rt_);
+    detail::task_request t;
+    t.entry = &detail::apply_entry<Fd, std::decay_t<Args>...>;
+    t.fn_word = detail::word_of(f);
+    t.payload = encode(std::tuple<detail::state_t<Fd>, std::tuple<std::decay_t<Args>...>>(
+        detail::state_of(f), std::tuple<std::decay_t<Args>...>(std::forward<Args>(args)...)));
+    t.sink = std::make_shared<detail::value_sink<R>>(state);
+    std::vector<detail::task_request> v;
+    v.push_back(std::move(t));
+    rt_->submit(std::move(v));
+    return async_result<R>(std::move(state));
+  }
+
+  // No new tasks; the workers leave once the queued ones are done (see join()).
+  void close() { rt_->close(); }
+  // After close(): waits for every task and every worker. Throws std::logic_error before.
+  void join() { rt_->join(); }
+  // Kills the workers now; pending tasks fail with worker_lost_error.
+  void terminate() noexcept { rt_->terminate(); }
+
+  int processes() const noexcept { return rt_->processes(); }
+  // The current workers' process ids (they change as workers are replaced).
+  std::vector<pid_t> worker_pids() const { return rt_->worker_pids(); }
+
+ private:
+  template <class R, class Item, class F, class Items>
+  async_result<std::vector<R>> chunked(const F& f, const Items& items, std::size_t chunksize,
+                                       detail::task_entry entry) {
+    using Fd = std::decay_t<F>;
+    static_assert(encodable<R>, "shmkit::pool: the result type of f must be a codec type");
+    static_assert(encodable<Item>, "shmkit::pool: the items must be codec types");
+    const std::size_t n = std::ranges::size(items);
+    if (chunksize == 0) chunksize = detail::default_chunksize(n, processes());
+    auto chunks = detail::to_chunks(items, chunksize);
+    auto c = std::make_shared<detail::map_collector<R>>();
+    c->chunks.resize(chunks.size());
+    c->left = chunks.size();
+    c->state = detail::make_async_state<std::vector<R>>(rt_);
+    async_result<std::vector<R>> result(c->state);
+    if (chunks.empty()) {
+      c->state->set_value({});
+      return result;
+    }
+    std::vector<detail::task_request> tasks;
+    tasks.reserve(chunks.size());
+    for (std::size_t i = 0; i < chunks.size(); ++i) {
+      detail::task_request t;
+      t.entry = entry;
+      t.fn_word = detail::word_of(f);
+      t.payload = encode(std::tuple<detail::state_t<Fd>, std::vector<Item>>(detail::state_of(f),
+                                                                           std::move(chunks[i])));
+      t.sink = std::make_shared<detail::map_chunk_sink<R>>(c, i);
+      tasks.push_back(std::move(t));
+    }
+    rt_->submit(std::move(tasks));
+    return result;
+  }
+
+  template <class F, class Items>
+  auto stream(F f, const Items& items, std::size_t chunksize, bool ordered) {
+    using Fd = std::decay_t<F>;
+    detail::check_sendable<Fd>();
+    using Item = std::remove_cvref_t<std::ranges::range_value_t<Items>>;
+    using R = detail::map_result_t<Fd, Item>;
+    static_assert(encodable<R>, "shmkit::pool: the result type of f must be a codec type");
+    if (chunksize == 0) chunksize = 1;
+    auto chunks = detail::to_chunks(items, chunksize);
+    auto s = std::make_shared<detail::stream_state<R>>(chunks.size(), std::ranges::size(items),
+                                                       ordered);
+    std::vector<detail::task_request> tasks;
+    tasks.reserve(chunks.size());
+    for (std::size_t i = 0; i < chunks.size(); ++i) {
+      detail::task_request t;
+      t.entry = &detail::map_entry<Fd, Item>;
+      t.fn_word = detail::word_of(f);
+      t.payload = encode(std::tuple<detail::state_t<Fd>, std::vector<Item>>(detail::state_of(f),
+                                                                           std::move(chunks[i])));
+      t.sink = std::make_shared<detail::stream_chunk_sink<R>>(s, i);
+      tasks.push_back(std::move(t));
+    }
+    if (!tasks.empty()) rt_->submit(std::move(tasks));
+    return result_stream<R>(std::move(s));
+  }
+
+  std::shared_ptr<detail::pool_runtime> rt_;
+};
+
+}  // namespace shmkit

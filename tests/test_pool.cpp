@@ -1,0 +1,342 @@
+// SPDX-License-Identifier: MIT
+// shmkit::pool with real worker processes: every API call against the serial result, remote
+// exceptions, workers killed with SIGKILL or aborting, maxtasksperchild, initializers, a
+// multithreaded parent, terminate().
+#define BOOST_TEST_MODULE pool
+#include <boost/test/unit_test.hpp>
+
+#include <atomic>
+#include <csignal>
+#include <cstdlib>
+#include <dirent.h>
+#include <numeric>
+#include <set>
+#include <string>
+#include <thread>
+#include <unistd.h>
+
+#include "shmkit/pool.hpp"
+#include "shmkit/process.hpp"
+#include "shmkit/progress.hpp"
+#include "support.hpp"
+
+using namespace std::chrono_literals;
+namespace utf = boost::unit_test;
+
+namespace {
+
+long square(long x) { return x * x; }
+int add(int a, int b) { return a + b; }
+std::string shout(std::string s) {
+  for (auto& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return s + "!";
+}
+int fail_on_13(int x) {
+  if (x == 13) throw std::invalid_argument("thirteen is unlucky");
+  return x;
+}
+pid_t my_pid(int) { return ::getpid(); }
+int slow_identity(int x) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(x));
+  return x;
+}
+int sleep_forever(int) {
+  for (;;) ::pause();
+}
+int abort_on_7(int x) {
+  if (x == 7) std::abort();
+  return x;
+}
+
+// A callable with state the codec can carry.
+struct scaler {
+  long factor = 1;
+  long operator()(long x) const { return x * factor; }
+  template <class Ar>
+  void serialize(Ar& ar) {
+    ar(factor);
+  }
+};
+
+int init_value = 0;
+void init_worker() { init_value = 42; }
+int read_init(int) { return init_value; }
+
+// True once pid has gone (not even a zombie).
+bool gone(pid_t pid) {
+  const auto end = std::chrono::steady_clock::now() + 20s;
+  while (std::chrono::steady_clock::now() < end) {
+    if (::kill(pid, 0) != 0 && errno == ESRCH) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(map_of_a_million_ints_equals_the_serial_result, *utf::timeout(300)) {
+  shmkit::pool pool(4);
+  std::vector<long> items(1'000'000);
+  std::iota(items.begin(), items.end(), 0L);
+  auto got = pool.map(square, items);
+  BOOST_REQUIRE_EQUAL(got.size(), items.size());
+  for (std::size_t i = 0; i < items.size(); ++i) BOOST_REQUIRE_EQUAL(got[i], square(items[i]));
+  // Explicit chunk sizes, including 1 and one larger than the input.
+  for (std::size_t chunk : {1u, 7u, 5000u}) {
+    std::vector<long> few(2000);
+    std::iota(few.begin(), few.end(), 0L);
+    auto r = pool.map(square, few, chunk);
+    for (std::size_t i = 0; i < few.size(); ++i) BOOST_REQUIRE_EQUAL(r[i], square(few[i]));
+  }
+  BOOST_CHECK(pool.map(square, std::vector<long>{}).empty());
+}
+
+BOOST_AUTO_TEST_CASE(callables_of_every_allowed_kind, *utf::timeout(120)) {
+  shmkit::pool pool(2);
+  std::vector<std::string> words{"a", "bc", std::string(100000, 'x')};
+  auto shouted = pool.map(shout, words);
+  BOOST_CHECK_EQUAL(shouted[0], "A!");
+  BOOST_CHECK_EQUAL(shouted[2].size(), 100001u);
+  auto lam = pool.map([](int x) { return x + 1; }, std::vector<int>{1, 2, 3});
+  BOOST_CHECK((lam == std::vector<int>{2, 3, 4}));
+  auto scaled = pool.map(scaler{3}, std::vector<long>{1, 2, 3});
+  BOOST_CHECK((scaled == std::vector<long>{3, 6, 9}));
+}
+
+BOOST_AUTO_TEST_CASE(imap_keeps_order_and_imap_unordered_yields_each_once, *utf::timeout(120)) {
+  shmkit::pool pool(3);
+  std::vector<int> items{50, 1, 30, 2, 20, 3, 10, 4};
+  std::vector<int> ordered;
+  for (int x : pool.imap(slow_identity, items)) ordered.push_back(x);
+  BOOST_CHECK(ordered == items);
+
+  std::vector<int> many(1000);
+  std::iota(many.begin(), many.end(), 0);
+  std::multiset<long> seen;
+  for (long x : pool.imap_unordered(square, std::vector<long>(many.begin(), many.end())))
+    seen.insert(x);
+  BOOST_REQUIRE_EQUAL(seen.size(), many.size());
+  for (int i : many) BOOST_CHECK_EQUAL(seen.count(square(i)), 1u);
+
+  // imap with chunks, and with_progress over it.
+  std::vector<long> got;
+  for (long x : shmkit::with_progress(pool.imap(square, std::vector<long>{1, 2, 3, 4, 5}, 2)))
+    got.push_back(x);
+  BOOST_CHECK((got == std::vector<long>{1, 4, 9, 16, 25}));
+}
+
+BOOST_AUTO_TEST_CASE(starmap_and_apply, *utf::timeout(120)) {
+  shmkit::pool pool(2);
+  std::vector<std::tuple<int, int>> pairs{{1, 2}, {3, 4}, {5, 6}};
+  BOOST_CHECK((pool.starmap(add, pairs) == std::vector<int>{3, 7, 11}));
+  BOOST_CHECK_EQUAL(pool.apply(add, 20, 22), 42);
+  BOOST_CHECK_EQUAL(pool.apply(shout, std::string("hi")), "HI!");
+  BOOST_CHECK_NE(pool.apply(my_pid, 0), ::getpid());
+}
+
+BOOST_AUTO_TEST_CASE(ten_thousand_apply_async_callbacks_each_called_once, *utf::timeout(300)) {
+  shmkit::pool pool(2);
+  constexpr int n = 10000;
+  std::vector<std::atomic<int>> calls(n);
+  std::atomic<int> errors{0};
+  std::thread::id cb_thread;
+  std::atomic<bool> one_thread{true};
+  std::mutex mu;
+  std::vector<shmkit::async_result<int>> results;
+  results.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    auto r = pool.apply_async(add, i, 0);
+    r.then(
+        [&, i](int v) {
+          {
+            std::lock_guard lk(mu);
+            if (cb_thread == std::thread::id()) cb_thread = std::this_thread::get_id();
+            if (cb_thread != std::this_thread::get_id()) one_thread = false;
+          }
+          if (v == i) calls[i].fetch_add(1);
+        },
+        [&](const std::exception&) { errors.fetch_add(1); });
+    results.push_back(r);
+  }
+  for (auto& r : results) r.wait();
+  // Callbacks of results already complete when attached also run on the result thread; give
+  // the last of them a moment to finish.
+  const auto end = std::chrono::steady_clock::now() + 60s;
+  auto total = [&] {
+    int t = 0;
+    for (auto& c : calls) t += c.load();
+    return t;
+  };
+  while (total() < n && std::chrono::steady_clock::now() < end) std::this_thread::sleep_for(5ms);
+  for (int i = 0; i < n; ++i) BOOST_REQUIRE_EQUAL(calls[i].load(), 1);
+  BOOST_CHECK_EQUAL(errors.load(), 0);
+  BOOST_CHECK(one_thread.load());
+  BOOST_CHECK(cb_thread != std::this_thread::get_id());
+}
+
+BOOST_AUTO_TEST_CASE(async_result_queries, *utf::timeout(120)) {
+  shmkit::pool pool(2);
+  auto slow = pool.apply_async(slow_identity, 300);
+  BOOST_CHECK(!slow.ready());
+  BOOST_CHECK_THROW(slow.successful(), std::logic_error);
+  BOOST_CHECK(!slow.get_for(1ms).has_value());
+  BOOST_CHECK_EQUAL(slow.get(), 300);
+  BOOST_CHECK(slow.ready());
+  BOOST_CHECK(slow.successful());
+  auto bad = pool.apply_async(fail_on_13, 13);
+  bad.wait();
+  BOOST_CHECK(!bad.successful());
+  BOOST_CHECK_THROW(bad.get_for(1s), shmkit::remote_error);
+  auto amr = pool.map_async(square, std::vector<long>{1, 2, 3});
+  BOOST_CHECK((amr.get() == std::vector<long>{1, 4, 9}));
+}
+
+BOOST_AUTO_TEST_CASE(a_throwing_task_reaches_the_caller_and_the_pool_stays_usable,
+                     *utf::timeout(120)) {
+  shmkit::pool pool(2);
+  std::vector<int> items(100);
+  std::iota(items.begin(), items.end(), 0);
+  try {
+    pool.map(fail_on_13, items);
+    BOOST_FAIL("map did not throw");
+  } catch (const shmkit::remote_error& e) {
+    BOOST_CHECK_EQUAL(e.type_name(), "std::invalid_argument");
+    BOOST_CHECK_EQUAL(std::string(e.what()), "thirteen is unlucky");
+  }
+  std::atomic<int> err_called{0};
+  std::string err_text;
+  auto r = pool.apply_async(fail_on_13, 13);
+  r.then([](int) {}, [&](const std::exception& e) {
+    err_text = e.what();
+    err_called.fetch_add(1);
+  });
+  BOOST_CHECK_THROW(r.get(), shmkit::remote_error);
+  const auto end = std::chrono::steady_clock::now() + 30s;
+  while (err_called.load() == 0 && std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(1ms);
+  BOOST_CHECK_EQUAL(err_called.load(), 1);
+  BOOST_CHECK_EQUAL(err_text, "thirteen is unlucky");
+  // Iteration throws where the failure stands.
+  std::vector<int> seen;
+  try {
+    for (int x : pool.imap(fail_on_13, std::vector<int>{11, 12, 13, 14})) seen.push_back(x);
+    BOOST_FAIL("imap did not throw");
+  } catch (const shmkit::remote_error&) {
+  }
+  BOOST_CHECK((seen == std::vector<int>{11, 12}));
+  // Still usable.
+  BOOST_CHECK((pool.map(square, std::vector<long>{2, 3}) == std::vector<long>{4, 9}));
+}
+
+BOOST_AUTO_TEST_CASE(a_killed_worker_fails_its_task_and_is_replaced, *utf::timeout(180)) {
+  shmkit::pool pool(2);
+  auto stuck = pool.apply_async(sleep_forever, 0);
+  // Find the worker running it: the one that stays busy. Kill every worker; the stuck task
+  // must fail with worker_lost_error, not hang.
+  std::this_thread::sleep_for(200ms);
+  const auto before = pool.worker_pids();
+  BOOST_REQUIRE_EQUAL(before.size(), 2u);
+  for (pid_t p : before) ::kill(p, SIGKILL);
+  BOOST_CHECK_THROW(stuck.get(), shmkit::worker_lost_error);
+  // Replaced: a following map succeeds, on new workers.
+  std::vector<long> items(1000);
+  std::iota(items.begin(), items.end(), 0L);
+  auto got = pool.map(square, items);
+  for (std::size_t i = 0; i < items.size(); ++i) BOOST_REQUIRE_EQUAL(got[i], square(items[i]));
+  for (pid_t p : before) BOOST_CHECK(gone(p));
+  auto after = pool.worker_pids();
+  BOOST_CHECK_EQUAL(after.size(), 2u);
+  for (pid_t p : after) BOOST_CHECK(std::find(before.begin(), before.end(), p) == before.end());
+}
+
+BOOST_AUTO_TEST_CASE(a_worker_that_aborts_fails_map_with_worker_lost, *utf::timeout(180)) {
+  shmkit::pool pool(2);
+  std::vector<int> items(20);
+  std::iota(items.begin(), items.end(), 0);
+  BOOST_CHECK_THROW(pool.map(abort_on_7, items, 1), shmkit::worker_lost_error);
+  std::vector<int> safe{1, 2, 3};
+  BOOST_CHECK((pool.map(abort_on_7, safe) == safe));
+}
+
+BOOST_AUTO_TEST_CASE(maxtasksperchild_replaces_workers, *utf::timeout(180)) {
+  shmkit::pool pool(shmkit::pool_options{.processes = 2, .maxtasksperchild = 10});
+  std::vector<int> items(1000);
+  std::iota(items.begin(), items.end(), 0);
+  auto pids = pool.map(my_pid, items, 1);
+  std::set<pid_t> distinct(pids.begin(), pids.end());
+  BOOST_TEST_MESSAGE(distinct.size() << " distinct worker pids for 1000 tasks");
+  BOOST_CHECK_GE(distinct.size(), 100u);  // 1000 tasks / 10 per worker
+  auto sq = pool.map(square, std::vector<long>{1, 2, 3}, 1);
+  BOOST_CHECK((sq == std::vector<long>{1, 4, 9}));
+}
+
+BOOST_AUTO_TEST_CASE(the_initializer_runs_in_every_worker, *utf::timeout(120)) {
+  shmkit::pool pool(shmkit::pool_options{.processes = 3, .initializer = init_worker,
+                                         .maxtasksperchild = 5});
+  auto got = pool.map(read_init, std::vector<int>(100, 0), 1);
+  for (int v : got) BOOST_REQUIRE_EQUAL(v, 42);
+  BOOST_CHECK_EQUAL(init_value, 0);  // not in the parent
+}
+
+BOOST_AUTO_TEST_CASE(a_multithreaded_parent_gets_correct_results_after_replacements,
+                     *utf::timeout(180)) {
+  shmkit::pool pool(shmkit::pool_options{.processes = 2, .maxtasksperchild = 3});
+  std::atomic<bool> stop{false};
+  std::thread busy([&] {
+    std::vector<std::string> junk;
+    while (!stop.load()) {
+      junk.emplace_back(1000, 'x');  // hold the allocator's locks now and then
+      if (junk.size() > 100) junk.clear();
+    }
+  });
+  for (int round = 0; round < 5; ++round) {
+    std::vector<long> items(300);
+    std::iota(items.begin(), items.end(), round * 1000L);
+    auto got = pool.map(square, items, 1);
+    for (std::size_t i = 0; i < items.size(); ++i) BOOST_REQUIRE_EQUAL(got[i], square(items[i]));
+  }
+  stop = true;
+  busy.join();
+}
+
+BOOST_AUTO_TEST_CASE(close_and_join_finish_the_work, *utf::timeout(120)) {
+  shmkit::pool pool(2);
+  auto r = pool.map_async(slow_identity, std::vector<int>{50, 50, 50, 50}, 1);
+  BOOST_CHECK_THROW(pool.join(), std::logic_error);  // join before close
+  pool.close();
+  BOOST_CHECK_THROW(pool.apply(add, 1, 2), std::logic_error);
+  pool.join();
+  BOOST_CHECK((r.get() == std::vector<int>{50, 50, 50, 50}));
+  BOOST_CHECK(pool.worker_pids().empty());
+}
+
+BOOST_AUTO_TEST_CASE(terminate_while_tasks_run_returns_promptly_and_leaves_no_process,
+                     *utf::timeout(120)) {
+  std::vector<pid_t> workers;
+  shmkit::async_result<int> r = [&] {
+    shmkit::pool pool(3);
+    auto stuck = pool.apply_async(sleep_forever, 0);
+    auto more = pool.map_async(sleep_forever, std::vector<int>(10, 0), 1);
+    std::this_thread::sleep_for(100ms);
+    workers = pool.worker_pids();
+    pool.terminate();
+    BOOST_CHECK_THROW(more.get(), shmkit::worker_lost_error);
+    return stuck;
+  }();  // the destructor after terminate() is harmless
+  BOOST_CHECK_THROW(r.get(), shmkit::worker_lost_error);
+  BOOST_REQUIRE_EQUAL(workers.size(), 3u);
+  for (pid_t p : workers) BOOST_CHECK(gone(p));
+  // No child of ours is left, not even a zombie.
+  BOOST_CHECK_EQUAL(::waitpid(-1, nullptr, WNOHANG), -1);
+  BOOST_CHECK_EQUAL(errno, ECHILD);
+}
+
+BOOST_AUTO_TEST_CASE(the_destructor_terminates, *utf::timeout(120)) {
+  std::vector<pid_t> workers;
+  {
+    shmkit::pool pool(2);
+    (void)pool.apply_async(sleep_forever, 0);
+    workers = pool.worker_pids();
+  }
+  for (pid_t p : workers) BOOST_CHECK(gone(p));
+}
