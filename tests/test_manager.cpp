@@ -418,6 +418,24 @@ BOOST_AUTO_TEST_CASE(growth_is_seen_by_processes_attached_before) {
   mgr.verify();
 }
 
+// An anonymous manager grows through the descriptor its children inherited: children forked
+// before the growth see it, and grow it themselves.
+BOOST_AUTO_TEST_CASE(anonymous_growth_reaches_children_forked_before) {
+  shmkit::manager mgr(1 << 16);
+  auto d = mgr.dict<int, std::string>("g");
+  shmkit::value<int> phase(0);
+  const pid_t c = spawn([&] {
+    while (phase.load() != 1) ::usleep(1000);
+    for (int i = 0; i < 32; ++i) CHILD_CHECK(d.get(i) == std::string(100000, 'p'));
+    d.set(-1, std::string(2 << 20, 'c'));
+  });
+  for (int i = 0; i < 32; ++i) d.set(i, std::string(100000, 'p'));
+  phase.store(1);
+  BOOST_TEST(wait_all_ok({c}));
+  BOOST_TEST(d.get(-1).size() == std::size_t(2) << 20);
+  mgr.verify();
+}
+
 // A grower that died after extending the file but before publishing the new size leaves a
 // file bigger than the size every process maps. A process that opens it then maps all of it;
 // when it grows the manager within that mapping, the others must still learn the new size.
