@@ -1187,8 +1187,9 @@ void (*manager_fault_hook)(write_step) noexcept = nullptr;
 namespace {
 constexpr u64 wy_secret[4] = {0x2d358dccaa6c78a5ull, 0x8bb84b93962eacc9ull,
                               0x4b33a62ed433d4a3ull, 0x4d5a2da51de1aa47ull};
+__extension__ typedef unsigned __int128 u128;  // GCC and Clang on 64-bit targets
 inline void wy_mum(u64& a, u64& b) noexcept {
-  const unsigned __int128 r = static_cast<unsigned __int128>(a) * b;
+  const u128 r = static_cast<u128>(a) * b;
   a = static_cast<u64>(r);
   b = static_cast<u64>(r >> 64);
 }
