@@ -1336,15 +1336,10 @@ void manager_core::extend_view(std::size_t want) {
   mapped_.store(want, std::memory_order_release);
 }
 
-void manager_core::refresh() {
+void manager_core::map_published() {
   const auto* h = reinterpret_cast<const segment_header*>(base_);
-  // acquire: pairs with the release store of mapped_size in segment::grow(): the pages are
-  // backed before their size is published.
-  const std::size_t want = h->mapped_size.load(std::memory_order_acquire);
-  if (want <= mapped_bytes()) [[likely]]
-    return;
   std::lock_guard g(map_mutex_);
-  extend_view(want);
+  extend_view(h->mapped_size.load(std::memory_order_acquire));  // as in refresh()
 }
 
 void manager_core::grow(std::size_t total) {

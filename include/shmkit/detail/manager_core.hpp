@@ -101,7 +101,13 @@ class manager_core {
   std::byte* base() const noexcept { return base_; }
   std::size_t mapped_bytes() const noexcept { return mapped_.load(std::memory_order_acquire); }
   // Maps what other processes grew since. Cheap when nothing grew (one load).
-  void refresh();
+  void refresh() {
+    // acquire: pairs with the release store of mapped_size in segment::grow(): the pages are
+    // backed before their size is published.
+    const auto* h = reinterpret_cast<const segment_header*>(base_);
+    if (h->mapped_size.load(std::memory_order_acquire) > mapped_bytes()) [[unlikely]]
+      map_published();
+  }
   // Grows the file to at least `total` bytes and maps it (the caller holds the writers'
   // lock). Throws shmkit::error when the memory is not there.
   void grow(std::size_t total);
@@ -156,6 +162,7 @@ class manager_core {
 
  private:
   void map_view(std::size_t reserve);
+  void map_published();
   void extend_view(std::size_t want);  // the caller holds map_mutex_ (or is constructing)
 
   segment seg_;
