@@ -936,6 +936,7 @@ struct probe_result {
   u64 index;   // the key's slot, or where it would go (first tombstone or empty slot met)
   u64 entry;   // 0 when absent
   bool reuses_tombstone;
+  bytes_view value;  // the entry's value when present
 };
 
 // A dict's current table, checked.
@@ -965,8 +966,8 @@ probe_result probe(const space& s, u64 root, key_ref key) {
   for (u64 n = 0; n < cap; ++n, i = (i + 1) & mask) {
     const u64 slot = load(slots[i]);
     if (slot == slot_empty) {
-      if (insert_at == ~u64(0)) return {table, i, 0, false};
-      return {table, insert_at, 0, true};
+      if (insert_at == ~u64(0)) return {table, i, 0, false, {}};
+      return {table, insert_at, 0, true, {}};
     }
     if (slot == slot_tombstone) {
       if (insert_at == ~u64(0)) insert_at = i;
@@ -978,11 +979,16 @@ probe_result probe(const space& s, u64 root, key_ref key) {
     const auto* en = payload<entry_block>(s, e);
     const u64 key_len = load(en->key_len);
     if (load(en->hash) != key.hash || key_len != key.data.size()) continue;
-    if (key_len > esize - header_bytes - sizeof(entry_block)) throw torn{};
+    const u64 value_len = load(en->value_len);
+    // key_len is the caller's, so small: no overflow below.
+    if (value_len > esize || entry_payload(key_len, value_len) > esize - header_bytes)
+      throw torn{};
     if (key_len != 0 && std::memcmp(en + 1, key.data.data(), key_len) != 0) continue;
-    return {table, i, e, false};
+    return {table, i, e, false,
+            {reinterpret_cast<const std::byte*>(en) + entry_value_at(key_len),
+             static_cast<std::size_t>(value_len)}};
   }
-  if (insert_at != ~u64(0)) return {table, insert_at, 0, true};
+  if (insert_at != ~u64(0)) return {table, insert_at, 0, true, {}};
   throw torn{};  // a full table without tombstones: never built so
 }
 
@@ -1043,7 +1049,7 @@ u64 make_table(txn& t, u64 cap, u64 old) {
 void dict_store(txn& t, u64 root, key_ref key, const probe_result& p, const value_source& value) {
   const space& s = t.sp();
   if (p.entry != 0) {
-    const bytes_view old = entry_value(s, p.entry);
+    const bytes_view old = p.value;
     if (old.size() <= 8 && value.size == old.size()) {
       // Same small size: overwrite the value's word in place, one store.
       std::byte word[8]{};
@@ -1468,7 +1474,7 @@ bool manager_core::dict_find(std::uint64_t root, key_ref key,
   return read(*this, [&](const space& s) {
     const probe_result p = probe(s, root, key);
     if (p.entry == 0) return false;
-    on_value(entry_value(s, p.entry));
+    on_value(p.value);
     return true;
   });
 }
@@ -1490,8 +1496,7 @@ void manager_core::dict_update(std::uint64_t root, key_ref key,
     const probe_result p = probe(t.sp(), root, key);
     value_source v = [&] {
       if (p.entry == 0) return fn(nullptr);
-      const bytes_view old = entry_value(t.sp(), p.entry);
-      return fn(&old);
+      return fn(&p.value);
     }();
     dict_store(t, root, key, p, v);
     return 0;
