@@ -292,8 +292,8 @@ class result_stream {
 
     iterator() = default;
     explicit iterator(detail::stream_state<R>* s) : s_(s) { advance(); }
-    R& operator*() { return *cur_; }
-    R* operator->() { return &*cur_; }
+    R& operator*() const { return *cur_; }
+    R* operator->() const { return &*cur_; }
     iterator& operator++() {
       advance();
       return *this;
@@ -309,7 +309,7 @@ class result_stream {
       cur_ = s_->next();
     }
     detail::stream_state<R>* s_ = nullptr;
-    std::optional<R> cur_;
+    mutable std::optional<R> cur_;
   };
 
   explicit result_stream(std::shared_ptr<detail::stream_state<R>> s) : s_(std::move(s)) {}

@@ -8,3 +8,4 @@
 #include "shmkit/naming.hpp"
 #include "shmkit/shared.hpp"
 #include "shmkit/shared_memory.hpp"
+#include "shmkit/process.hpp"
