@@ -9,8 +9,6 @@
 #include <cstdio>
 #include <sstream>
 #include <string>
-#include <sys/wait.h>
-#include <unistd.h>
 #include <vector>
 
 namespace {
@@ -47,16 +45,15 @@ int main() {
   shmkit::manager mgr;
   auto counts = mgr.dict<std::string, int>("word counts");
 
-  for (int w = 0; w < workers; ++w) {
-    if (::fork() == 0) {  // worker w takes every workers-th line
+  std::vector<shmkit::process> procs;
+  for (int w = 0; w < workers; ++w)
+    procs.emplace_back([&counts, w] {  // worker w takes every workers-th line
       for (std::size_t i = static_cast<std::size_t>(w); i < std::size(text); i += workers)
         for (const std::string& word : words_of(text[i]))
           counts.update(word, [](int& n) { ++n; });  // atomic, inserts 0 first if absent
-      std::_Exit(0);
-    }
-  }
-  while (::wait(nullptr) > 0) {
-  }
+    });
+  for (auto& p : procs) p.start();
+  for (auto& p : procs) p.join();
 
   auto items = counts.items();  // a snapshot, as a std::vector of pairs
   std::sort(items.begin(), items.end(), [](const auto& a, const auto& b) {
