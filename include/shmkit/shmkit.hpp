@@ -4,8 +4,10 @@
 
 #include "shmkit/codec.hpp"
 #include "shmkit/error.hpp"
+#include "shmkit/manager.hpp"
 #include "shmkit/naming.hpp"
 #include "shmkit/pipe.hpp"
+#include "shmkit/shared.hpp"
 #include "shmkit/shared_memory.hpp"
 #include "shmkit/async_result.hpp"
 #include "shmkit/pool.hpp"
