@@ -155,11 +155,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   }
 
   bool post(std::function<void()> job) override {
-    {
-      std::lock_guard lk(m_);
-      if (thread_done_) return false;
-      posted_.push_back(std::move(job));
-    }
+    if (!posted_.push(std::move(job))) return false;
     if (std::this_thread::get_id() != thread_.get_id()) kick();
     return true;
   }
@@ -284,17 +280,15 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         for (auto& r : batch) handle_locked(r, outcomes, failures);
         dispatch_locked(failures);
       }
-      for (auto& o : outcomes) deliver(o);
+      for (auto& o : outcomes) deliver_outcome(*o.sink, o.ok, o.payload, o.pid);
       std::size_t done = outcomes.size();
       outcomes.clear();
       done += deliver_failures(failures);
       finished(done);
-      run_posted();
+      posted_.run("shmkit::pool");
       if (stop_thread_.load()) break;
     }
-    run_posted();
-    std::lock_guard lk(m_);
-    thread_done_ = true;
+    posted_.close("shmkit::pool");  // later posts run on their caller's thread
   }
 
   void handle_locked(result_msg& m, std::vector<outcome>& outcomes,
@@ -326,19 +320,6 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         break;
       case msg_kind::supervisor_done:
         break;
-    }
-  }
-
-  static void deliver(outcome& o) {
-    try {
-      if (o.ok) {
-        o.sink->succeeded(o.payload);
-      } else {
-        auto f = decode<task_failure>(o.payload);
-        o.sink->failed(std::make_exception_ptr(remote_error(f.type_name, f.message, o.pid)));
-      }
-    } catch (...) {
-      o.sink->failed(std::current_exception());
     }
   }
 
@@ -469,25 +450,6 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         book.held.push_back(id);
         ++book.assigned;
         progress = true;
-      }
-    }
-  }
-
-  void run_posted() {
-    for (;;) {
-      std::function<void()> job;
-      {
-        std::lock_guard lk(m_);
-        if (posted_.empty()) return;
-        job = std::move(posted_.front());
-        posted_.pop_front();
-      }
-      try {
-        job();
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "shmkit::pool: a callback threw: %s\n", e.what());
-      } catch (...) {
-        std::fprintf(stderr, "shmkit::pool: a callback threw\n");
       }
     }
   }
@@ -769,10 +731,9 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   std::mutex m_;
   std::condition_variable idle_cv_;
   std::deque<task_request> pending_;
-  std::deque<std::function<void()>> posted_;
+  posted_jobs posted_;
   std::size_t outstanding_ = 0;
   bool closed_ = false, terminated_ = false, broken_ = false, finished_ = false;
-  bool thread_done_ = false;
   std::string broken_why_;
   std::unordered_map<std::uint64_t, inflight_task> inflight_;
   std::vector<slot_book> slots_;
