@@ -1,0 +1,435 @@
+// SPDX-License-Identifier: MIT
+// The engine of shmkit::queue: a bounded MPMC ring of 128-byte slots with per-slot state words
+// (Vyukov-style), plus an out-of-line heap of 256-byte pages for messages larger than a slot,
+// all in one segment. shmkit/queue.hpp states the contract; this file holds the shared layout,
+// the claim protocol's fast paths, and (in lib/queue.cpp) the slow paths: waiting, recovery
+// from dead claimants, the heap's allocator and its collector.
+//
+// State word of a slot (`seq`), 64 bits:
+//   free(L)      = 2L           slot is free for the producer of lap L (position L*cap + i)
+//   full(L)      = 2L + 1       holds the message of lap L
+//   skip(L)      = full(L) | S  "published" with no message: its producer died mid-put
+//   claim(L,r,id)= C | r | (L mod 256) << 54 | id
+//                               claimed by producer (r = 0) or consumer (r = R) `id`
+// with C = bit 63, R = S = bit 62 (R is read only in claim words, S only in the others) and
+// id a detail::self_identity() (pid < 2^22 and 32 start-time bits: it fits 54 bits).
+// A slot moves free(L) -> claim(L,P) -> full(L)|skip(L) -> claim(L,R) -> free(L+1); every
+// move is one compare-and-swap or one store by the claimant, so a claim is recorded with its
+// owner in the same instruction that takes it. Values never repeat (L only grows; a dead
+// claimant never claims again), so there is no ABA on the word.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "shmkit/detail/identity.hpp"
+#include "shmkit/detail/wait.hpp"
+
+namespace shmkit::detail {
+
+inline constexpr std::size_t queue_line = 128;  // two cache lines: adjacent-line prefetch
+inline constexpr std::size_t queue_slot_bytes = 128;
+inline constexpr std::size_t queue_inline_bytes = 96;  // message bytes stored in the slot
+inline constexpr std::size_t queue_page_bytes = 256;   // heap allocation unit
+inline constexpr std::size_t queue_default_heap_bytes = std::size_t(16) << 20;
+inline constexpr std::uint32_t queue_layout = 0x51550002;  // "QU", layout 2
+inline constexpr std::size_t queue_max_capacity = std::size_t(1) << 32;
+inline constexpr std::size_t queue_max_batch = 1024;  // slots one claim takes at most
+
+namespace seqw {
+inline constexpr std::uint64_t claim_bit = std::uint64_t(1) << 63;
+inline constexpr std::uint64_t consumer_bit = std::uint64_t(1) << 62;  // in claim words
+inline constexpr std::uint64_t skip_bit = std::uint64_t(1) << 62;      // in other words
+inline constexpr int lap_shift = 54;
+inline constexpr std::uint64_t id_mask = (std::uint64_t(1) << lap_shift) - 1;
+
+constexpr std::uint64_t free_word(std::uint64_t lap) noexcept { return lap << 1; }
+constexpr std::uint64_t full_word(std::uint64_t lap) noexcept { return (lap << 1) | 1; }
+constexpr std::uint64_t skip_word(std::uint64_t lap) noexcept { return full_word(lap) | skip_bit; }
+constexpr std::uint64_t claim_word(std::uint64_t lap, bool consumer, std::uint64_t id) noexcept {
+  return claim_bit | (consumer ? consumer_bit : 0) | ((lap & 0xff) << lap_shift) | (id & id_mask);
+}
+constexpr bool is_claim(std::uint64_t w) noexcept { return (w & claim_bit) != 0; }
+constexpr std::uint64_t claimant(std::uint64_t w) noexcept { return w & id_mask; }
+// Laps between a claim word and lap L, modulo 256, as a signed number.
+constexpr int lap_delta(std::uint64_t w, std::uint64_t lap) noexcept {
+  return static_cast<std::int8_t>(
+      static_cast<std::uint8_t>(((w >> lap_shift) & 0xff) - (lap & 0xff)));
+}
+}  // namespace seqw
+
+struct queue_slot {
+  std::atomic<std::uint64_t> seq;  // the state word above
+  // Heap allocation tag of the message (0: inline). Read by the collector in other
+  // processes, hence atomic; written only by the producer holding the claim.
+  std::atomic<std::uint64_t> tag;
+  // Written by the claiming producer before its release store of `seq`, read by the consumer
+  // after its acquire of `seq`: plain fields.
+  std::uint32_t size;   // message bytes
+  std::uint32_t where;  // 0 inline, 1 heap
+  std::uint32_t page;   // heap: first page
+  std::uint32_t pages;  // heap: page count
+  alignas(8) std::byte data[queue_inline_bytes];
+};
+static_assert(sizeof(queue_slot) == queue_slot_bytes);
+static_assert(std::is_standard_layout_v<queue_slot>);
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
+static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
+
+// The shared state at the start of the segment's payload; slots, page tags, page owners and
+// heap pages follow it (offsets below, from the start of this struct).
+struct alignas(queue_line) queue_state {
+  // Written once by the creator before the segment is published; read-only afterwards.
+  std::uint32_t layout;
+  std::uint32_t joinable;
+  std::uint64_t capacity;
+  std::uint64_t pages;  // heap pages (0: no heap; every message must fit a slot)
+  std::uint64_t slots_offset, tags_offset, owners_offset, heap_offset, total_bytes;
+  std::atomic<std::uint32_t> closed;  // 0 open, 1 closed: set once by close()
+
+  // Producers' next position. Advanced past a claimed position by its claimant or by any
+  // producer that sees the claim (helping), so a claimant that dies leaves it movable.
+  alignas(queue_line) std::atomic<std::uint64_t> head;
+  // Consumers' next position, likewise.
+  alignas(queue_line) std::atomic<std::uint64_t> tail;
+  alignas(queue_line) waitpoint not_empty;  // consumers sleep here
+  alignas(queue_line) waitpoint not_full;   // producers sleep here
+  // The heap: a robust lock (holder identity or 0) that serialises allocation and collection.
+  alignas(queue_line) std::atomic<std::uint64_t> heap_lock;
+  waitpoint heap_lock_wait;
+  waitpoint heap_space;                 // producers waiting for pages sleep here
+  std::atomic<std::uint64_t> next_fit;  // allocation cursor (a hint)
+  std::atomic<std::uint64_t> next_tag;  // allocation tags: unique, never 0
+  // Every tagged page lies below it (raised before tagging, lowered by the collector): the
+  // collector scans no further.
+  std::atomic<std::uint64_t> high_water;
+  std::atomic<std::uint64_t> since_collect;  // pages allocated since the last collection
+  // joinable_queue: messages handed out by get (counted before the slot is released) and
+  // task_done() calls.
+  alignas(queue_line) std::atomic<std::uint64_t> gotten;
+  std::atomic<std::uint64_t> done;
+  waitpoint joined;
+
+  queue_state(std::uint64_t cap, std::uint64_t heap_pages, bool join) noexcept;
+};
+static_assert(std::is_standard_layout_v<queue_state>);
+static_assert(offsetof(queue_state, tail) - offsetof(queue_state, head) >= queue_line,
+              "head and tail must not share a cache line");
+static_assert(offsetof(queue_state, not_empty) - offsetof(queue_state, tail) >= queue_line);
+static_assert(offsetof(queue_state, head) % queue_line == 0,
+              "the counters start their own lines, apart from the constants");
+static_assert(sizeof(queue_state) % queue_line == 0);
+
+// Bytes after the state for a queue of `capacity` slots and a heap of `heap_bytes`.
+// Throws std::invalid_argument for a capacity of 0 or above queue_max_capacity, or a heap
+// above 1 TiB.
+std::size_t queue_extra_bytes(std::size_t capacity, std::size_t heap_bytes);
+std::uint64_t queue_heap_pages(std::size_t heap_bytes);
+// Throws shmkit::error if identities of this system do not fit a claim word (pids above
+// 2^22, never on Linux, whose PID_MAX_LIMIT is 2^22).
+void queue_check_identity();
+// Checks the state of an opened queue; throws shmkit::error naming `what` on a mismatch.
+void queue_check_opened(const queue_state* st, std::size_t payload, bool joinable,
+                        const std::string& what);
+
+// The queue's protocol on a waitpoint (its fields, not its wait_until/notify): a sleeper
+// counts itself in `waiters` before each sleep and a waker takes the counts it serves, so a
+// sleeper that was woken but has not run yet is not woken again by every later waker (with
+// the consumer descheduled, that was one system call per message). A sleeper takes its own
+// count back only when it did not sleep or its sleep timed out; any other miscount is too
+// high, never too low, and costs at most one needless system call.
+//
+// Wakes up to n sleepers (INT_MAX: all), with a system call only when one is counted: when
+// nobody sleeps, a fence and a load. The fence pairs with the fence after the increment of
+// `waiters` in queue_ring::block(): either the sleeper sees our state change, or we see it.
+inline void wake(waitpoint& wp, int n) noexcept {
+#if defined(__SANITIZE_THREAD__)
+  // ThreadSanitizer does not model fences; an RMW gives it the same ordering to see.
+  std::uint32_t counted = wp.waiters.fetch_add(0, std::memory_order_seq_cst);
+#else
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  std::uint32_t counted = wp.waiters.load(std::memory_order_relaxed);
+#endif
+  if (counted == 0) return;
+  std::uint32_t take;
+  do {  // relaxed: the fence above orders us; seq below carries the wake-up
+    take = n == INT_MAX ? counted : std::min<std::uint32_t>(counted, static_cast<std::uint32_t>(n));
+  } while (take != 0 &&
+           !wp.waiters.compare_exchange_weak(counted, counted - take, std::memory_order_relaxed));
+  if (take == 0) return;
+  wp.seq.fetch_add(1, std::memory_order_seq_cst);
+  futex_wake(&wp.seq, n == INT_MAX ? INT_MAX : static_cast<int>(take));
+}
+
+// What stopped a claim: the word seen and, for a claim word, the position it is for
+// (validated, so a dead claimant can be recovered exactly).
+struct queue_obstacle {
+  queue_slot* slot = nullptr;
+  std::uint64_t word = 0;
+  std::uint64_t pos = 0;
+  bool recoverable() const noexcept { return slot != nullptr && seqw::is_claim(word); }
+};
+
+// A run of claimed positions [first, first + count).
+struct queue_run {
+  std::uint64_t first = 0;
+  std::uint64_t count = 0;
+};
+
+// A heap allocation held by a producer until it is in a slot.
+struct queue_block {
+  std::uint64_t tag = 0;
+  std::uint32_t page = 0;
+  std::uint32_t pages = 0;
+};
+
+// A process-local view of one queue's segment. Copyable; all state is in shared memory.
+class queue_ring {
+ public:
+  queue_ring() noexcept = default;
+  // `state` is the built queue_state at the start of the payload; `what` names the queue in
+  // error messages ("queue 'jobs'").
+  queue_ring(queue_state* state, std::string what) noexcept;
+
+  queue_state* state() const noexcept { return st_; }
+  std::uint64_t capacity() const noexcept { return cap_; }
+  std::uint64_t heap_bytes() const noexcept { return st_->pages * queue_page_bytes; }
+  // acquire: pairs with the seq_cst store in close(); a closer's earlier puts are visible.
+  bool closed() const noexcept { return st_->closed.load(std::memory_order_acquire) != 0; }
+
+  queue_slot& slot(std::uint64_t pos) const noexcept { return slots_[index(pos)]; }
+  std::uint64_t lap(std::uint64_t pos) const noexcept { return pow2_ ? pos >> shift_ : pos / cap_; }
+  std::uint64_t index(std::uint64_t pos) const noexcept { return pow2_ ? pos & mask_ : pos % cap_; }
+  std::byte* page_data(std::uint32_t page) const noexcept {
+    return heap_ + std::size_t(page) * queue_page_bytes;
+  }
+
+  // -- Claims. `consumer` picks the side. Never wait: claim up to `n` consecutive positions
+  // that are free (producer) or full (consumer), or report the obstacle. A consumer's run
+  // never contains a skip slot: a skip at the start of a run is released on the way.
+  bool try_claim(bool consumer, std::uint64_t n, queue_run& run, queue_obstacle& ob) noexcept;
+
+  // Claims at least one position, waiting until `until` (nullopt: no limit). Returns false on
+  // timeout. Producers: throws closed_error once closed. Consumers: throws closed_error when
+  // closed and nothing is left (a message still being written is waited for).
+  bool claim(bool consumer, std::uint64_t n, queue_run& run, std::optional<time_point> until);
+  // One attempt, no waiting, but recovers a dead claimant in the way if it has been in the
+  // way long enough. Throws like claim().
+  bool claim_now(bool consumer, std::uint64_t n, queue_run& run);
+
+  // Producer: makes the claimed positions visible to consumers, with one wake-up.
+  void publish(queue_run run) noexcept {
+    for (std::uint64_t p = run.first; p != run.first + run.count; ++p)
+      // release: pairs with the consumer's acquire of `seq` in try_claim(): the slot's fields
+      // and data written above are visible to whoever claims the message.
+      slot(p).seq.store(seqw::full_word(lap(p)), std::memory_order_release);
+    wake(st_->not_empty, static_cast<int>(run.count));
+  }
+  // Consumer: frees one claimed slot for the next lap (no wake-up; see released()).
+  void release(std::uint64_t pos) noexcept {
+    // release: pairs with the acquire of `seq` by the producer of the next lap (it then
+    // overwrites what we read) and by the heap collector (it then frees what we read).
+    slot(pos).seq.store(seqw::free_word(lap(pos) + 1), std::memory_order_release);
+  }
+  // After releasing `count` slots, `heap` of them with heap blocks.
+  void released(std::uint64_t count, bool heap) noexcept {
+    wake(st_->not_full, static_cast<int>(count));
+    if (heap) wake(st_->heap_space, 1);
+  }
+
+  // -- Heap. Allocates a block for `bytes`: `wait` waits until `until` for space (nullopt:
+  // no limit), `now` does not wait but collects garbage first if that makes room,
+  // `if_free` only takes pages already free (a batch filling up: cheap to fail). Returns
+  // nullopt on timeout or no room. Throws closed_error once closed, shmkit::error when
+  // `bytes` exceeds the whole heap.
+  enum class alloc_mode { wait, now, if_free };
+  std::optional<queue_block> allocate(std::size_t bytes, std::optional<time_point> until,
+                                      alloc_mode mode);
+  // Gives a block back before it went into a slot (timeout, close, encoding failure).
+  void abandon(const queue_block& b) noexcept;
+  // The producer's last step for a block in a claimed slot: it now belongs to the slot.
+  void hand_over(std::uint64_t pos, const queue_block& b, std::uint32_t size) noexcept;
+
+  // -- Observers and control.
+  std::uint64_t size() const noexcept;
+  void close() noexcept;
+
+  // -- joinable_queue.
+  void count_gotten() noexcept {
+    if (joinable_) st_->gotten.fetch_add(1, std::memory_order_release);
+    // release: pairs with the acquire loads in task_done() and join().
+  }
+  void task_done();
+  bool join(std::optional<time_point> until);
+
+  // try_claim(), plus close(): producers throw closed_error once closed, consumers when
+  // closed and nothing is in flight.
+  bool attempt_claim(bool consumer, std::uint64_t n, queue_run& run, queue_obstacle& ob);
+
+  // Recovers the claim described by `ob` if its claimant is dead: a producer's claim becomes
+  // skip (the message is lost), a consumer's claim frees the slot. Returns true if it did.
+  bool recover(const queue_obstacle& ob) noexcept;
+
+ private:
+  template <class Attempt>
+  bool block(waitpoint& wp, Attempt&& attempt, std::optional<time_point> until,
+             std::chrono::nanoseconds spin);
+  void lock_heap() noexcept;
+  void unlock_heap() noexcept;
+  std::uint64_t find_run(std::uint64_t n) const noexcept;
+  // Frees the pages nothing needs. `check_liveness`: also those of dead owners and dead
+  // claimants (asks /proc); without it, any owner or claimant counts as alive (cheap).
+  void collect(bool check_liveness);
+  bool ring_idle() const;
+
+  queue_state* st_ = nullptr;
+  queue_slot* slots_ = nullptr;
+  std::atomic<std::uint64_t>* tags_ = nullptr;    // per heap page: allocation tag, 0 free
+  std::atomic<std::uint64_t>* owners_ = nullptr;  // per first page: producer holding it
+  std::byte* heap_ = nullptr;
+  std::uint64_t cap_ = 1, mask_ = 0;
+  unsigned shift_ = 0;
+  bool pow2_ = false;
+  bool joinable_ = false;
+  std::string what_;
+};
+
+// ---------------------------------------------------------------------------------------
+// The claim fast path. For the argument, see the contract block of shmkit/queue.hpp.
+
+namespace queue_view {
+enum kind : std::uint8_t { claimable, passed, blocked, stale };
+
+// The slot of position p (lap L) seen by a producer.
+inline kind producer(std::uint64_t w, std::uint64_t L) noexcept {
+  if (seqw::is_claim(w)) {
+    const int d = seqw::lap_delta(w, L);
+    if (d == -1) return blocked;  // lap L-1 still being written or read
+    return d >= 0 ? passed : stale;
+  }
+  const std::uint64_t v = w & ~seqw::skip_bit;
+  const std::uint64_t wl = v >> 1;
+  if (v & 1) {                        // full(wl) or skip(wl)
+    if (wl + 1 == L) return blocked;  // the previous lap's message: the ring is full
+    return wl >= L ? passed : stale;
+  }
+  if (wl == L) return claimable;
+  return wl > L ? passed : stale;
+}
+
+// The slot of position c (lap L) seen by a consumer.
+inline kind consumer(std::uint64_t w, std::uint64_t L) noexcept {
+  if (seqw::is_claim(w)) {
+    const int d = seqw::lap_delta(w, L);
+    if (d > 0) return passed;
+    if (w & seqw::consumer_bit) {
+      if (d == 0) return passed;         // another consumer took c
+      return d == -1 ? blocked : stale;  // lap L-1 still being read: nothing for c yet
+    }
+    return d == 0 ? blocked : stale;  // c is being written
+  }
+  const std::uint64_t v = w & ~seqw::skip_bit;
+  const std::uint64_t wl = v >> 1;
+  if (wl == L) return (v & 1) ? claimable : blocked;  // full / empty
+  return wl > L ? passed : stale;
+}
+}  // namespace queue_view
+
+inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run,
+                                  queue_obstacle& ob) noexcept {
+  std::atomic<std::uint64_t>& counter = consumer ? st_->tail : st_->head;
+  const std::uint64_t me = self_identity();
+  // The counter only says where to look; the slot word carries every guarantee, and a stale
+  // position is detected by the slot word itself. acquire (free on x86): pairs with the
+  // acq_rel counter moves below, so a slot read after the counter is at least as new as the
+  // claim that moved the counter.
+  std::uint64_t p = counter.load(std::memory_order_acquire);
+  for (;;) {
+    queue_slot& s = slot(p);
+    const std::uint64_t L = lap(p);
+    // acquire: pairs with the release store of the other side (publish(), release()).
+    std::uint64_t w = s.seq.load(std::memory_order_acquire);
+    const queue_view::kind k = consumer ? queue_view::consumer(w, L) : queue_view::producer(w, L);
+    if (k == queue_view::claimable) {
+      // acq_rel: acquire as above; release so that whoever reads our claim word also sees
+      // the counter value we read (the position bound recovery relies on).
+      if (!s.seq.compare_exchange_strong(w, seqw::claim_word(L, consumer, me),
+                                         std::memory_order_acq_rel, std::memory_order_acquire))
+        continue;  // lost the race for p: look at the slot again
+      if (consumer && (w & seqw::skip_bit)) {
+        // A message its producer never finished: drop it and carry on at p + 1.
+        std::uint64_t e = p;
+        counter.compare_exchange_strong(e, p + 1, std::memory_order_acq_rel);
+        release(p);
+        wake(st_->not_full, 1);
+        if (joinable_) wake(st_->joined, INT_MAX);
+        p = std::max(e, p + 1);
+        continue;
+      }
+      // Extend the run over the following positions while they are claimable, then move
+      // the counter once past all of them.
+      std::uint64_t k2 = 1;
+      for (; k2 < n; ++k2) {
+        const std::uint64_t q = p + k2;
+        queue_slot& s2 = slot(q);
+        const std::uint64_t L2 = lap(q);
+        // acquire / acq_rel: as for the first slot of the run; relaxed on failure: we stop.
+        std::uint64_t w2 = s2.seq.load(std::memory_order_acquire);
+        const bool ok = consumer ? (w2 == seqw::full_word(L2)) : (w2 == seqw::free_word(L2));
+        if (!ok ||
+            !s2.seq.compare_exchange_strong(w2, seqw::claim_word(L2, consumer, me),
+                                            std::memory_order_acq_rel, std::memory_order_relaxed))
+          break;
+      }
+      const std::uint64_t end = p + k2;
+      // acq_rel: pairs with the acquire loads of the counter at the top of try_claim().
+      std::uint64_t h = counter.load(std::memory_order_acquire);
+      while (h < end && !counter.compare_exchange_weak(h, end, std::memory_order_acq_rel)) {
+      }
+      run = {p, k2};
+      return true;
+    }
+    if (k == queue_view::passed) {
+      // p was claimed (perhaps by a claimant that died before moving the counter): help.
+      std::uint64_t e = p;
+      if (counter.compare_exchange_strong(e, p + 1, std::memory_order_acq_rel))
+        p = p + 1;
+      else
+        p = e;
+      continue;
+    }
+    // acquire: as at the top; reading the counter again after w is the bracket recovery
+    // relies on (see queue.hpp, point 3).
+    const std::uint64_t now = counter.load(std::memory_order_acquire);
+    if (now != p) {  // stale, or blocked on an old view: look again
+      p = now;
+      continue;
+    }
+    if (k == queue_view::stale) {
+      // The counter has not moved but the slot looks inconsistent with it: only possible
+      // with a corrupted segment. Report as blocked without a recoverable claim.
+      ob = {&s, 0, 0};
+      return false;
+    }
+    // Blocked, and the counter still reads p after we read w: the claim in w (if any) is
+    // for p itself or for p - capacity, told apart by its lap bits.
+    ob = {&s, w, 0};
+    if (seqw::is_claim(w)) {
+      const int d = seqw::lap_delta(w, L);
+      if (d == 0)
+        ob.pos = p;
+      else if (d == -1 && p >= cap_)
+        ob.pos = p - cap_;
+      else
+        ob.word = 0;  // not recoverable from this view
+    }
+    return false;
+  }
+}
+
+}  // namespace shmkit::detail
