@@ -4,12 +4,17 @@
 #include "shmkit/pipe.hpp"
 
 #include <algorithm>
+#include <cstdio>
+#include <iterator>
 #include <bit>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <mutex>
 #include <pthread.h>
 #include <sched.h>
 #include <stdexcept>
 #include <thread>
+#include <unistd.h>
 
 #include "shmkit/detail/inspect.hpp"
 #include "shmkit/detail/wait_any.hpp"
@@ -19,15 +24,184 @@ namespace {
 
 std::atomic<std::uint64_t> forks{0};
 
-void count_fork() noexcept {
-  // relaxed: a counter this process (or, after fork, its child) reads back itself.
-  forks.fetch_add(1, std::memory_order_relaxed);
+// The ends this process holds handles on, and how many handles each: at fork() a child
+// inherits a copy of every one of them, and is recorded as a holder of those nobody uses yet.
+struct end_registry {
+  std::mutex lock;
+  std::vector<std::pair<pipe_end_state*, int>> ends;
+  std::vector<std::atomic<std::uint64_t>*> pending;  // slots marked in prepare_fork()
+  std::uint64_t marker = 0;                           // what they were marked with
+  std::vector<pid_t> children_before;                 // this thread's children before fork()
+};
+
+end_registry& registry() {
+  static end_registry* r = new end_registry;  // never destroyed: fork handlers may run late
+  return *r;
 }
 
-[[maybe_unused]] const int fork_hook_registered = [] {
-  ::pthread_atfork(&count_fork, nullptr, nullptr);
+bool unused(const pipe_end_state* e) noexcept {
+  // acquire: pairs with the seq_cst store of owner in claim() / attach_by_name().
+  return e->owner.load(std::memory_order_acquire) == 0 &&
+         e->closed.load(std::memory_order_acquire) == 0;
+}
+
+std::uint64_t monotonic_ms() noexcept;
+
+// Whether the holder recorded as `h` (an identity or a pending marker) may still be alive.
+bool holder_alive(std::uint64_t h, std::uint64_t now_ms) noexcept {
+  if ((h & pending_holder) != 0) return !pending_expired(h, now_ms);
+  return identity_alive(h);
+}
+
+// Records `who` as a holder of end `e`: in a free slot, else in the slot of a holder that
+// died; otherwise marks the end crowded. Returns the slot, or nullptr.
+std::atomic<std::uint64_t>* add_holder(pipe_end_state* e, std::uint64_t who) noexcept {
+  // acq_rel: slots are claimed by exchange; the peer reads them with acquire loads.
+  for (auto& slot : e->holders) {
+    std::uint64_t v = 0;
+    if (slot.compare_exchange_strong(v, who, std::memory_order_acq_rel)) return &slot;
+  }
+  for (auto& slot : e->holders) {
+    std::uint64_t v = slot.load(std::memory_order_acquire);
+    if (v != 0 && !holder_alive(v, monotonic_ms()) &&
+        slot.compare_exchange_strong(v, who, std::memory_order_acq_rel))
+      return &slot;
+  }
+  // seq_cst: rare; read by the peer with an acquire load.
+  e->crowded.store(1, std::memory_order_seq_cst);
+  return nullptr;
+}
+
+void remove_holder(pipe_end_state* e, std::uint64_t who) noexcept {
+  for (auto& slot : e->holders) {
+    std::uint64_t v = who;
+    // acq_rel: as in add_holder().
+    if (slot.compare_exchange_strong(v, 0, std::memory_order_acq_rel)) return;
+  }
+}
+
+std::uint64_t monotonic_ms() noexcept {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                        clock::now().time_since_epoch())
+                                        .count());
+}
+
+// The children of the calling thread (/proc/self/task/<tid>/children), sorted; empty when the
+// kernel does not list them.
+std::vector<pid_t> my_children() noexcept {
+  std::vector<pid_t> out;
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/self/task/%d/children", static_cast<int>(::gettid()));
+  std::FILE* f = std::fopen(path, "re");
+  if (f == nullptr) return out;
+  int pid = 0;
+  try {
+    while (std::fscanf(f, "%d", &pid) == 1) out.push_back(pid);
+  } catch (...) {
+    out.clear();
+  }
+  std::fclose(f);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Puts `id` where a marker of this fork is, in every slot marked in prepare_fork().
+void resolve_markers(end_registry& r, std::uint64_t id) noexcept {
+  for (auto* slot : r.pending) {
+    std::uint64_t v = r.marker;
+    // acq_rel: as in add_holder().
+    slot->compare_exchange_strong(v, id, std::memory_order_acq_rel);
+  }
+}
+
+// pthread_atfork handlers. The registry stays locked across fork(), so that no other thread
+// changes it meanwhile and the child inherits it consistent. Before the fork, each end nobody
+// uses gets a pending slot (counting as alive), which is then given the child's identity, by
+// the parent as soon as fork() returns (it finds the new pid among its children) and by the
+// child itself: there is no moment at which a waiting peer could see the end without a live
+// holder, and a child killed before it ran at all is still known.
+void prepare_fork() noexcept {
+  end_registry& r = registry();
+  r.lock.lock();
+  // relaxed: a counter this process (or, after fork, its child) reads back itself.
+  forks.fetch_add(1, std::memory_order_relaxed);
+  r.pending.clear();
+  r.marker = pending_marker(static_cast<std::uint32_t>(::getpid()), monotonic_ms());
+  for (auto& [end, handles] : r.ends)
+    if (unused(end))
+      if (auto* slot = add_holder(end, r.marker)) r.pending.push_back(slot);
+  r.children_before.clear();
+  if (!r.pending.empty()) r.children_before = my_children();
+}
+
+void after_fork_in_parent() noexcept {
+  end_registry& r = registry();
+  if (!r.pending.empty()) {
+    std::vector<pid_t> now = my_children();
+    std::vector<pid_t> born;
+    std::set_difference(now.begin(), now.end(), r.children_before.begin(),
+                        r.children_before.end(), std::back_inserter(born));
+    // One new child: it is the one. Its identity, or 0 (a free slot) if it is already dead.
+    if (born.size() == 1) resolve_markers(r, identity_of(born.front()));
+  }
+  r.pending.clear();
+  r.lock.unlock();
+}
+
+void after_fork_in_child() noexcept {
+  end_registry& r = registry();
+  // Not process_identity(): its cache may not be refreshed yet in this child.
+  // Without /proc (0) the markers stay, alive until they expire.
+  if (const std::uint64_t me = identity_of(::getpid()); me != 0) resolve_markers(r, me);
+  r.pending.clear();
+  r.lock.unlock();
+}
+
+[[maybe_unused]] const int fork_hooks_registered = [] {
+  ::pthread_atfork(&prepare_fork, &after_fork_in_parent, &after_fork_in_child);
   return 0;
 }();
+
+void register_end(pipe_end_state* e) {
+  end_registry& r = registry();
+  std::lock_guard g(r.lock);
+  for (auto& [end, handles] : r.ends)
+    if (end == e) {
+      ++handles;
+      return;
+    }
+  r.ends.emplace_back(e, 1);
+}
+
+// Returns true when this was the last handle on `e` in this process.
+bool unregister_end(pipe_end_state* e) noexcept {
+  end_registry& r = registry();
+  std::lock_guard g(r.lock);
+  for (auto it = r.ends.begin(); it != r.ends.end(); ++it)
+    if (it->first == e) {
+      if (--it->second > 0) return false;
+      r.ends.erase(it);
+      return true;
+    }
+  return true;
+}
+
+// Whether some process holding a copy of unused end `e` may still use it: a pending child, a
+// live holder (`me` only when me_counts), or unknown holders (crowded).
+bool holder_may_use(const pipe_end_state* e, std::uint64_t me, bool me_counts) noexcept {
+  // acquire (here and below): pairs with the exchanges in add_holder() / remove_holder().
+  if (e->crowded.load(std::memory_order_acquire) != 0) return true;
+  const std::uint64_t now_ms = monotonic_ms();
+  for (const auto& slot : e->holders) {
+    const std::uint64_t h = slot.load(std::memory_order_acquire);
+    if (h == 0) continue;
+    if (h == me ? me_counts : holder_alive(h, now_ms)) return true;
+  }
+  return false;
+}
+
+// known_dead_ when the peer end is unused and every holder of it is gone.
+constexpr std::uint64_t no_holder_left = 1;
 
 // How often a blocked call checks that its peer lives.
 constexpr auto liveness_slice = std::chrono::milliseconds(100);
@@ -70,9 +244,22 @@ detail_lines inspect_pipe(const segment_header&, std::span<const std::byte> payl
     const pipe_end_state& end = st->ends[e];
     // relaxed: a snapshot for display; nothing is read on the strength of it.
     const std::uint64_t owner = end.owner.load(std::memory_order_relaxed);
-    std::string who = owner == 0 ? "nobody"
-                                 : fmt::format("pid {} ({})", identity_pid(owner),
-                                               identity_alive(owner) ? "alive" : "dead");
+    std::string who;
+    if (owner != 0) {
+      who = fmt::format("used by pid {} ({})", identity_pid(owner),
+                        identity_alive(owner) ? "alive" : "dead");
+    } else {
+      std::vector<std::string> holders;
+      for (const auto& slot : end.holders)
+        if (const std::uint64_t h = slot.load(std::memory_order_relaxed); h != 0)
+          holders.push_back((h & pending_holder) != 0
+                                ? fmt::format("a child of pid {}", pending_parent(h))
+                                : fmt::format("pid {}{}", identity_pid(h),
+                                              identity_alive(h) ? "" : " (dead)"));
+      who = holders.empty() ? "unused, held by nobody"
+                            : fmt::format("unused, held by {}", fmt::join(holders, ", "));
+      if (end.crowded.load(std::memory_order_relaxed) != 0) who += " and more";
+    }
     if (end.closed.load(std::memory_order_relaxed) != 0) who += ", closed";
     out.emplace_back(e == 0 ? "end first" : "end second", who);
   }
@@ -92,7 +279,7 @@ const inspector_registrar pipe_inspector(object_kind::pipe, &inspect_pipe);
 }  // namespace
 
 std::uint64_t fork_generation() noexcept {
-  // relaxed: see count_fork().
+  // relaxed: see prepare_fork().
   return forks.load(std::memory_order_relaxed);
 }
 
@@ -101,7 +288,7 @@ std::pair<connection_base, connection_base> make_pipe(type_tag tag, bool duplex,
   const std::size_t ring = ring_size_for(buffer);
   const std::uint64_t me = process_identity();
   auto seg = std::make_shared<pipe_segment>(spec_for(tag), (duplex ? 2 : 1) * ring, duplex,
-                                            ring, me, me);
+                                            ring, me);
   return {connection_base(seg, 0), connection_base(seg, 1)};
 }
 
@@ -111,7 +298,7 @@ std::pair<connection_base, connection_base> make_pipe(create_only_t, std::string
   const std::size_t ring = ring_size_for(buffer);
   const std::uint64_t me = process_identity();
   auto seg = std::make_shared<pipe_segment>(create_only, name, spec_for(tag),
-                                            (duplex ? 2 : 1) * ring, perms, duplex, ring, me, me);
+                                            (duplex ? 2 : 1) * ring, perms, duplex, ring, me);
   return {connection_base(seg, 0), connection_base(seg, 1)};
 }
 
@@ -123,8 +310,11 @@ using detail::clock;
 using detail::frame_header;
 using detail::ring_reader;
 
+// Every constructor registers the end last, once nothing can throw any more: a registered
+// end must be unregistered by close(), which runs only for a constructed handle.
 connection_base::connection_base(std::shared_ptr<detail::pipe_segment> seg, int end) {
   bind(std::move(seg), end);
+  detail::register_end(self_);
 }
 
 connection_base::connection_base(open_only_t, std::string_view name, pipe_end end,
@@ -132,6 +322,7 @@ connection_base::connection_base(open_only_t, std::string_view name, pipe_end en
   const int e = detail::end_index(end);
   bind(std::make_shared<detail::pipe_segment>(open_only, name, detail::spec_for(tag)), e);
   attach_by_name();
+  detail::register_end(self_);
 }
 
 connection_base::connection_base(open_or_create_t, std::string_view name, pipe_end end,
@@ -141,9 +332,10 @@ connection_base::connection_base(open_or_create_t, std::string_view name, pipe_e
   const std::size_t ring = detail::ring_size_for(buffer);
   bind(std::make_shared<detail::pipe_segment>(open_or_create, name, detail::spec_for(tag),
                                               (duplex ? 2 : 1) * ring, perms, duplex, ring,
-                                              std::uint64_t{0}, std::uint64_t{0}),
+                                              std::uint64_t{0}),
        e);
   attach_by_name();
+  detail::register_end(self_);
 }
 
 void connection_base::bind(std::shared_ptr<detail::pipe_segment> seg, int end) {
@@ -169,23 +361,19 @@ void connection_base::bind(std::shared_ptr<detail::pipe_segment> seg, int end) {
 
 void connection_base::attach_by_name() {
   const std::uint64_t me = detail::process_identity();
-  for (;;) {
-    if (self_->closed.load(std::memory_order_acquire) != 0)
-      throw error(fmt::format("shmkit: cannot open end {} of {}: it was closed", end_,
-                              describe()));
-    std::uint64_t owner = self_->owner.load(std::memory_order_acquire);
-    if (owner != 0 && owner != me && self_->used.load(std::memory_order_acquire) != 0) {
-      if (detail::identity_alive(owner))
-        throw error(fmt::format("shmkit: cannot open end {} of {}: process {} uses it", end_,
-                                describe(), detail::identity_pid(owner)));
-      throw error(fmt::format("shmkit: cannot open end {} of {}: process {} used it and died",
-                              end_, describe(), detail::identity_pid(owner)));
-    }
-    // Free, or held but never used (the creator's spare end): take it. Two openers racing
-    // for one end: exactly one wins the exchange, the other re-reads and finds it in use.
-    // acq_rel: pairs with the release of any earlier owner change.
-    self_->used.store(1, std::memory_order_seq_cst);
-    if (self_->owner.compare_exchange_strong(owner, me, std::memory_order_acq_rel)) break;
+  if (self_->closed.load(std::memory_order_acquire) != 0)
+    throw error(fmt::format("shmkit: cannot open end {} of {}: it was closed", end_, describe()));
+  // Only an end nobody uses yet may be taken (the creator's spare end, held but unused, is
+  // fine). Two openers racing for one end: exactly one wins the exchange.
+  // acq_rel: pairs with the acquire loads of owner in the peer's peer_dead().
+  std::uint64_t owner = 0;
+  if (!self_->owner.compare_exchange_strong(owner, me, std::memory_order_acq_rel) &&
+      owner != me) {
+    if (detail::identity_alive(owner))
+      throw error(fmt::format("shmkit: cannot open end {} of {}: process {} uses it", end_,
+                              describe(), detail::identity_pid(owner)));
+    throw error(fmt::format("shmkit: cannot open end {} of {}: process {} used it and died",
+                            end_, describe(), detail::identity_pid(owner)));
   }
   user_ = me;
 }
@@ -195,9 +383,8 @@ void connection_base::claim() {
   if (self_->closed.load(std::memory_order_acquire) != 0)
     throw closed_error(fmt::format("shmkit: end {} of {} was closed", end_, describe()));
   const std::uint64_t me = detail::process_identity();
-  // seq_cst: ownership changes are rare; the peer reads owner only on its slow paths.
+  // seq_cst: ownership changes are rare; the peer reads owner (acquire) on its slow paths.
   self_->owner.store(me, std::memory_order_seq_cst);
-  self_->used.store(1, std::memory_order_seq_cst);
   // Another process may have used the end since this handle last did (we are a child that
   // inherited the handle): take the positions from shared memory.
   if (rx_.valid()) rx_.resync();
@@ -211,19 +398,32 @@ bool connection_base::peer_gone() noexcept {
   if (peer_->closed.load(std::memory_order_acquire) != 0) return true;
   if (known_dead_ == 0) return false;
   // acquire: pairs with the store of owner in claim() / attach_by_name().
-  if (peer_->owner.load(std::memory_order_acquire) == known_dead_) return true;
+  const std::uint64_t owner = peer_->owner.load(std::memory_order_acquire);
+  if (owner == known_dead_ || (owner == 0 && known_dead_ == detail::no_holder_left))
+    return true;
   known_dead_ = 0;  // another process took the end over
   return false;
 }
 
 bool connection_base::peer_dead() noexcept {
+  const std::uint64_t me = detail::process_identity();
   // acquire: pairs with the peer's store of owner in claim() / attach_by_name().
   const std::uint64_t owner = peer_->owner.load(std::memory_order_acquire);
-  if (owner == 0 || owner == detail::process_identity()) return false;
-  if (owner == known_dead_) return true;
+  if (owner == me) return false;
+  if (owner != 0 && owner == known_dead_) return true;
   last_alive_check_ = clock::now();
-  if (detail::identity_alive(owner)) return false;
-  known_dead_ = owner;
+  if (owner != 0) {
+    if (detail::identity_alive(owner)) return false;
+    known_dead_ = owner;
+    return true;
+  }
+  // Nobody uses the peer end yet: it lives while a process holding a copy may still use it.
+  // This process counts as a holder only if it has not forked since the handle was made: a
+  // process that forks and then waits on one end has left the other end to its children.
+  if (detail::holder_may_use(peer_, me, detail::fork_generation() == fork_gen_)) return false;
+  // A named end may still be opened by some process to come.
+  if (seg_->seg().named()) return false;
+  known_dead_ = detail::no_holder_left;
   return true;
 }
 
@@ -268,7 +468,7 @@ connection_base::readiness connection_base::wait_readable(
   if (deadline && clock::now() >= *deadline)
     return peer_dead_throttled() ? data_or_eof() : readiness::timeout;
   auto ready = [&] { return rx_.has_data() || peer_gone(); };
-  if (spin_first(ready)) return data_or_eof();
+  if (spin_first(ready) || peer_dead_throttled()) return data_or_eof();
   for (;;) {
     const auto slice_end = clock::now() + detail::liveness_slice;
     const auto until = deadline ? std::min(*deadline, slice_end) : slice_end;
@@ -283,6 +483,7 @@ void connection_base::wait_writable(std::size_t bytes) {
   auto ready = [&] { return peer_gone() || tx_.can_reserve(bytes); };
   tx_.announce_need(bytes);
   bool room = spin_first(ready);
+  if (!room && peer_dead_throttled()) throw_peer_gone(true);
   for (;;) {
     if (room) {
       if (peer_gone()) throw_peer_gone(true);
@@ -442,22 +643,25 @@ std::size_t connection_base::recv_bytes_into(std::span<std::byte> out) {
 void connection_base::close() noexcept {
   if (!seg_) return;
   const std::uint64_t me = detail::process_identity();
+  const bool last_here = detail::unregister_end(self_);
   // acquire: pairs with the store of owner in claim() / attach_by_name().
-  std::uint64_t owner = self_->owner.load(std::memory_order_acquire);
-  if (owner == me) {
-    const bool may_live_elsewhere =
-        seg_->seg().named() || detail::fork_generation() != fork_gen_;
-    if (user_ == me || !may_live_elsewhere) {
-      // seq_cst: release pairs with the peer's acquire load in peer_gone() (what we sent
-      // is visible before the EOF), and the waitpoint protocol wants the state changed before
-      // the notify below bumps `seq`.
-      self_->closed.store(1, std::memory_order_seq_cst);
-      if (tx_.valid()) tx_.ctl()->readable.notify_all();  // a peer waiting to receive
-      if (rx_.valid()) rx_.ctl()->writable.notify_all();  // a peer waiting for room
-    } else {
-      // A copy never used here that another process may take: let it go, do not close it.
-      // acq_rel: pairs with the acquire loads of owner in attach_by_name() and peer_dead().
-      self_->owner.compare_exchange_strong(owner, 0, std::memory_order_acq_rel);
+  if (self_->owner.load(std::memory_order_acquire) == me) {
+    // This process uses the end: close it for good. seq_cst: release pairs with the peer's
+    // acquire load in peer_gone() (what we sent is visible before the EOF), and the waitpoint
+    // protocol wants the state changed before the notify below bumps `seq`.
+    self_->closed.store(1, std::memory_order_seq_cst);
+    if (tx_.valid()) tx_.ctl()->readable.notify_all();  // a peer waiting to receive
+    if (rx_.valid()) rx_.ctl()->writable.notify_all();  // a peer waiting for room
+  } else if (last_here) {
+    // A copy this process never used: it stops holding it. Whoever else holds one may still
+    // use it. If none does (and no process can open it by name), nobody ever can: close it,
+    // so that the peer sees EOF at once. (Only holders add holders, by forking, so no new
+    // one can appear once none lives.)
+    detail::remove_holder(self_, me);
+    if (!seg_->seg().named() && !detail::holder_may_use(self_, me, false)) {
+      self_->closed.store(1, std::memory_order_seq_cst);  // seq_cst: as above
+      if (tx_.valid()) tx_.ctl()->readable.notify_all();
+      if (rx_.valid()) rx_.ctl()->writable.notify_all();
     }
   }
   seg_.reset();
@@ -494,13 +698,16 @@ void connection_base::throw_wrong_direction(bool sending) const {
 
 void connection_base::throw_peer_gone(bool sending) const {
   const std::uint64_t owner = peer_->owner.load(std::memory_order_acquire);
-  const char* why = peer_->closed.load(std::memory_order_acquire) != 0
-                        ? "closed"
-                        : "lost its process";
-  throw eof_error(fmt::format("shmkit: {} on end {} of {}: the other end {} (pid {}){}",
+  std::string why;
+  if (peer_->closed.load(std::memory_order_acquire) != 0)
+    why = fmt::format("was closed (pid {})", detail::identity_pid(owner));
+  else if (owner != 0)
+    why = fmt::format("lost its process (pid {})", detail::identity_pid(owner));
+  else
+    why = "was never used, and every process holding it let it go or died";
+  throw eof_error(fmt::format("shmkit: {} on end {} of {}: the other end {}{}",
                               sending ? "send" : "recv", end_, describe(), why,
-                              detail::identity_pid(owner),
-                              sending ? "" : " and nothing is left to read"));
+                              sending ? "" : ", and nothing is left to read"));
 }
 
 void connection_base::throw_corrupted() const {

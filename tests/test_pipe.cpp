@@ -386,6 +386,30 @@ BOOST_AUTO_TEST_CASE(eof_when_the_peer_is_killed_no_hang) {
   BOOST_CHECK(eof);
 }
 
+BOOST_AUTO_TEST_CASE(a_child_killed_before_it_ever_used_its_end_is_a_dead_peer) {
+  for (bool parent_lets_go : {false, true}) {
+    auto [a, b] = shmkit::pipe<int>();
+    pid_t child = spawn([&] { std::this_thread::sleep_for(1h); });  // never touches b
+    if (parent_lets_go) b.close();  // Python's habit; either way the child held the copy
+    a.send(1);                      // the parent uses its end
+    BOOST_CHECK(!a.poll(50ms));     // the child could still use b: no EOF yet
+    kill_and_reap(child);
+    // Every process that held b is gone (the parent, having forked, left b to its child).
+    BOOST_CHECK(throws_eof([&] { a.recv(); }));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(an_unused_end_held_by_this_process_is_alive_for_its_threads) {
+  auto [a, b] = shmkit::pipe<int>();
+  BOOST_CHECK(!a.poll(20ms));  // b is ours: not EOF, just nothing yet
+  std::thread t([&b] {
+    std::this_thread::sleep_for(200ms);
+    b.send(7);
+  });
+  BOOST_CHECK_EQUAL(a.recv(), 7);  // waits through liveness checks without a false EOF
+  t.join();
+}
+
 BOOST_AUTO_TEST_CASE(a_sender_blocked_on_a_full_buffer_sees_the_reader_die) {
   auto [rx, tx] = shmkit::pipe<int>(false, 1024);
   pid_t child = spawn([&] {
@@ -572,7 +596,8 @@ BOOST_AUTO_TEST_CASE(the_shmkit_command_sees_a_pipes_ends_and_buffered_bytes) {
   BOOST_CHECK_EQUAL(line("direction"), "one-way (first receives)");
   BOOST_CHECK_EQUAL(line("buffer"), "4096 bytes each way");
   BOOST_CHECK_EQUAL(line("to first"), "32 bytes buffered");  // two 16-byte frames
-  BOOST_CHECK(line("end second").find(std::to_string(::getpid())) != std::string::npos);
+  BOOST_CHECK_EQUAL(line("end second"), fmt::format("used by pid {} (alive)", ::getpid()));
+  BOOST_CHECK_EQUAL(line("end first"), fmt::format("unused, held by pid {}", ::getpid()));
 }
 
 BOOST_AUTO_TEST_CASE(parent_closing_the_childs_end_after_fork_is_harmless) {

@@ -23,24 +23,27 @@
 //   encoded straight into the buffer and decoded straight out of it (no allocation for
 //   trivially copyable T).
 // - One process uses an end at a time, and a connection object is not thread-safe (as in
-//   Python). An end belongs to the process that uses it: its creator at first; a child forked
-//   after pipe() takes over the copy it uses at its first call (send, recv, poll, wait), so
-//   `auto [a, b] = pipe(); fork(); child uses b, parent uses a` works.
-// - EOF: when the peer end is closed or its process died, recv() returns what is still
-//   buffered and then throws shmkit::eof_error; send() to such a peer throws eof_error (a peer
-//   that died without closing is noticed at the latest when the buffer fills). Blocked calls
-//   wake at least every 100 ms to check that the peer lives, so none blocks forever on a dead
-//   peer. A peer end that no process holds yet (a named end not opened) counts as alive.
+//   Python). An end belongs to the process that uses it: its first send, recv, poll or wait
+//   there (or opening it by name) claims it, so a child forked after pipe() takes over the
+//   copy it uses. Until some process uses an end, every process holding a copy stands for it:
+//   its creator and each child forked meanwhile (recorded at fork(), up to 16 per end; beyond
+//   that the end counts as alive until used). A process that forked and then waits on one end
+//   no longer stands for its unused copy of the other: it left that to its children. So in
+//   `auto [a, b] = pipe(); fork(); child uses b, parent uses a` the parent sees EOF when the
+//   child dies, whether before or after its first call on b.
+// - EOF: when the peer end is closed, or its process died (or, for an end nobody used yet,
+//   every process holding it died or let it go), recv() returns what is still buffered and
+//   then throws shmkit::eof_error; send() to such a peer throws eof_error (a peer that died
+//   without closing is noticed at the latest when the buffer fills). Blocked calls wake at
+//   least every 100 ms to check that the peer lives, so none blocks forever on a dead peer.
+//   An end of a named pipe that nobody opened yet counts as alive.
 // - kill -9 at any instruction: a frame becomes visible only when complete, so a message
 //   half-sent by a process that died is never delivered (a streamed one is discarded by the
 //   receiver); the survivor sees EOF.
-// - close() and the destructor close the end (the peer sees EOF) when this process used it,
-//   or when it never left this process. A copy that this process never used and that may
-//   live on elsewhere (the process forked since, or the pipe is named) is only let go, so
-//   closing the child's end in the parent after fork(), as Python programs do, is harmless.
-//   Limitation: a forked child that dies before its first call on its end is not seen as a
-//   dead peer, since its creator (or, once the creator let the copy go, nobody) still stands
-//   for that end; a child that made one call is watched like any owner.
+// - close() and the destructor close the end (the peer sees EOF) when this process uses it.
+//   A copy this process never used is only let go: the other processes holding it may still
+//   use it (closing the child's end in the parent after fork(), as Python programs do, is
+//   harmless); when the last holder lets go, the end closes.
 // - Throws: shmkit::eof_error (peer gone), shmkit::closed_error (this handle was closed),
 //   shmkit::error (creating or opening failed, a name of another kind or element type, bytes
 //   that do not decode as T), std::logic_error (send on a receive-only end or the reverse),
