@@ -77,14 +77,14 @@ constexpr std::uint64_t getting = ~std::uint64_t(0);
 constexpr std::size_t max_depth = 16;                // tasks queued per worker, at most
 constexpr std::size_t stash_threshold = 1u << 20;   // larger payloads travel beside the queues
 
-struct worker_slot {
+struct alignas(16) worker_slot {
   std::atomic<std::int32_t> pid{0};       // written by the supervisor after fork
   std::atomic<std::uint64_t> current{0};  // 0, `getting`, or the id of the task held
 };
 static_assert(std::atomic<std::int32_t>::is_always_lock_free);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
-struct pool_shared {
+struct alignas(64) pool_shared {  // the worker slots follow it, aligned
   std::atomic<std::uint32_t> stopping{0};     // close(): workers that end are not replaced
   std::atomic<std::uint32_t> terminating{0};  // terminate(): kill everything
   std::uint32_t workers = 0;
