@@ -92,6 +92,15 @@ double run_parties(int producers, int consumers, P produce, C consume, A after_p
   return s;
 }
 
+// The median of three runs of fn (each with fresh state): on a shared machine one run can be
+// off by a factor of two.
+template <class Fn>
+double median_of_3(Fn fn) {
+  std::vector<double> runs;
+  for (int r = 0; r < 3; ++r) runs.push_back(fn());
+  return median(runs);
+}
+
 // ---------------------------------------------------------------------------------------
 // Message types: raw bytes for 8 B and 64 B (the one-memcpy path), std::string beyond.
 
@@ -124,8 +133,8 @@ struct payload_of<64> {
 
 // `reuse`: the consumers decode into objects they keep (get(T&), get_many(out, n)).
 template <std::size_t N>
-double shmkit_rate(int producers, int consumers, long n, std::size_t cap, std::size_t batch,
-                   bool reuse = false) {
+double shmkit_rate_once(int producers, int consumers, long n, std::size_t cap, std::size_t batch,
+                        bool reuse) {
   using T = typename payload_of<N>::type;
   shmkit::queue<T> q(cap);
   const long per = n / producers;
@@ -162,10 +171,17 @@ double shmkit_rate(int producers, int consumers, long n, std::size_t cap, std::s
   return per * producers / s;
 }
 
+template <std::size_t N>
+double shmkit_rate(int producers, int consumers, long n, std::size_t cap, std::size_t batch,
+                   bool reuse = false) {
+  return median_of_3(
+      [&] { return shmkit_rate_once<N>(producers, consumers, n, cap, batch, reuse); });
+}
+
 // ---------------------------------------------------------------------------------------
 // boost::interprocess::message_queue (sentinels end the consumers)
 
-double boost_rate(std::size_t size, int producers, int consumers, long n, std::size_t cap) {
+double boost_rate_once(std::size_t size, int producers, int consumers, long n, std::size_t cap) {
   const std::string name = fmt::format("shmkit-bench-mq-{}", ::getpid());
   bip::message_queue::remove(name.c_str());
   bip::message_queue mq(bip::create_only, name.c_str(), cap, size);
@@ -197,6 +213,10 @@ double boost_rate(std::size_t size, int producers, int consumers, long n, std::s
   return per * producers / s;
 }
 
+double boost_rate(std::size_t size, int producers, int consumers, long n, std::size_t cap) {
+  return median_of_3([&] { return boost_rate_once(size, producers, consumers, n, cap); });
+}
+
 // ---------------------------------------------------------------------------------------
 // pipe(2): fixed-size messages; with several writers only up to PIPE_BUF (atomic writes).
 
@@ -215,7 +235,7 @@ bool all_of_it(Op op, int fd, Ptr p, std::size_t n) {
 bool write_all(int fd, const char* p, std::size_t n) { return all_of_it(::write, fd, p, n); }
 bool read_all(int fd, char* p, std::size_t n) { return all_of_it(::read, fd, p, n); }
 
-double pipe_rate(std::size_t size, int producers, int consumers, long n) {
+double pipe_rate_once(std::size_t size, int producers, int consumers, long n) {
   if ((producers > 1 || consumers > 1) && size > PIPE_BUF) return nan_v;
   int fd[2];
   if (::pipe(fd) != 0) return nan_v;
@@ -239,6 +259,10 @@ double pipe_rate(std::size_t size, int producers, int consumers, long n) {
   return per * producers / s;
 }
 
+double pipe_rate(std::size_t size, int producers, int consumers, long n) {
+  return median_of_3([&] { return pipe_rate_once(size, producers, consumers, n); });
+}
+
 // ---------------------------------------------------------------------------------------
 // The floor: a raw SPSC ring in shared memory, cached indices, spinning, no codec.
 
@@ -248,7 +272,7 @@ struct raw_ring {
   alignas(128) char data[1];
 };
 
-double raw_ring_rate(std::size_t size, long n, std::size_t cap) {
+double raw_ring_rate_once(std::size_t size, long n, std::size_t cap) {
   const std::size_t bytes = sizeof(raw_ring) + cap * size;
   auto* r = new (shared_anon(bytes)) raw_ring;
   const double s = run_parties(
@@ -276,6 +300,10 @@ double raw_ring_rate(std::size_t size, long n, std::size_t cap) {
   return n / s;
 }
 
+double raw_ring_rate(std::size_t size, long n, std::size_t cap) {
+  return median_of_3([&] { return raw_ring_rate_once(size, n, cap); });
+}
+
 // ---------------------------------------------------------------------------------------
 // Python's multiprocessing.Queue, through bench/bench_queue.py.
 
@@ -283,12 +311,14 @@ double python_rate(std::size_t size, long n) {
   if (std::system("command -v python3 >/dev/null 2>&1") != 0) return nan_v;
   const std::string cmd =
       fmt::format("python3 {}/bench_queue.py {} {} 2>/dev/null", SHMKIT_BENCH_DIR, size, n);
-  std::FILE* f = ::popen(cmd.c_str(), "r");
-  if (f == nullptr) return nan_v;
-  double rate = nan_v;
-  if (std::fscanf(f, "%lf", &rate) != 1) rate = nan_v;
-  ::pclose(f);
-  return rate;
+  return median_of_3([&] {
+    std::FILE* f = ::popen(cmd.c_str(), "r");
+    if (f == nullptr) return nan_v;
+    double rate = nan_v;
+    if (std::fscanf(f, "%lf", &rate) != 1) rate = nan_v;
+    ::pclose(f);
+    return rate;
+  });
 }
 
 // ---------------------------------------------------------------------------------------
