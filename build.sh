@@ -12,7 +12,7 @@ what=${1:-demos}
 build=${BUILD_DIR:-build}
 
 packages=(cmake ninja-build g++ pkg-config libboost-dev libboost-test-dev libfmt-dev python3
-          gnuplot-nox)
+          gnuplot-nox libopenmpi-dev openmpi-bin)
 
 install_deps() {
   local missing=()

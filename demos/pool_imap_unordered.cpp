@@ -10,7 +10,7 @@
 #include <vector>
 
 int nap(int seconds) {
-  std::this_thread::sleep_for(std::chrono::milliseconds(seconds * 1000 - 100 * seconds));
+  std::this_thread::sleep_for(std::chrono::seconds(seconds));
   return seconds;
 }
 

@@ -10,13 +10,20 @@
 // Knowing which task a dead worker held: every worker writes, in its slot of a shared table,
 // `getting` before it takes from its inbox and the task's id once it has it, and 0 once its
 // result is sent. The supervisor reads that word after reaping the worker and before forking
-// the replacement, and sends it with the death report. The parent fails that task; if the
-// worker died inside get(), the oldest task the parent gave it (the one get() was taking, which
-// the queue may have lost) fails. A task failed this way whose result still arrives (the worker
-// finished it just before dying) keeps its failure: results are accepted once.
+// the replacement, and sends it with the death report. A worker that died running task X: X
+// fails at once. A worker that died inside get() may have taken a message with it (the queue
+// loses at most the message a killed consumer was taking) or nothing: the parent then queues a
+// probe behind what the worker held. The replacement takes the inbox in order and answers the
+// probe at once; results come back in the order they were sent, so when the probe's answer
+// arrives, every task queued before it that has no result was lost, and fails. A task failed
+// while its result is still on the way keeps its failure: results are accepted once.
 #include "shmkit/pool.hpp"
 
+#include <algorithm>
 #include <atomic>
+#include <cstring>
+#include <dirent.h>
+#include <sys/mman.h>
 #include <csignal>
 #include <cstdio>
 #include <fmt/format.h>
@@ -31,6 +38,7 @@
 #include "shmkit/detail/shared_object.hpp"
 #include "shmkit/process.hpp"
 #include "shmkit/queue.hpp"
+#include "shmkit/shared_memory.hpp"
 
 namespace shmkit::detail {
 namespace {
@@ -38,17 +46,18 @@ namespace {
 using namespace std::chrono_literals;
 
 struct task_msg {
-  std::uint64_t id = 0;  // 0: leave (sentinel)
+  std::uint64_t id = 0;  // 0: leave (sentinel); entry 0 with an id: a probe, answered at once
   std::uint64_t entry = 0;
   std::uint64_t fn_word = 0;
   std::vector<std::byte> payload;
+  std::string blob;  // a large payload's own shared_memory, instead of `payload`
   template <class Ar>
   void serialize(Ar& ar) {
-    ar(id, entry, fn_word, payload);
+    ar(id, entry, fn_word, payload, blob);
   }
 };
 
-enum class msg_kind : std::uint32_t { ok = 1, failed, worker_exit, kick, supervisor_done };
+enum class msg_kind : std::uint32_t { ok = 1, failed, worker_exit, kick, supervisor_done, probe };
 
 struct result_msg {
   std::uint32_t kind = 0;
@@ -57,14 +66,16 @@ struct result_msg {
   std::int64_t status = 0;  // worker_exit: the wait status
   std::int64_t pid = 0;     // worker_exit: the worker's pid
   std::vector<std::byte> payload;
+  std::string blob;  // a large result's own shared_memory, instead of `payload`
   template <class Ar>
   void serialize(Ar& ar) {
-    ar(kind, slot, task, status, pid, payload);
+    ar(kind, slot, task, status, pid, payload, blob);
   }
 };
 
 constexpr std::uint64_t getting = ~std::uint64_t(0);
-constexpr std::size_t depth = 2;  // tasks queued per worker
+constexpr std::size_t max_depth = 16;                // tasks queued per worker, at most
+constexpr std::size_t stash_threshold = 1u << 20;   // larger payloads travel beside the queues
 
 struct worker_slot {
   std::atomic<std::int32_t> pid{0};       // written by the supervisor after fork
@@ -81,6 +92,16 @@ struct pool_shared {
   worker_slot* slots() { return reinterpret_cast<worker_slot*>(this + 1); }
 };
 
+// A forked worker inherits the caller's signal handlers (a test framework's, say): a crash in
+// a task must end the worker, not run the caller's handler in the worker's copy of it.
+void reset_signals() {
+  for (int sig : {SIGABRT, SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGTERM, SIGALRM})
+    ::signal(sig, SIG_DFL);
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+}
+
 std::string describe_status(int status) {
   if (WIFSIGNALED(status)) {
     const char* s = ::strsignal(WTERMSIG(status));
@@ -96,14 +117,15 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     nworkers_ = opts_.processes > 0 ? opts_.processes : cpu_count();
     if (opts_.maxtasksperchild < 0)
       throw std::invalid_argument("shmkit::pool: maxtasksperchild must be >= 0");
+    parent_pid_ = ::getpid();
     shared_ = shared_object<pool_shared>({object_kind::internal},
                                          sizeof(worker_slot) * nworkers_,
                                          static_cast<std::uint32_t>(nworkers_));
     for (int i = 0; i < nworkers_; ++i) new (&shared_.state()->slots()[i]) worker_slot;
-    results_.emplace(1024, queue_options{.heap_bytes = 64u << 20});
+    results_.emplace(4096, queue_options{.heap_bytes = 16u << 20});
     for (int i = 0; i < nworkers_; ++i)
-      inboxes_.push_back(std::make_unique<queue<task_msg>>(depth + 2,
-                                                            queue_options{.heap_bytes = 16u << 20}));
+      inboxes_.push_back(std::make_unique<queue<task_msg>>(
+          max_depth + 4, queue_options{.heap_bytes = 4u << 20}));
     slots_.resize(nworkers_);
     supervisor_ = process([this] { supervise(); });
     supervisor_.daemon(true);
@@ -118,32 +140,23 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   ~runtime() override { terminate(); }
 
   void submit(std::vector<task_request> tasks) override {
+    std::vector<failure> failures;
     {
       std::lock_guard lk(m_);
       if (closed_ || terminated_)
         throw std::logic_error("shmkit::pool: the pool is closed; no new tasks");
       if (broken_) throw worker_lost_error(broken_why_);
-      for (auto& t : tasks) {
-        t.payload.shrink_to_fit();
-        pending_.push_back(std::move(t));
-      }
+      for (auto& t : tasks) pending_.push_back(std::move(t));
       outstanding_ += tasks.size();
+      // Straight into the workers' inboxes from this thread: no hop through the result thread.
+      dispatch_locked(failures);
     }
-    kick();
+    deliver_failures(failures);
   }
 
   bool post(std::function<void()> job) override {
-    {
-      std::lock_guard lk(m_);
-      if (thread_done_) return false;
-      if (std::this_thread::get_id() == thread_.get_id()) {
-        // Already on the result thread: run after the current message, in order.
-        posted_.push_back(std::move(job));
-        return true;
-      }
-      posted_.push_back(std::move(job));
-    }
-    kick();
+    if (!posted_.push(std::move(job))) return false;
+    if (std::this_thread::get_id() != thread_.get_id()) kick();
     return true;
   }
 
@@ -186,6 +199,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     stop_thread();
     fail_everything(std::make_exception_ptr(
         worker_lost_error("shmkit::pool: the pool was terminated before the task finished")));
+    remove_stashes();
     std::lock_guard lk(m_);
     finished_ = true;
     idle_cv_.notify_all();
@@ -205,6 +219,28 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
  private:
   // ---- parent side ---------------------------------------------------------------------
 
+  struct inflight_task {
+    std::shared_ptr<task_sink> sink;
+    int slot;
+  };
+  struct slot_book {
+    std::deque<std::uint64_t> held;  // ids given to this worker, oldest first
+    long assigned = 0;               // tasks given to the worker's current incarnation
+    // Probes sent after a death inside get(): probe id -> the tasks held when it was sent.
+    std::map<std::uint64_t, std::vector<std::uint64_t>> probes;
+  };
+  // An outcome to hand to a sink once the lock is released.
+  struct outcome {
+    std::shared_ptr<task_sink> sink;
+    bool ok;
+    std::vector<std::byte> payload;
+    pid_t pid;
+  };
+  struct failure {
+    std::shared_ptr<task_sink> sink;
+    std::exception_ptr error;
+  };
+
   void kick() {
     if (kick_pending_.exchange(true)) return;
     try {
@@ -216,16 +252,10 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     }
   }
 
-  struct inflight_task {
-    std::shared_ptr<task_sink> sink;
-    int slot;
-  };
-  struct slot_book {
-    std::deque<std::uint64_t> held;  // ids given to this worker, oldest first
-    long assigned = 0;               // tasks given to the worker's current incarnation
-  };
-
   void result_loop() {
+    std::vector<result_msg> batch;
+    std::vector<outcome> outcomes;
+    std::vector<failure> failures;
     for (;;) {
       std::optional<result_msg> m;
       try {
@@ -236,88 +266,119 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       if (!m) {
         if (stop_thread_.load()) break;
         check_supervisor();
-        dispatch();
         continue;
       }
-      handle(std::move(*m));
-      // Drain what else is there before dispatching again.
-      for (int i = 0; i < 255; ++i) {
+      batch.clear();
+      batch.push_back(std::move(*m));
+      for (int i = 0; i < 255; ++i) {  // what else is there, under one lock
         auto more = results_->try_get();
         if (!more) break;
-        handle(std::move(*more));
+        batch.push_back(std::move(*more));
       }
-      run_posted();
+      {
+        std::lock_guard lk(m_);
+        for (auto& r : batch) handle_locked(r, outcomes, failures);
+        dispatch_locked(failures);
+      }
+      for (auto& o : outcomes) deliver_outcome(*o.sink, o.ok, o.payload, o.pid);
+      std::size_t done = outcomes.size();
+      outcomes.clear();
+      done += deliver_failures(failures);
+      finished(done);
+      posted_.run("shmkit::pool");
       if (stop_thread_.load()) break;
-      dispatch();
     }
-    run_posted();
-    std::lock_guard lk(m_);
-    thread_done_ = true;
+    posted_.close("shmkit::pool");  // later posts run on their caller's thread
   }
 
-  void handle(result_msg&& m) {
+  void handle_locked(result_msg& m, std::vector<outcome>& outcomes,
+                     std::vector<failure>& failures) {
     switch (static_cast<msg_kind>(m.kind)) {
       case msg_kind::ok:
-      case msg_kind::failed:
-        complete(m);
+      case msg_kind::failed: {
+        auto it = inflight_.find(m.task);
+        if (it == inflight_.end()) {  // already failed as lost
+          drop_stash(m.blob);
+          return;
+        }
+        forget(it->second.slot, m.task);
+        outcomes.push_back({std::move(it->second.sink),
+                            m.kind == static_cast<std::uint32_t>(msg_kind::ok),
+                            std::move(m.payload), static_cast<pid_t>(m.pid)});
+        if (!m.blob.empty()) outcomes.back().payload = unstash(m.blob);
+        inflight_.erase(it);
         break;
+      }
       case msg_kind::worker_exit:
-        worker_ended(m);
+        worker_ended_locked(m, failures);
         break;
       case msg_kind::kick:
         kick_pending_.store(false);
+        break;
+      case msg_kind::probe:
+        probe_answered_locked(m, failures);
         break;
       case msg_kind::supervisor_done:
         break;
     }
   }
 
-  void complete(result_msg& m) {
-    auto it = inflight_.find(m.task);
-    if (it == inflight_.end()) return;  // already failed as lost
-    auto sink = std::move(it->second.sink);
-    forget(it->second.slot, m.task);
+  std::size_t deliver_failures(std::vector<failure>& failures) {
+    for (auto& f : failures) f.sink->failed(f.error);
+    const std::size_t n = failures.size();
+    failures.clear();
+    return n;
+  }
+
+  void fail_lost_locked(int slot, std::uint64_t id, const std::string& why,
+                        std::vector<failure>& failures) {
+    auto it = inflight_.find(id);
+    if (it == inflight_.end()) return;
+    failures.push_back({std::move(it->second.sink),
+                        std::make_exception_ptr(worker_lost_error(why))});
+    forget(slot, id);
     inflight_.erase(it);
-    deliver(*sink, m.kind == static_cast<std::uint32_t>(msg_kind::ok), m.payload, m.pid);
-    finished_one();
   }
 
-  static void deliver(task_sink& sink, bool ok, std::span<const std::byte> payload, pid_t pid) {
-    try {
-      if (ok) {
-        sink.succeeded(payload);
-      } else {
-        auto f = decode<task_failure>(payload);
-        sink.failed(std::make_exception_ptr(remote_error(f.type_name, f.message, pid)));
-      }
-    } catch (...) {
-      sink.failed(std::current_exception());
-    }
+  void probe_answered_locked(const result_msg& m, std::vector<failure>& failures) {
+    if (m.slot < 0 || m.slot >= nworkers_) return;
+    auto& probes = slots_[m.slot].probes;
+    auto it = probes.find(m.task);
+    if (it == probes.end()) return;
+    for (std::uint64_t id : it->second)
+      fail_lost_locked(m.slot, id,
+                       fmt::format("shmkit::pool: worker {} died while taking a task; the task "
+                                   "was lost with it",
+                                   m.slot),
+                       failures);
+    probes.erase(it);
   }
 
-  void worker_ended(const result_msg& m) {
+  void worker_ended_locked(const result_msg& m, std::vector<failure>& failures) {
     if (m.slot < 0 || m.slot >= nworkers_) return;
     auto& book = slots_[m.slot];
-    std::optional<std::uint64_t> lost;
+    const std::string why =
+        fmt::format("shmkit::pool: worker {} (pid {}) {} while running a task", m.slot, m.pid,
+                    describe_status(static_cast<int>(m.status)));
     if (m.task == getting) {
-      if (!book.held.empty()) lost = book.held.front();
-    } else if (m.task != 0) {
-      lost = m.task;
-    }
-    const bool clean = WIFEXITED(m.status) && WEXITSTATUS(m.status) == 0;
-    if (lost) {
-      auto it = inflight_.find(*lost);
-      if (it != inflight_.end()) {
-        auto sink = std::move(it->second.sink);
-        forget(m.slot, *lost);
-        inflight_.erase(it);
-        sink->failed(std::make_exception_ptr(worker_lost_error(fmt::format(
-            "shmkit::pool: worker {} (pid {}) {} while running a task", m.slot, m.pid,
-            describe_status(static_cast<int>(m.status))))));
-        finished_one();
+      if (!book.held.empty()) {
+        // Ask the replacement what is left in the inbox: see the comment at the top.
+        const std::uint64_t probe = next_id_++;
+        task_msg msg;
+        msg.id = probe;
+        bool sent = false;
+        try {
+          sent = inboxes_[m.slot]->try_put(msg);
+        } catch (...) {
+        }
+        if (sent)
+          book.probes.emplace(probe,
+                              std::vector<std::uint64_t>(book.held.begin(), book.held.end()));
+        else  // cannot ask: fail the one most likely taken
+          fail_lost_locked(m.slot, book.held.front(), why, failures);
       }
-    } else if (!clean && m.task == 0) {
-      // Died between tasks: it held nothing; what is in its inbox goes to the replacement.
+    } else if (m.task != 0) {
+      fail_lost_locked(m.slot, m.task, why, failures);
     }
     // The replacement inherits the inbox: what is still queued there counts toward it.
     book.assigned = static_cast<long>(book.held.size());
@@ -332,71 +393,63 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       }
   }
 
-  void finished_one() {
+  // Counts finished tasks (their sinks were called) and wakes join().
+  void finished(std::size_t n) {
+    if (n == 0) return;
     std::lock_guard lk(m_);
-    if (--outstanding_ == 0) idle_cv_.notify_all();
+    outstanding_ -= n;
+    if (outstanding_ == 0) idle_cv_.notify_all();
   }
 
-  void dispatch() {
-    std::unique_lock lk(m_);
+  // How many tasks each worker may hold: two, so it never waits for the next while the parent
+  // catches up; more while many small tasks wait, so the round trips to the parent amortise.
+  std::size_t depth_locked() const {
+    const std::size_t per = pending_.size() / (static_cast<std::size_t>(nworkers_) * 4);
+    return std::clamp<std::size_t>(per, 2, max_depth);
+  }
+
+  // Moves pending tasks into inboxes with room. Tasks that cannot be sent at all become
+  // failures (delivered by the caller once the lock is released).
+  void dispatch_locked(std::vector<failure>& failures) {
     if (pending_.empty() || broken_ || terminated_) return;
     const long max = opts_.maxtasksperchild;
+    const std::size_t depth = depth_locked();
     for (bool progress = true; progress && !pending_.empty();) {
       progress = false;
       for (int s = 0; s < nworkers_ && !pending_.empty(); ++s) {
         auto& book = slots_[s];
         if (book.held.size() >= depth || (max > 0 && book.assigned >= max)) continue;
-        task_request t = std::move(pending_.front());
-        pending_.pop_front();
-        const std::uint64_t id = next_id_++;
-        task_msg msg{id, reinterpret_cast<std::uintptr_t>(t.entry), t.fn_word,
-                     std::move(t.payload)};
-        lk.unlock();
+        task_request& t = pending_.front();
+        const std::uint64_t id = next_id_;
+        task_msg msg{id, reinterpret_cast<std::uintptr_t>(t.entry), t.fn_word, {}, {}};
         bool sent = false;
-        std::exception_ptr err;
         try {
+          if (t.payload.size() > stash_threshold)
+            msg.blob = stash(t.payload, "t");
+          else
+            msg.payload = std::move(t.payload);
           sent = inboxes_[s]->try_put(msg);
+          if (!sent) {
+            if (msg.blob.empty())
+              t.payload = std::move(msg.payload);
+            else
+              drop_stash(msg.blob);
+          }
         } catch (...) {
-          err = std::current_exception();
-        }
-        lk.lock();
-        if (err) {
-          // The task itself cannot be sent (e.g. larger than the inbox's heap).
-          lk.unlock();
-          t.sink->failed(err);
-          finished_one();
-          lk.lock();
+          // The task itself cannot be sent (no room for its arguments anywhere).
+          drop_stash(msg.blob);
+          failures.push_back({std::move(t.sink), std::current_exception()});
+          pending_.pop_front();
           progress = true;
           continue;
         }
-        if (!sent) {  // the inbox is full after all: put it back, try later
-          t.payload = std::move(msg.payload);
-          pending_.push_front(std::move(t));
-          continue;
-        }
+        if (!sent) continue;  // the inbox is full after all: try later
+        ++next_id_;
         inflight_.emplace(id, inflight_task{std::move(t.sink), s});
+        pending_.pop_front();
         book.held.push_back(id);
         ++book.assigned;
         progress = true;
-      }
-    }
-  }
-
-  void run_posted() {
-    for (;;) {
-      std::function<void()> job;
-      {
-        std::lock_guard lk(m_);
-        if (posted_.empty()) return;
-        job = std::move(posted_.front());
-        posted_.pop_front();
-      }
-      try {
-        job();
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "shmkit::pool: a callback threw: %s\n", e.what());
-      } catch (...) {
-        std::fprintf(stderr, "shmkit::pool: a callback threw\n");
       }
     }
   }
@@ -409,6 +462,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       dead = true;
     }
     if (!dead) return;
+    std::string why;
     {
       std::lock_guard lk(m_);
       if (terminated_ || finished_ || broken_) return;
@@ -416,34 +470,31 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       broken_why_ = fmt::format("shmkit::pool: the pool's supervisor (pid {}) died; its workers "
                                 "are gone",
                                 supervisor_.pid());
+      why = broken_why_;
     }
     auto* sh = shared_.state();
     for (int i = 0; i < nworkers_; ++i) {
       const pid_t p = sh->slots()[i].pid.load();
       if (p > 0) ::kill(p, SIGKILL);
     }
-    fail_everything(std::make_exception_ptr(worker_lost_error(broken_why_)));
+    fail_everything(std::make_exception_ptr(worker_lost_error(why)));
   }
 
-  // Fails every pending and in-flight task (terminate, broken pool). Called from the result
-  // thread or after it stopped.
+  // Fails every pending and in-flight task (terminate, broken pool).
   void fail_everything(std::exception_ptr e) {
-    std::deque<task_request> pending;
+    std::vector<failure> failures;
     {
       std::lock_guard lk(m_);
-      pending.swap(pending_);
+      for (auto& t : pending_) failures.push_back({std::move(t.sink), e});
+      pending_.clear();
+      for (auto& [id, t] : inflight_) failures.push_back({std::move(t.sink), e});
+      inflight_.clear();
+      for (auto& b : slots_) {
+        b.held.clear();
+        b.probes.clear();
+      }
     }
-    auto inflight = std::move(inflight_);
-    inflight_.clear();
-    for (auto& b : slots_) b.held.clear();
-    for (auto& t : pending) {
-      t.sink->failed(e);
-      finished_one();
-    }
-    for (auto& [id, t] : inflight) {
-      t.sink->failed(e);
-      finished_one();
-    }
+    finished(deliver_failures(failures));
   }
 
   void stop_thread() noexcept {
@@ -476,13 +527,51 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     } catch (...) {
     }
     stop_thread();
+    remove_stashes();
     std::lock_guard lk(m_);
     finished_ = true;
+  }
+
+  // ---- payloads too large for the queues' heaps ------------------------------------------
+  // They travel in a named shared_memory of their own, which the receiver opens, copies and
+  // removes. Names carry the parent's pid, so that what a killed process left behind is
+  // removed when the pool ends.
+
+  std::string stash(std::span<const std::byte> bytes, const char* what) {
+    const std::string name = fmt::format("pool-{}-{}-{}-{}", parent_pid_, what, ::getpid(),
+                                         stash_counter_.fetch_add(1));
+    shared_memory m(create_only, name, bytes.size());
+    std::memcpy(m.data(), bytes.data(), bytes.size());
+    m.release_name();
+    return name;
+  }
+  static std::vector<std::byte> unstash(const std::string& name) {
+    shared_memory m(open_only, name);
+    std::vector<std::byte> v(m.data(), m.data() + m.size());
+    drop_stash(name);
+    return v;
+  }
+  static void drop_stash(const std::string& name) noexcept {
+    if (name.empty()) return;
+    try {
+      shmkit::remove(name);
+    } catch (...) {
+    }
+  }
+  void remove_stashes() noexcept {
+    const std::string prefix = fmt::format("shmkit.pool-{}-", parent_pid_);
+    if (DIR* d = ::opendir("/dev/shm")) {
+      while (dirent* e = ::readdir(d))
+        if (std::string_view(e->d_name).starts_with(prefix))
+          ::shm_unlink(("/" + std::string(e->d_name)).c_str());
+      ::closedir(d);
+    }
   }
 
   // ---- supervisor side (a separate, single-threaded process) --------------------------
 
   [[noreturn]] void supervise() {
+    reset_signals();
     ::signal(SIGPIPE, SIG_IGN);
     auto* sh = shared_.state();
     std::map<pid_t, int> children;
@@ -550,6 +639,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   [[noreturn]] void work(int slot) {
     auto& ws = shared_.state()->slots()[slot];
     auto& inbox = *inboxes_[slot];
+    reset_signals();
     if (opts_.initializer) {
       try {
         opts_.initializer();
@@ -572,22 +662,45 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         break;
       }
       if (t.id == 0) break;
+      if (t.entry == 0) {  // a probe: answer in order with the results
+        result_msg p;
+        p.kind = static_cast<std::uint32_t>(msg_kind::probe);
+        p.slot = slot;
+        p.task = t.id;
+        try {
+          results_->put(p);
+        } catch (...) {
+          break;
+        }
+        continue;
+      }
       ws.current.store(t.id, std::memory_order_release);
       result_msg r;
       r.slot = slot;
       r.task = t.id;
       r.pid = ::getpid();
-      const bool ok = run_task(reinterpret_cast<task_entry>(static_cast<std::uintptr_t>(t.entry)),
-                               t.fn_word, t.payload, out);
-      r.kind = static_cast<std::uint32_t>(ok ? msg_kind::ok : msg_kind::failed);
-      r.payload = std::move(out);
-      out = {};
+      bool ok = false;
       try {
+        if (!t.blob.empty()) t.payload = unstash(t.blob);
+        ok = run_task(reinterpret_cast<task_entry>(static_cast<std::uintptr_t>(t.entry)),
+                      t.fn_word, t.payload, out);
+      } catch (const std::exception& e) {  // the arguments' shared_memory could not be read
+        out = encode(task_failure{"shmkit::error", e.what()});
+      }
+      r.kind = static_cast<std::uint32_t>(ok ? msg_kind::ok : msg_kind::failed);
+      try {
+        if (out.size() > stash_threshold)
+          r.blob = stash(out, "r");
+        else
+          r.payload = std::move(out);
+        out = {};
         results_->put(r);
       } catch (const closed_error&) {
         break;
       } catch (const std::exception& e) {
         // The result cannot travel (too large for the result queue): report that instead.
+        drop_stash(r.blob);
+        r.blob.clear();
         r.kind = static_cast<std::uint32_t>(msg_kind::failed);
         r.payload = encode(task_failure{"shmkit::error", e.what()});
         try {
@@ -606,21 +719,21 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
 
   pool_options opts_;
   int nworkers_ = 1;
+  pid_t parent_pid_ = 0;
+  std::atomic<std::uint64_t> stash_counter_{0};
   shared_object<pool_shared> shared_;
   std::optional<queue<result_msg>> results_;
   std::vector<std::unique_ptr<queue<task_msg>>> inboxes_;
   process supervisor_;
   std::thread thread_;
 
-  // Parent state. m_ guards pending_, posted_, outstanding_ and the flags; inflight_ and
-  // slots_ belong to the result thread (and to terminate() once it stopped).
+  // Parent state, all guarded by m_. Sinks are called with m_ released.
   std::mutex m_;
   std::condition_variable idle_cv_;
   std::deque<task_request> pending_;
-  std::deque<std::function<void()>> posted_;
+  posted_jobs posted_;
   std::size_t outstanding_ = 0;
   bool closed_ = false, terminated_ = false, broken_ = false, finished_ = false;
-  bool thread_done_ = false;
   std::string broken_why_;
   std::unordered_map<std::uint64_t, inflight_task> inflight_;
   std::vector<slot_book> slots_;

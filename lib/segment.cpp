@@ -402,7 +402,13 @@ void segment::publish() noexcept {
 void segment::grow(std::size_t total) {
   if (fd_ < 0) throw std::logic_error("shmkit: grow() on a segment that is not growable");
   total = round_up(total, page_size);
-  if (total <= mapped_) return;
+  if (total <= mapped_) {
+    // Mapped already: this process opened the file after a grower that died had extended it
+    // (an open maps the whole file). Still publish the size, or the others never map it.
+    if (header()->mapped_size.load(std::memory_order_relaxed) < total)
+      header()->mapped_size.store(total, std::memory_order_release);  // as below
+    return;
+  }
   struct stat st {};
   if (::fstat(fd_, &st) != 0)
     throw error(fmt::format("shmkit: cannot stat {}: {}", describe(), errno_text(errno)));

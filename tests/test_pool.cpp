@@ -18,28 +18,15 @@
 #include "shmkit/pool.hpp"
 #include "shmkit/process.hpp"
 #include "shmkit/progress.hpp"
+#include "pool_tasks.hpp"
 #include "support.hpp"
 
 using namespace std::chrono_literals;
 namespace utf = boost::unit_test;
+using namespace shmkit::test;
 
 namespace {
 
-long square(long x) { return x * x; }
-int add(int a, int b) { return a + b; }
-std::string shout(std::string s) {
-  for (auto& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  return s + "!";
-}
-int fail_on_13(int x) {
-  if (x == 13) throw std::invalid_argument("thirteen is unlucky");
-  return x;
-}
-pid_t my_pid(int) { return ::getpid(); }
-int slow_identity(int x) {
-  std::this_thread::sleep_for(std::chrono::milliseconds(x));
-  return x;
-}
 int sleep_forever(int) {
   for (;;) ::pause();
 }
@@ -47,16 +34,6 @@ int abort_on_7(int x) {
   if (x == 7) std::abort();
   return x;
 }
-
-// A callable with state the codec can carry.
-struct scaler {
-  long factor = 1;
-  long operator()(long x) const { return x * factor; }
-  template <class Ar>
-  void serialize(Ar& ar) {
-    ar(factor);
-  }
-};
 
 int init_value = 0;
 void init_worker() { init_value = 42; }

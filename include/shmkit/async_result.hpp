@@ -40,7 +40,7 @@ template <class R>
 using stored_t = std::conditional_t<std::is_void_v<R>, bool, R>;
 
 template <class R>
-class async_state {
+class async_state : public std::enable_shared_from_this<async_state<R>> {
  public:
   explicit async_state(std::weak_ptr<callback_executor> exec = {}) : exec_(std::move(exec)) {}
 
@@ -111,14 +111,11 @@ class async_state {
     if (auto exec = exec_.lock()) {
       // Keep the state alive until the callback ran: the job owns a copy of the callback and
       // refers to *this through the shared_ptr held by async_result.
-      auto job = [fn, self = this->shared_from_this_hack()]() { fn(*self); };
+      auto job = [fn, self = this->shared_from_this()]() { fn(*self); };
       if (exec->post(job)) return;
     }
     fn(*this);
   }
-  // async_state is always owned by a shared_ptr; see async_result.
-  std::shared_ptr<const async_state> shared_from_this_hack() const { return self_.lock(); }
-
   template <class>
   friend class shmkit::async_result;
 
@@ -129,14 +126,11 @@ class async_state {
   std::exception_ptr error_;
   std::vector<std::function<void(const async_state&)>> callbacks_;
   std::weak_ptr<callback_executor> exec_;
-  std::weak_ptr<const async_state> self_;
 };
 
 template <class R>
 std::shared_ptr<async_state<R>> make_async_state(std::weak_ptr<callback_executor> exec) {
-  auto s = std::make_shared<async_state<R>>(std::move(exec));
-  s->self_ = s;
-  return s;
+  return std::make_shared<async_state<R>>(std::move(exec));
 }
 
 }  // namespace detail

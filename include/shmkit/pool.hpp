@@ -27,6 +27,7 @@
 #pragma once
 
 #include <chrono>
+#include <concepts>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdio>
@@ -39,6 +40,7 @@
 #include <optional>
 #include <ranges>
 #include <span>
+#include <sys/types.h>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -80,12 +82,77 @@ struct task_request {
   std::shared_ptr<task_sink> sink;
 };
 
-// The non-template heart of the pool (lib/pool.cpp).
-class pool_runtime : public callback_executor {
+// Hands a task's outcome to its sink on the result thread: `payload` is the result (ok) or an
+// encoded task_failure, which becomes remote_error(type name, message, pid). What the sink
+// throws (a result that does not decode) fails it instead.
+inline void deliver_outcome(task_sink& sink, bool ok, std::span<const std::byte> payload,
+                            pid_t pid) {
+  try {
+    if (ok) {
+      sink.succeeded(payload);
+    } else {
+      auto f = decode<task_failure>(payload);
+      sink.failed(std::make_exception_ptr(remote_error(f.type_name, f.message, pid)));
+    }
+  } catch (...) {
+    sink.failed(std::current_exception());
+  }
+}
+
+// Jobs posted to a result thread (callbacks attached to results already complete), run there
+// in order. A job that throws is reported on stderr and dropped.
+class posted_jobs {
  public:
-  // Forks the supervisor and the workers, then starts the result thread.
-  static std::shared_ptr<pool_runtime> start(pool_options options);
-  ~pool_runtime() override = default;
+  // False once closed: the caller then runs the job itself.
+  bool push(std::function<void()> job) {
+    std::lock_guard lk(m_);
+    if (closed_) return false;
+    jobs_.push_back(std::move(job));
+    return true;
+  }
+  bool empty() const {
+    std::lock_guard lk(m_);
+    return jobs_.empty();
+  }
+  // Runs every queued job, those queued meanwhile included. `who` names the pool in reports.
+  void run(const char* who) noexcept {
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::lock_guard lk(m_);
+        if (jobs_.empty()) return;
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      try {
+        job();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "%s: a callback threw: %s\n", who, e.what());
+      } catch (...) {
+        std::fprintf(stderr, "%s: a callback threw\n", who);
+      }
+    }
+  }
+  // Refuses new jobs, then runs those queued.
+  void close(const char* who) noexcept {
+    {
+      std::lock_guard lk(m_);
+      closed_ = true;
+    }
+    run(who);
+  }
+
+ private:
+  mutable std::mutex m_;
+  std::deque<std::function<void()>> jobs_;
+  bool closed_ = false;
+};
+
+// What the pool front end (pool_front) drives: shmkit::pool's runtime (lib/pool.cpp) and
+// shmkit::mpi_pool's (lib/mpi_pool.cpp).
+class task_runtime : public callback_executor {
+ public:
+  ~task_runtime() override = default;
 
   // Queues tasks; their sinks are called on the result thread. Throws std::logic_error after
   // close() or terminate(), shmkit::error when the pool is broken.
@@ -94,6 +161,15 @@ class pool_runtime : public callback_executor {
   virtual void join() = 0;
   virtual void terminate() noexcept = 0;
   virtual int processes() const noexcept = 0;
+};
+
+// The non-template heart of the pool (lib/pool.cpp).
+class pool_runtime : public task_runtime {
+ public:
+  // Forks the supervisor and the workers, then starts the result thread.
+  static std::shared_ptr<pool_runtime> start(pool_options options);
+  ~pool_runtime() override = default;
+
   virtual std::vector<pid_t> worker_pids() const = 0;
 };
 
@@ -292,8 +368,8 @@ class result_stream {
 
     iterator() = default;
     explicit iterator(detail::stream_state<R>* s) : s_(s) { advance(); }
-    R& operator*() { return *cur_; }
-    R* operator->() { return &*cur_; }
+    R& operator*() const { return *cur_; }
+    R* operator->() const { return &*cur_; }
     iterator& operator++() {
       advance();
       return *this;
@@ -309,7 +385,7 @@ class result_stream {
       cur_ = s_->next();
     }
     detail::stream_state<R>* s_ = nullptr;
-    std::optional<R> cur_;
+    mutable std::optional<R> cur_;
   };
 
   explicit result_stream(std::shared_ptr<detail::stream_state<R>> s) : s_(std::move(s)) {}
@@ -321,20 +397,13 @@ class result_stream {
   std::shared_ptr<detail::stream_state<R>> s_;
 };
 
-class pool {
- public:
-  // `processes` workers (0: cpu_count()).
-  explicit pool(int processes = 0) : pool(pool_options{.processes = processes}) {}
-  explicit pool(pool_options options) : rt_(detail::pool_runtime::start(std::move(options))) {}
-  pool(pool&&) noexcept = default;
-  pool& operator=(pool&&) noexcept = default;
-  pool(const pool&) = delete;
-  pool& operator=(const pool&) = delete;
-  // terminate(), like leaving Python's `with Pool() as p:`.
-  ~pool() {
-    if (rt_) rt_->terminate();
-  }
+namespace detail {
 
+// The pool API over a runtime: one implementation of map, imap, apply_async, ... for
+// shmkit::pool (Runtime = pool_runtime) and shmkit::mpi_pool (mpi_runtime, mpi_pool.hpp).
+template <std::derived_from<task_runtime> Runtime>
+class pool_front {
+ public:
   // f(x) for each x of items, in order. Throws remote_error / worker_lost_error for the first
   // failed chunk; the pool stays usable.
   template <class F, std::ranges::sized_range Items>
@@ -411,8 +480,14 @@ class pool {
   void terminate() noexcept { rt_->terminate(); }
 
   int processes() const noexcept { return rt_->processes(); }
-  // The current workers' process ids (they change as workers are replaced).
-  std::vector<pid_t> worker_pids() const { return rt_->worker_pids(); }
+
+ protected:
+  explicit pool_front(std::shared_ptr<Runtime> rt) : rt_(std::move(rt)) {}
+  pool_front(pool_front&&) noexcept = default;
+  pool_front& operator=(pool_front&&) noexcept = default;
+  ~pool_front() = default;
+
+  std::shared_ptr<Runtime> rt_;
 
  private:
   template <class R, class Item, class F, class Items>
@@ -474,7 +549,27 @@ class pool {
     return result_stream<R>(std::move(s));
   }
 
-  std::shared_ptr<detail::pool_runtime> rt_;
+};
+
+}  // namespace detail
+
+class pool : public detail::pool_front<detail::pool_runtime> {
+ public:
+  // `processes` workers (0: cpu_count()).
+  explicit pool(int processes = 0) : pool(pool_options{.processes = processes}) {}
+  explicit pool(pool_options options)
+      : pool_front(detail::pool_runtime::start(std::move(options))) {}
+  pool(pool&&) noexcept = default;
+  pool& operator=(pool&&) noexcept = default;
+  pool(const pool&) = delete;
+  pool& operator=(const pool&) = delete;
+  // terminate(), like leaving Python's `with Pool() as p:`.
+  ~pool() {
+    if (rt_) rt_->terminate();
+  }
+
+  // The current workers' process ids (they change as workers are replaced).
+  std::vector<pid_t> worker_pids() const { return rt_->worker_pids(); }
 };
 
 }  // namespace shmkit

@@ -25,4 +25,7 @@ else()
 endif()
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
 run(${WORK_DIR}/build/consumer)
+if(EXISTS ${WORK_DIR}/build/consumer_mpi)  # built where shmkit has the mpi component
+  run(${WORK_DIR}/build/consumer_mpi)
+endif()
 file(REMOVE_RECURSE ${WORK_DIR})

@@ -119,6 +119,9 @@ class segment {
   segment_header* header() const noexcept { return reinterpret_cast<segment_header*>(base_); }
   std::byte* base() const noexcept { return base_; }
   std::size_t mapped_bytes() const noexcept { return mapped_; }
+  // Growable segments: the descriptor kept for growth (-1 otherwise), for an owner that maps
+  // the file itself (the manager keeps a view that never moves).
+  int fd() const noexcept { return fd_; }
 
   bool valid() const noexcept { return base_ != nullptr; }
   bool named() const noexcept { return !name_.empty(); }

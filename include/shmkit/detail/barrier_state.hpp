@@ -1,0 +1,89 @@
+// SPDX-License-Identifier: MIT
+// The shared state of a cyclic barrier: standard layout, no pointers, placeable in any
+// segment, followed in memory by its seat table (bytes_for(parties) bytes in all).
+//
+// One 64-bit word holds the round (generation), how many parties have arrived in it, and a
+// broken bit, so arriving, completing a round and breaking are each one compare-and-swap and
+// a process killed at any instruction leaves the word consistent.
+//
+// Dead parties: each thread that arrives records its identity in a seat, with the round it
+// last arrived in. A waiter sleeps in slices of liveness_slice; after each it looks at the
+// seats of parties that arrived in the previous round but not yet in this one, and if any of
+// those is dead, the barrier breaks: every waiter, and every later arrival, throws
+// shmkit::broken_barrier_error. So a party that has passed the barrier once and then dies
+// never leaves the others waiting forever. A party that dies before it ever arrived is not
+// known to the barrier (use wait_for to bound that wait). A party that leaves for good while
+// the others go on with new members breaks the next round the same way: a barrier's parties
+// are expected to stay until the last round. The table has min(2 * parties, max_seats) seats;
+// parties beyond that arrive and wait normally but are not watched.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+
+#include "shmkit/detail/sync_wait.hpp"
+#include "shmkit/detail/wait.hpp"
+
+namespace shmkit::detail {
+
+struct barrier_seat {
+  std::atomic<std::uint64_t> who{0};        // identity of the party, 0 = free
+  std::atomic<std::uint32_t> round{never};  // the round it last arrived in
+  std::uint32_t reserved = 0;
+
+  static constexpr std::uint32_t never = 0xffffffffu;  // no round has that number
+};
+
+struct barrier_state {
+  static constexpr std::uint32_t max_seats = 4096;
+  static constexpr std::uint64_t broken_bit = std::uint64_t{1} << 63;
+  static constexpr std::uint32_t round_mask = 0x7fffffffu;
+
+  std::atomic<std::uint64_t> word{0};  // broken:1 | round:31 | arrived:32
+  std::uint32_t parties;               // written once, before publication
+  std::uint32_t seats;
+  waitpoint wp;
+  spin_hint spin;
+  std::uint32_t reserved = 0;
+
+  static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
+  static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
+
+  // parties >= 1 (the caller checks). Construct in place at the start of bytes_for(parties).
+  explicit barrier_state(std::uint32_t n) noexcept;
+
+  static std::uint32_t seats_for(std::uint32_t parties) noexcept {
+    const std::uint64_t s = std::uint64_t{2} * parties;
+    return static_cast<std::uint32_t>(s < 8 ? 8 : s > max_seats ? max_seats : s);
+  }
+  static std::size_t bytes_for(std::uint32_t parties) noexcept {
+    return sizeof(barrier_state) + seats_for(parties) * sizeof(barrier_seat);
+  }
+  // The seats follow the state.
+  barrier_seat* seat_table() noexcept {
+    return reinterpret_cast<barrier_seat*>(reinterpret_cast<std::byte*>(this) +
+                                           sizeof(barrier_state));
+  }
+
+  enum class outcome { passed, timed_out, broken };
+
+  // Arrives and waits for the round to complete (passed). timed_out: `deadline` passed
+  // first, and this caller broke the barrier (as Python does). broken: the barrier was or
+  // became broken by someone else (abort, a timeout, a dead party). Does not throw
+  // (lib/sync.cpp).
+  outcome arrive_and_wait(std::optional<time_point> deadline) noexcept;
+
+  // Breaks the barrier: current and later waiters throw. Does not throw.
+  void abort() noexcept;
+  // acquire: pairs with the seq_cst compare-and-swap that set the bit.
+  bool broken() const noexcept { return (word.load(std::memory_order_acquire) & broken_bit) != 0; }
+  // How many have arrived in the current round (a snapshot).
+  std::uint32_t arrived() const noexcept {
+    return static_cast<std::uint32_t>(word.load(std::memory_order_relaxed));
+  }
+};
+static_assert(sizeof(barrier_state) % alignof(barrier_seat) == 0);
+
+}  // namespace shmkit::detail

@@ -1,0 +1,1790 @@
+// SPDX-License-Identifier: MIT
+// The manager's engine: a crash-safe heap, a directory of named containers, dict hash tables
+// and list chunk arrays, in one growable segment.
+//
+// Layout of the segment (all links are byte offsets from the segment's base, never pointers):
+//
+//   header (256 B) | root: lock, version, busy, directory, journal, heap state | heap blocks
+//
+// Every heap block starts with a 16-byte header {size | kind << 56, size of the block before}
+// (boundary tags, so that a free block merges with both neighbours in O(1)). Kinds: free,
+// directory, container, table, entry, list_body, chunk, item; a sentinel header ends the heap.
+//
+// Writes (one robust mutex, `root.lock`):
+//   1. Build everything new in fresh blocks, unreachable from the root. Before the first
+//      allocation the writer stores its identity in `busy`: the heap may now be half-updated.
+//   2. Publish: make `version` odd, apply the few word stores that link the new blocks in
+//      (when there are several, they go first into the redo journal, then `journal_count`
+//      commits them with one store), free the blocks that became unreachable, make `version`
+//      even, clear `busy`.
+//   So a container changes in one commit store: readers see the old value or the new one.
+// Reads take no lock: read `version` (even), follow offsets checking each against the
+// mapping, re-read `version`; if it moved, retry; after a few tries, or while it is odd, take
+// the mutex and read under it.
+// Recovery: the mutex's next holder finds `version` odd or `busy` set (its holder died in the
+// middle) and repairs before anything else: it re-applies a committed journal, then rebuilds
+// the whole heap from what is reachable (mark and sweep), which returns every block the dead
+// writer had allocated or was freeing, whatever state the free lists were left in.
+#include "shmkit/detail/manager_core.hpp"
+#include "shmkit/manager.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cstring>
+#include <fmt/format.h>
+#include <limits>
+#include <stdexcept>
+#include <utility>
+#include <cerrno>
+#include <sys/mman.h>
+
+#include "shmkit/detail/identity.hpp"
+#include "shmkit/detail/inspect.hpp"
+#include "shmkit/detail/mutex_state.hpp"
+#include "shmkit/error.hpp"
+
+namespace shmkit::detail {
+namespace {
+
+using u64 = std::uint64_t;
+using u32 = std::uint32_t;
+
+constexpr u64 root_magic = 0x52474e4d4b4d4853ull;  // "SHMKMNGR"
+constexpr u32 root_layout = 1;
+constexpr std::size_t journal_capacity = 6;
+constexpr std::size_t max_name = 200;
+
+// --- blocks --------------------------------------------------------------------------------
+
+enum class block_kind : std::uint8_t {
+  free = 0,
+  directory = 1,
+  container = 2,
+  table = 3,
+  entry = 4,
+  list_body = 5,
+  chunk = 6,
+  item = 7,
+  sentinel = 0x7f,
+};
+
+constexpr u64 header_bytes = 16;
+constexpr u64 min_block = 32;  // header + the two free-list links
+constexpr u64 size_bits = 48;
+constexpr u64 size_mask = (u64(1) << size_bits) - 1;
+constexpr u64 max_heap = u64(1) << size_bits;
+
+struct block_header {
+  u64 word;       // size (header included, a multiple of 16) | slack << 48 | kind << 56
+  u64 prev_size;  // size of the block just before; 0 for the first
+};
+struct free_links {
+  u64 next;  // offsets of the neighbours in the free list of this size class; 0 = none
+  u64 prev;
+};
+
+constexpr u64 block_size_for(u64 payload) {
+  return std::max<u64>(min_block, (payload + header_bytes + 15) & ~u64(15));
+}
+// slack: 16-byte units of the block beyond what was asked for (a remainder too small to split
+// off), so that the live figure counts what was asked and does not depend on placement.
+constexpr u64 pack_header(u64 size, block_kind k, u64 slack = 0) {
+  return size | (slack << 48) | (u64(k) << 56);
+}
+constexpr u64 slack_bytes(u64 word) { return ((word >> 48) & 0xff) * 16; }
+
+// Size classes: exact 16-byte steps up to 1 KiB, then four classes per power of two.
+constexpr u64 small_limit = 1024;
+constexpr std::size_t small_bins = small_limit / 16 - 1;  // sizes 32, 48, ..., 1024
+constexpr std::size_t bin_count = small_bins + (size_bits - 10) * 4;
+constexpr std::size_t bitmap_words = (bin_count + 63) / 64;
+
+constexpr std::size_t bin_of(u64 size) {
+  if (size <= small_limit) return static_cast<std::size_t>(size / 16 - 2);
+  const unsigned e = 63u - static_cast<unsigned>(std::countl_zero(size));
+  return small_bins + (e - 10) * 4 + static_cast<std::size_t>((size >> (e - 2)) & 3);
+}
+static_assert(bin_of(32) == 0 && bin_of(1024) == small_bins - 1 && bin_of(1040) == small_bins);
+static_assert(bin_of(max_heap - 16) < bin_count);
+
+// --- containers ----------------------------------------------------------------------------
+
+struct container_block {
+  u32 kind;         // container_kind
+  u32 inline_size;  // lists: raw items of this many bytes live in the slots
+  u64 body;         // dict: table block; list: list_body block
+};
+struct table_block {  // followed by `capacity` slots
+  u64 capacity;       // a power of two
+  u64 count;          // live entries
+  u64 tombstones;     // erased slots
+  u64 reserved;
+};
+// Slot: entry offset << 16 | 16 bits of the key's hash; empty and tombstone have offset 0.
+constexpr u64 slot_empty = 0;
+constexpr u64 slot_tombstone = 1;
+constexpr u64 slot_entry(u64 slot) { return slot >> 16; }
+constexpr u64 slot_pack(u64 entry, u64 hash) { return (entry << 16) | (hash >> 48); }
+constexpr u64 slot_tag(u64 hash) { return hash >> 48; }
+constexpr u64 min_table = 8;
+constexpr u64 slot_offset(u64 table, u64 index) {
+  return table + header_bytes + sizeof(table_block) + index * 8;
+}
+
+struct entry_block {  // followed by the key, padding to 8, then the value (at least 8 bytes)
+  u64 hash;
+  u64 key_len;
+  u64 value_len;
+};
+constexpr u64 round8(u64 n) { return (n + 7) & ~u64(7); }
+// std::has_single_bit without -mpopcnt is a library call: too slow for every read.
+constexpr bool power_of_two(u64 n) { return n != 0 && (n & (n - 1)) == 0; }
+constexpr u64 entry_value_at(u64 key_len) { return sizeof(entry_block) + round8(key_len); }
+constexpr u64 entry_payload(u64 key_len, u64 value_len) {
+  return entry_value_at(key_len) + std::max<u64>(round8(value_len), 8);
+}
+
+constexpr std::size_t max_chunks = 40;
+constexpr u64 first_chunk = 16;
+struct list_body_block {
+  u64 size;
+  u64 chunks[max_chunks];  // chunk k holds first_chunk << k slots
+};
+struct chunk_pos {
+  std::size_t chunk;
+  u64 slot;
+};
+constexpr chunk_pos locate(u64 i) {
+  const auto k = static_cast<std::size_t>(std::bit_width(i / first_chunk + 1) - 1);
+  return {k, i - first_chunk * ((u64(1) << k) - 1)};
+}
+constexpr u64 chunk_slots(std::size_t k) { return first_chunk << k; }
+static_assert(locate(15).chunk == 0 && locate(16).chunk == 1 && locate(16).slot == 0 &&
+              locate(47).slot == 31 && locate(48).chunk == 2);
+
+struct item_block {  // followed by len bytes
+  u64 len;
+};
+
+struct directory_block {  // followed by `count` records
+  u64 count;
+  u64 bytes;  // of the records
+};
+struct dir_record {  // followed by name, key type name, value type name; padded to 8
+  u64 root;
+  u64 key_hash;
+  u64 value_hash;
+  u32 kind;
+  u32 inline_size;
+  u32 record_bytes;
+  u32 name_len;
+  u32 key_name_len;
+  u32 value_name_len;
+};
+static_assert(sizeof(dir_record) == 48);
+
+// --- the root ------------------------------------------------------------------------------
+
+struct journal_entry {
+  u64 where;  // offset of an 8-byte word
+  u64 value;
+};
+
+struct heap_state {  // touched only by the mutex holder; rebuilt by recovery
+  u64 begin;         // first block
+  u64 end;           // end of the heap = size of the segment; the sentinel is at end - 16
+  u64 max_total;     // growth limit of the segment; 0: none
+  u64 free_bytes;  // in free blocks
+  u64 live_bytes;  // asked for by live blocks (block_size_for of their payloads)
+  u64 recoveries;
+  u64 bitmap[bitmap_words];
+  u64 bins[bin_count];
+};
+
+struct manager_root {
+  // The writers' lock and the word every reader checks: one cache line, since a writer
+  // touches both and a reader only reads it.
+  mutex_state lock;
+  std::atomic<u64> version{0};  // even: stable; odd: a writer is publishing (or died doing so)
+  std::atomic<u64> busy{0};     // identity of the writer while the heap may be half-updated
+  std::atomic<u64> directory{0};
+  u64 magic = root_magic;
+  u32 layout = root_layout;
+  u32 reserved = 0;
+
+  alignas(64) std::atomic<u32> journal_count{0};  // n > 0: the n entries below are committed
+  u32 journal_reserved = 0;
+  journal_entry journal[journal_capacity]{};
+
+  alignas(64) heap_state heap{};
+};
+static_assert(std::atomic<u64>::is_always_lock_free);
+static_assert(std::atomic<u32>::is_always_lock_free);
+static_assert(std::atomic_ref<u64>::is_always_lock_free);
+static_assert(std::is_standard_layout_v<manager_root>);
+
+constexpr u64 root_at = payload_alignment;  // the root starts the payload
+
+// A word of shared memory read or written while others may read it without the lock. relaxed:
+// ordering comes from `version` (readers) and from the mutex (writers), see the protocol above.
+inline u64 load(const u64& w) noexcept {
+  return std::atomic_ref<u64>(const_cast<u64&>(w)).load(std::memory_order_relaxed);
+}
+inline void store(u64& w, u64 v) noexcept {
+  std::atomic_ref<u64>(w).store(v, std::memory_order_relaxed);
+}
+
+inline void fault_point(write_step step) noexcept {
+  if (manager_fault_hook != nullptr) [[unlikely]]
+    manager_fault_hook(step);
+}
+
+// Thrown by a read that met an offset or length that cannot be right: during an optimistic
+// read it means a write overlapped (retry); under the lock it means corruption.
+struct torn {};
+
+// Typed access by offset, through the core's view (which never moves).
+class space {
+ public:
+  explicit space(manager_core& core) noexcept : core_(core), base_(core.base()) {}
+  std::byte* base() const noexcept { return base_; }
+  template <class T>
+  T* at(u64 off) const noexcept {
+    return reinterpret_cast<T*>(base_ + off);
+  }
+  manager_root* root() const noexcept { return at<manager_root>(root_at); }
+  u64 mapped() const noexcept { return core_.mapped_bytes(); }
+  // Throws torn unless [off, off + len) lies inside the mapping past the root.
+  void check(u64 off, u64 len) const {
+    const u64 m = mapped();
+    if (off < heap_floor || off > m || len > m - off) [[unlikely]]
+      throw torn{};
+  }
+  // The block at `off` must be of kind `k` and hold `payload` bytes; returns its size (the
+  // whole block then lies inside the mapping).
+  u64 check_block(u64 off, block_kind k, u64 payload) const {
+    const u64 m = mapped();
+    if (off < heap_floor || off > m - header_bytes || off % 16 != 0) [[unlikely]]
+      throw torn{};
+    const u64 word = load(at<block_header>(off)->word);
+    const u64 size = word & size_mask;
+    if (static_cast<block_kind>(word >> 56) != k || size < header_bytes + payload ||
+        size > m - off) [[unlikely]]
+      throw torn{};
+    return size;
+  }
+  manager_core& core() const noexcept { return core_; }
+  const segment& seg() const noexcept { return core_.seg(); }
+
+ private:
+  // No block starts before the end of the root (the mapping always holds the root).
+  static constexpr u64 heap_floor = root_at + sizeof(manager_root);
+  manager_core& core_;
+  std::byte* base_;  // the core's view never moves
+};
+
+block_header* hdr(const space& s, u64 off) { return s.at<block_header>(off); }
+u64 size_of(const space& s, u64 off) { return hdr(s, off)->word & size_mask; }
+block_kind kind_of(const space& s, u64 off) {
+  return static_cast<block_kind>(hdr(s, off)->word >> 56);
+}
+template <class T>
+T* payload(const space& s, u64 off) {
+  return s.at<T>(off + header_bytes);
+}
+
+// --- the heap (mutex holder only) ----------------------------------------------------------
+
+class heap {
+ public:
+  explicit heap(const space& s) noexcept : s_(s) {}
+  heap_state& st() const noexcept { return s_.root()->heap; }
+
+  // One free block over [begin, end - 16) and the sentinel.
+  void init(u64 begin, u64 end) {
+    heap_state& h = st();
+    h.begin = begin;
+    h.end = end;
+    h.free_bytes = 0;
+    std::fill(std::begin(h.bitmap), std::end(h.bitmap), 0);
+    std::fill(std::begin(h.bins), std::end(h.bins), 0);
+    const u64 size = end - header_bytes - begin;
+    *hdr(s_, begin) = {pack_header(size, block_kind::free), 0};
+    *hdr(s_, end - header_bytes) = {pack_header(header_bytes, block_kind::sentinel), size};
+    h.free_bytes = size;
+    h.live_bytes = 0;
+    insert(begin);
+  }
+
+  // A block with at least `payload` bytes, or 0 when none is free.
+  u64 try_alloc(u64 payload_len, block_kind k) {
+    if (payload_len > max_heap) return 0;
+    const u64 need = block_size_for(payload_len);
+    const u64 b = find(need);
+    if (b == 0) return 0;
+    take(b, need, k);
+    return b;
+  }
+
+  void free(u64 off) noexcept {
+    heap_state& h = st();
+    u64 size = size_of(s_, off);
+    h.free_bytes += size;
+    h.live_bytes -= size - slack_bytes(hdr(s_, off)->word);
+    const u64 next = off + size;
+    if (kind_of(s_, next) == block_kind::free) {
+      unlink(next);
+      size += size_of(s_, next);
+    }
+    const u64 ps = hdr(s_, off)->prev_size;
+    if (ps != 0 && kind_of(s_, off - ps) == block_kind::free) {
+      off -= ps;
+      unlink(off);
+      size += size_of(s_, off);
+    }
+    hdr(s_, off)->word = pack_header(size, block_kind::free);
+    hdr(s_, off + size)->prev_size = size;
+    insert(off);
+  }
+
+  // Adds [end, new_end) to the heap: the old sentinel becomes a block that is then freed
+  // (merging with a free block before it), and a new sentinel ends the heap.
+  void extend(u64 new_end) {
+    heap_state& h = st();
+    const u64 old_sentinel = h.end - header_bytes;
+    const u64 size = new_end - h.end;
+    hdr(s_, old_sentinel)->word = pack_header(size, block_kind::item);
+    *hdr(s_, new_end - header_bytes) = {pack_header(header_bytes, block_kind::sentinel), size};
+    h.end = new_end;
+    h.live_bytes += size;  // free() below takes it off again
+    free(old_sentinel);
+  }
+
+  // Rebuilds the heap around the live blocks (sorted by offset, not overlapping): every gap
+  // becomes one free block, every boundary tag is rewritten.
+  void rebuild(const std::vector<std::pair<u64, u64>>& live) {
+    heap_state& h = st();
+    std::fill(std::begin(h.bitmap), std::end(h.bitmap), 0);
+    std::fill(std::begin(h.bins), std::end(h.bins), 0);
+    h.free_bytes = 0;
+    h.live_bytes = 0;
+    const u64 last = h.end - header_bytes;
+    u64 cur = h.begin;
+    u64 prev = 0;       // size of the block before `cur`
+    u64 prev_off = 0;   // and its offset
+    auto gap = [&](u64 to) {
+      const u64 n = to - cur;
+      if (n == 0) return;
+      if (n < min_block) {
+        // Cannot happen (every block is at least min_block); absorb it into the block
+        // before rather than lose track of it.
+        if (prev == 0) throw error("shmkit: manager heap is corrupted: a gap at its start");
+        const u64 w = hdr(s_, prev_off)->word;
+        prev += n;
+        hdr(s_, prev_off)->word =
+            pack_header(prev, kind_of(s_, prev_off), (slack_bytes(w) + n) / 16);
+        cur = to;
+        return;
+      }
+      *hdr(s_, cur) = {pack_header(n, block_kind::free), prev};
+      h.free_bytes += n;
+      insert(cur);
+      prev = n;
+      prev_off = cur;
+      cur = to;
+    };
+    for (const auto& [off, size] : live) {
+      gap(off);
+      hdr(s_, off)->prev_size = prev;
+      h.live_bytes += size - slack_bytes(hdr(s_, off)->word);
+      prev = size;
+      prev_off = off;
+      cur = off + size;
+    }
+    gap(last);
+    *hdr(s_, last) = {pack_header(header_bytes, block_kind::sentinel), prev};
+  }
+
+
+  // Checks the whole heap against `live` (sorted): throws shmkit::error on any mismatch.
+  void verify(const std::vector<std::pair<u64, u64>>& live) const;
+
+ private:
+  free_links* links(u64 off) const { return payload<free_links>(s_, off); }
+
+  void insert(u64 off) {
+    heap_state& h = st();
+    const std::size_t b = bin_of(size_of(s_, off));
+    const u64 head = h.bins[b];
+    *links(off) = {head, 0};
+    if (head != 0) links(head)->prev = off;
+    h.bins[b] = off;
+    h.bitmap[b / 64] |= u64(1) << (b % 64);
+  }
+
+  void unlink(u64 off) {
+    heap_state& h = st();
+    const free_links l = *links(off);
+    if (l.prev != 0) {
+      links(l.prev)->next = l.next;
+    } else {
+      const std::size_t b = bin_of(size_of(s_, off));
+      h.bins[b] = l.next;
+      if (l.next == 0) h.bitmap[b / 64] &= ~(u64(1) << (b % 64));
+    }
+    if (l.next != 0) links(l.next)->prev = l.prev;
+  }
+
+  u64 find(u64 need) const {
+    const heap_state& h = st();
+    std::size_t b = bin_of(need);
+    if (b < small_bins) {
+      if (h.bins[b] != 0) return h.bins[b];  // exact size
+    } else {
+      for (u64 x = h.bins[b]; x != 0; x = links(x)->next)
+        if (size_of(s_, x) >= need) return x;
+    }
+    // Any block of a higher class is big enough.
+    for (std::size_t i = b + 1; i < bin_count;) {
+      const u64 word = h.bitmap[i / 64] >> (i % 64);
+      if (word != 0) return h.bins[i + static_cast<std::size_t>(std::countr_zero(word))];
+      i = (i / 64 + 1) * 64;
+    }
+    return 0;
+  }
+
+  void take(u64 off, u64 need, block_kind k) {
+    heap_state& h = st();
+    unlink(off);
+    u64 size = size_of(s_, off);
+    if (size - need >= min_block) {
+      const u64 rest = off + need;
+      *hdr(s_, rest) = {pack_header(size - need, block_kind::free), need};
+      hdr(s_, off + size)->prev_size = size - need;
+      insert(rest);
+      size = need;
+    }
+    hdr(s_, off)->word = pack_header(size, k, (size - need) / 16);
+    h.free_bytes -= size;
+    h.live_bytes += need;
+  }
+
+  const space& s_;
+};
+
+void heap::verify(const std::vector<std::pair<u64, u64>>& live) const {
+  const heap_state& h = st();
+  auto fail = [](std::string what) {
+    throw error("shmkit: manager heap check failed: " + what);
+  };
+  std::size_t li = 0;
+  u64 prev = 0, free_sum = 0, free_blocks = 0, live_sum = 0;
+  u64 off = h.begin;
+  const u64 last = h.end - header_bytes;
+  while (off < last) {
+    const u64 size = size_of(s_, off);
+    if (size < min_block || size % 16 != 0 || off + size > last)
+      fail(fmt::format("block at {} has size {}", off, size));
+    if (hdr(s_, off)->prev_size != prev)
+      fail(fmt::format("block at {} says the block before is {} bytes, not {}", off,
+                       hdr(s_, off)->prev_size, prev));
+    const bool is_live = li < live.size() && live[li].first == off;
+    if (is_live) {
+      if (live[li].second != size) fail(fmt::format("live block at {} changed size", off));
+      if (kind_of(s_, off) == block_kind::free)
+        fail(fmt::format("block at {} is reachable but marked free", off));
+      live_sum += size - slack_bytes(hdr(s_, off)->word);
+      ++li;
+    } else {
+      if (kind_of(s_, off) != block_kind::free)
+        fail(fmt::format("block at {} ({} bytes, kind {}) is in use but unreachable: a leak", off,
+                         size, static_cast<int>(kind_of(s_, off))));
+      if (prev != 0 && kind_of(s_, off - prev) == block_kind::free)
+        fail(fmt::format("free blocks at {} and {} were not merged", off - prev, off));
+      free_sum += size;
+      ++free_blocks;
+    }
+    prev = size;
+    off += size;
+  }
+  if (off != last || kind_of(s_, last) != block_kind::sentinel || hdr(s_, last)->prev_size != prev)
+    fail(fmt::format("the heap does not end with its sentinel (walk ended at {}, sentinel at {} "
+                     "of kind {} says the block before is {} bytes, not {})",
+                     off, last, static_cast<int>(kind_of(s_, last)), hdr(s_, last)->prev_size,
+                     prev));
+  if (li != live.size()) fail("a reachable block lies outside the heap");
+  if (free_sum != h.free_bytes)
+    fail(fmt::format("free blocks hold {} bytes but the heap counts {}", free_sum, h.free_bytes));
+  if (live_sum != h.live_bytes)
+    fail(fmt::format("live blocks hold {} bytes but the heap counts {}", live_sum, h.live_bytes));
+  u64 listed = 0;
+  for (std::size_t b = 0; b < bin_count; ++b) {
+    const bool bit = (h.bitmap[b / 64] >> (b % 64)) & 1;
+    if (bit != (h.bins[b] != 0)) fail(fmt::format("size class {} bitmap is wrong", b));
+    u64 before = 0;
+    for (u64 x = h.bins[b]; x != 0; x = links(x)->next) {
+      if (kind_of(s_, x) != block_kind::free || bin_of(size_of(s_, x)) != b ||
+          links(x)->prev != before)
+        fail(fmt::format("free list {} holds a wrong block at {}", b, x));
+      before = x;
+      if (++listed > free_blocks) fail("a free list loops");
+    }
+  }
+  if (listed != free_blocks)
+    fail(fmt::format("{} free blocks but {} in the free lists", free_blocks, listed));
+}
+
+// --- reachability (mark) -------------------------------------------------------------------
+
+// Every block reachable from the root, as (offset, size), sorted. Checks every structure on
+// the way; throws torn on anything out of shape.
+std::vector<std::pair<u64, u64>> reachable(const space& s) {
+  std::vector<std::pair<u64, u64>> live;
+  const manager_root* r = s.root();
+  const u64 heap_end = r->heap.end - header_bytes;
+  auto add = [&](u64 off, block_kind k, u64 payload_len) {
+    const u64 size = s.check_block(off, k, payload_len);
+    if (off < r->heap.begin || off + size > heap_end) throw torn{};
+    live.emplace_back(off, size);
+    return size;
+  };
+  const u64 dir = r->directory.load(std::memory_order_relaxed);
+  if (dir != 0) {
+    const u64 dsize = add(dir, block_kind::directory, sizeof(directory_block));
+    const auto* d = payload<directory_block>(s, dir);
+    if (d->bytes > dsize - header_bytes - sizeof(directory_block)) throw torn{};
+    u64 at = dir + header_bytes + sizeof(directory_block);
+    const u64 end = at + d->bytes;
+    for (u64 i = 0; i < d->count; ++i) {
+      if (at + sizeof(dir_record) > end) throw torn{};
+      const auto* rec = s.at<dir_record>(at);
+      if (rec->record_bytes < sizeof(dir_record) || rec->record_bytes > end - at) throw torn{};
+      at += rec->record_bytes;
+      add(rec->root, block_kind::container, sizeof(container_block));
+      const auto* c = payload<container_block>(s, rec->root);
+      if (c->kind == static_cast<u32>(container_kind::dict)) {
+        const u64 tsize = add(c->body, block_kind::table, sizeof(table_block));
+        const auto* t = payload<table_block>(s, c->body);
+        if (!power_of_two(t->capacity) ||
+            t->capacity > (tsize - header_bytes - sizeof(table_block)) / 8)
+          throw torn{};
+        const u64* slots = reinterpret_cast<const u64*>(t + 1);
+        u64 count = 0;
+        for (u64 j = 0; j < t->capacity; ++j) {
+          const u64 e = slot_entry(slots[j]);
+          if (e == 0) continue;
+          ++count;
+          const u64 esize = add(e, block_kind::entry, sizeof(entry_block));
+          const auto* en = payload<entry_block>(s, e);
+          if (en->key_len > esize || en->value_len > esize ||
+              entry_payload(en->key_len, en->value_len) > esize - header_bytes)
+            throw torn{};
+        }
+        if (count != t->count) throw torn{};
+      } else if (c->kind == static_cast<u32>(container_kind::list)) {
+        add(c->body, block_kind::list_body, sizeof(list_body_block));
+        const auto* l = payload<list_body_block>(s, c->body);
+        const u64 n = l->size;
+        for (std::size_t k = 0; k < max_chunks; ++k) {
+          if (l->chunks[k] == 0) {
+            if (n > first_chunk * ((u64(1) << k) - 1)) throw torn{};  // items without a chunk
+            continue;
+          }
+          add(l->chunks[k], block_kind::chunk, chunk_slots(k) * 8);
+          if (c->inline_size != 0) continue;
+          const u64 first = first_chunk * ((u64(1) << k) - 1);
+          if (n <= first) continue;
+          const u64* slots = payload<u64>(s, l->chunks[k]);
+          const u64 upto = std::min(n - first, chunk_slots(k));
+          for (u64 j = 0; j < upto; ++j) {
+            const u64 isize = add(slots[j], block_kind::item, sizeof(item_block));
+            if (payload<item_block>(s, slots[j])->len > isize - header_bytes - sizeof(item_block))
+              throw torn{};
+          }
+        }
+      } else {
+        throw torn{};
+      }
+    }
+  }
+  std::sort(live.begin(), live.end());
+  for (std::size_t i = 1; i < live.size(); ++i)
+    if (live[i - 1].first + live[i - 1].second > live[i].first) throw torn{};
+  return live;
+}
+
+// --- writers -------------------------------------------------------------------------------
+
+// Holds the writers' mutex for a scope; repairs what a dead writer left before anything else.
+class write_lock {
+ public:
+  explicit write_lock(manager_core& core, void (*recover)(manager_core&)) : core_(core) {
+    space(core).root()->lock.lock();  // throws system_error if this thread holds it
+    try {
+      core.refresh();
+      manager_root* r = space(core).root();
+      // relaxed: we hold the mutex, whose acquire orders us after the last holder that
+      // released it; a holder that died released nothing, and then these words are exactly
+      // what recovery is for.
+      if ((r->version.load(std::memory_order_relaxed) & 1) != 0 ||
+          r->busy.load(std::memory_order_relaxed) != 0 ||
+          r->journal_count.load(std::memory_order_acquire) != 0)
+        recover(core);
+      if (r->lock.owner_died()) r->lock.mark_consistent();
+    } catch (...) {
+      space(core).root()->lock.unlock_if_owner();
+      throw;
+    }
+  }
+  write_lock(const write_lock&) = delete;
+  write_lock& operator=(const write_lock&) = delete;
+  ~write_lock() { space(core_).root()->lock.unlock_if_owner(); }
+
+ private:
+  manager_core& core_;
+};
+
+// One mutation. Allocations are undone when it is destroyed uncommitted (an exception: out of
+// memory, a value's encoder throwing); commit() publishes it.
+class txn {
+ public:
+  explicit txn(manager_core& core) noexcept : s_(core) {}
+  txn(const txn&) = delete;
+  txn& operator=(const txn&) = delete;
+  ~txn() {
+    if (committed_) return;
+    heap h(s_);
+    for (std::size_t i = 0; i < fresh_count_; ++i) h.free(fresh_[i]);
+    for (u64 off : fresh_more_) h.free(off);
+    if (busy_) s_.root()->busy.store(0, std::memory_order_release);  // after the frees
+  }
+
+  const space& sp() const noexcept { return s_; }
+
+  // A fresh block; grows the segment when no free block fits. Throws shmkit::error when the
+  // memory is full (the mutation then leaves everything as it was).
+  u64 alloc(u64 payload_len, block_kind k) {
+    mark_busy();
+    heap h(s_);
+    u64 off = h.try_alloc(payload_len, k);
+    if (off == 0) {
+      grow_for(block_size_for(payload_len));
+      off = heap(s_).try_alloc(payload_len, k);
+      if (off == 0) throw error(fmt::format("shmkit: {} is full", s_.seg().describe()));
+    }
+    if (fresh_count_ < fresh_.size())
+      fresh_[fresh_count_++] = off;
+    else
+      fresh_more_.push_back(off);
+    fault_point(write_step::allocated);
+    return off;
+  }
+
+  // A word store to make at commit.
+  void stage(u64 where, u64 value) {
+    if (staged_ == journal_capacity) throw std::logic_error("shmkit: manager journal overflow");
+    journal_[staged_++] = {where, value};
+  }
+  // A block (and what hangs from it) to free once the commit made it unreachable.
+  void retire(u64 off, block_kind k = block_kind::free, u32 inline_size = 0) {
+    if (retired_ == retire_.size()) throw std::logic_error("shmkit: manager retire overflow");
+    retire_[retired_++] = {off, k, inline_size};
+  }
+
+  void commit() noexcept {
+    manager_root* r = s_.root();
+    if (retired_ != 0) mark_busy();
+    const u64 v = r->version.load(std::memory_order_relaxed);
+    r->version.store(v + 1, std::memory_order_relaxed);
+    // release fence: the odd version is ordered before every store below; pairs with the
+    // acquire fence readers place before re-reading `version`.
+    std::atomic_thread_fence(std::memory_order_release);
+    fault_point(write_step::version_odd);
+    if (staged_ == 1) {
+      store(*s_.at<u64>(journal_[0].where), journal_[0].value);
+      fault_point(write_step::committed);
+    } else if (staged_ > 1) {
+      for (std::size_t i = 0; i < staged_; ++i) r->journal[i] = journal_[i];
+      // release: the entries above are written before the commit; pairs with the acquire
+      // load of journal_count in recovery.
+      r->journal_count.store(static_cast<u32>(staged_), std::memory_order_release);
+      fault_point(write_step::committed);
+      for (std::size_t i = 0; i < staged_; ++i) {
+        store(*s_.at<u64>(journal_[i].where), journal_[i].value);
+        if (i == 0) fault_point(write_step::applied);
+      }
+      // release: the stores above are done before the journal is retired.
+      r->journal_count.store(0, std::memory_order_release);
+    }
+    fault_point(write_step::before_free);
+    for (std::size_t i = 0; i < retired_; ++i) free_tree(retire_[i]);
+    // release: pairs with the acquire load of `version` that starts a read: a reader that
+    // sees v + 2 sees every store above.
+    r->version.store(v + 2, std::memory_order_release);
+    fault_point(write_step::version_even);
+    if (busy_) r->busy.store(0, std::memory_order_release);
+    committed_ = true;
+  }
+
+  // An 8-byte store that commits on its own (a value overwritten in place): readers still
+  // see the version move, so that snapshots stay consistent.
+  void commit_word(u64 where, u64 value) noexcept {
+    stage(where, value);
+    commit();
+  }
+
+ private:
+  struct retired {
+    u64 off;
+    block_kind kind;
+    u32 inline_size;
+  };
+
+  void mark_busy() noexcept {
+    if (busy_) return;
+    s_.root()->busy.store(self_identity(), std::memory_order_relaxed);
+    // release fence: `busy` is set before any store to the heap below, so that a writer
+    // killed in the middle is always noticed (pairs with the next holder's mutex acquire).
+    std::atomic_thread_fence(std::memory_order_release);
+    busy_ = true;
+  }
+
+  // Frees a block, and for a table or list body everything hanging from it.
+  void free_tree(const retired& x) noexcept {
+    if (x.kind == block_kind::table) {
+      const u64 cap = payload<table_block>(s_, x.off)->capacity;
+      for (u64 j = 0; j < cap; ++j) {
+        const u64 e = slot_entry(*s_.at<u64>(slot_offset(x.off, j)));
+        if (e != 0) release(e);
+      }
+    } else if (x.kind == block_kind::list_body) {
+      for (std::size_t k = 0; k < max_chunks; ++k) {
+        const auto* l = payload<list_body_block>(s_, x.off);
+        const u64 chunk = l->chunks[k], size = l->size;
+        if (chunk == 0) continue;
+        if (x.inline_size == 0) {
+          const u64 first = first_chunk * ((u64(1) << k) - 1);
+          for (u64 j = 0; first + j < size && j < chunk_slots(k); ++j)
+            release(payload<u64>(s_, chunk)[j]);
+        }
+        release(chunk);
+      }
+    }
+    release(x.off);
+  }
+
+  void release(u64 off) noexcept {
+    heap(s_).free(off);
+    if (freed_one_) return;
+    freed_one_ = true;
+    fault_point(write_step::freed);
+  }
+
+  void grow_for(u64 need);
+
+  space s_;
+  // Filled up to their counts only (a write should not pay for clearing them).
+  std::array<u64, 4> fresh_;
+  std::size_t fresh_count_ = 0;
+  std::vector<u64> fresh_more_;
+  std::array<journal_entry, journal_capacity> journal_;
+  std::size_t staged_ = 0;
+  std::array<retired, 4> retire_;
+  std::size_t retired_ = 0;
+  bool busy_ = false;
+  bool committed_ = false;
+  bool freed_one_ = false;
+};
+
+constexpr u64 page = 4096;
+
+void txn::grow_for(u64 need) {
+  const segment& seg = s_.seg();
+  heap_state& h = s_.root()->heap;
+  const u64 cur = h.end;
+  const u64 free_now = h.free_bytes;
+  const u64 max_total = h.max_total;
+  const u64 least = (cur + need + header_bytes + page - 1) / page * page;
+  auto full = [&](const std::string& why) {
+    return error(fmt::format("shmkit: {} is full: {} more bytes are needed, {} of its {} are "
+                             "free, and it cannot grow: {}",
+                             seg.describe(), need, free_now, cur, why));
+  };
+  if (least > max_heap) throw full("the request is beyond any machine");
+  if (max_total != 0 && least > max_total)
+    throw full(fmt::format("its limit is {} bytes (manager_options::max_bytes)", max_total));
+  u64 target = std::max(least, cur * 2);
+  if (max_total != 0) target = std::min(target, max_total);
+  try {
+    s_.core().grow(target);
+  } catch (const error& e) {
+    if (target == least) throw full(e.what());
+    try {
+      target = least;
+      s_.core().grow(target);
+    } catch (const error& e2) {
+      throw full(e2.what());
+    }
+  }
+  heap(s_).extend(target);  // the mapping may have moved: heap re-reads the root
+}
+
+void recover(manager_core& core) {
+  space s(core);
+  manager_root* r = s.root();
+  heap_state& h = r->heap;
+  // A heap that lies about its own bounds cannot be repaired.
+  if (h.begin != (root_at + sizeof(manager_root) + 63) / 64 * 64 || h.end > s.mapped() ||
+      h.end % page != 0 || h.end < h.begin + min_block + header_bytes)
+    throw error(fmt::format("shmkit: {} is corrupted: its heap bounds are [{}, {})",
+                            core.seg().describe(), h.begin, h.end));
+  u64 v = r->version.load(std::memory_order_relaxed);
+  if ((v & 1) == 0) {
+    r->version.store(++v, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);  // as in txn::commit
+  }
+  // acquire: pairs with the release store in txn::commit: the entries are complete.
+  const u32 n = r->journal_count.load(std::memory_order_acquire);
+  if (n > journal_capacity)
+    throw error(fmt::format("shmkit: {} is corrupted: its journal holds {} entries",
+                            core.seg().describe(), n));
+  for (u32 i = 0; i < n; ++i) {
+    const journal_entry e = r->journal[i];
+    if (e.where % 8 != 0 || e.where < root_at || e.where + 8 > h.end)
+      throw error(fmt::format("shmkit: {} is corrupted: a journal entry points at {}",
+                              core.seg().describe(), e.where));
+    store(*s.at<u64>(e.where), e.value);
+  }
+  r->journal_count.store(0, std::memory_order_release);
+  std::vector<std::pair<u64, u64>> live;
+  try {
+    live = reachable(s);
+  } catch (const torn&) {
+    throw error(fmt::format("shmkit: {} is corrupted: its containers do not hold together",
+                            core.seg().describe()));
+  }
+  heap(s).rebuild(live);
+  ++h.recoveries;
+  r->version.store(v + 1, std::memory_order_release);  // as in txn::commit
+  r->busy.store(0, std::memory_order_release);
+}
+
+// --- readers -------------------------------------------------------------------------------
+
+constexpr int optimistic_tries = 4;
+
+// Runs pass(space) without the lock until a run does not overlap a write, or under the lock.
+template <class Pass>
+auto read(manager_core& core, Pass&& pass) {
+  const segment& seg = core.seg();
+  for (int attempt = 0; attempt < optimistic_tries; ++attempt) {
+    core.refresh();
+    space s(core);
+    const manager_root* r = s.root();
+    // acquire: pairs with the release store of an even version in txn::commit: everything
+    // published before it is visible to the pass.
+    const u64 v = r->version.load(std::memory_order_acquire);
+    if ((v & 1) != 0) break;  // a writer is publishing, or died doing so: go through the lock
+    try {
+      auto result = pass(s);
+      // acquire fence: the pass's loads happen before the re-read below; pairs with the
+      // release fence after the odd version store in txn::commit.
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (r->version.load(std::memory_order_relaxed) == v) return result;
+    } catch (const torn&) {
+      // An offset that cannot be right: a write overlapped, or the segment grew.
+    } catch (...) {
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (r->version.load(std::memory_order_relaxed) == v) throw;  // a genuine error
+    }
+  }
+  write_lock lock(core, recover);
+  try {
+    return pass(space(core));
+  } catch (const torn&) {
+    throw error(fmt::format("shmkit: {} is corrupted: a container holds an offset outside "
+                            "its memory",
+                            seg.describe()));
+  }
+}
+
+// Runs op(txn&) under the writers' lock; op commits.
+template <class Op>
+auto write(manager_core& core, Op&& op) {
+  write_lock lock(core, recover);
+  try {
+    txn t(core);
+    return op(t);
+  } catch (const torn&) {
+    throw error(fmt::format("shmkit: {} is corrupted: a container holds an offset outside "
+                            "its memory",
+                            core.seg().describe()));
+  }
+}
+
+// --- dict ----------------------------------------------------------------------------------
+
+// A container block never moves and is never freed, and its offset was checked when the
+// handle was made (open_container): no check here.
+const container_block* container_at(const space& s, u64 root) {
+  return payload<container_block>(s, root);
+}
+
+struct probe_result {
+  u64 table;   // block offset
+  u64 index;   // the key's slot, or where it would go (first tombstone or empty slot met)
+  u64 entry;   // 0 when absent
+  bool reuses_tombstone;
+  bytes_view value;  // the entry's value when present
+};
+
+// A dict's current table, checked.
+struct table_view {
+  u64 table;  // block offset
+  const table_block* header;
+  u64 cap;
+  const u64* slots;
+};
+
+table_view table_of(const space& s, u64 root) {
+  const u64 table = load(container_at(s, root)->body);
+  const u64 size = s.check_block(table, block_kind::table, sizeof(table_block));
+  const auto* t = payload<table_block>(s, table);
+  const u64 cap = load(t->capacity);
+  // Against the block's own size, which check_block bounded: cap * 8 could overflow.
+  if (!power_of_two(cap) || cap > (size - header_bytes - sizeof(table_block)) / 8) throw torn{};
+  return {table, t, cap, reinterpret_cast<const u64*>(t + 1)};
+}
+
+probe_result probe(const space& s, u64 root, key_ref key) {
+  const auto [table, t, cap, slots] = table_of(s, root);
+  const u64 mask = cap - 1;
+  const u64 tag = slot_tag(key.hash);
+  u64 insert_at = ~u64(0);
+  u64 i = key.hash & mask;
+  for (u64 n = 0; n < cap; ++n, i = (i + 1) & mask) {
+    const u64 slot = load(slots[i]);
+    if (slot == slot_empty) {
+      if (insert_at == ~u64(0)) return {table, i, 0, false, {}};
+      return {table, insert_at, 0, true, {}};
+    }
+    if (slot == slot_tombstone) {
+      if (insert_at == ~u64(0)) insert_at = i;
+      continue;
+    }
+    if ((slot & 0xffff) != tag) continue;
+    const u64 e = slot_entry(slot);
+    const u64 esize = s.check_block(e, block_kind::entry, sizeof(entry_block));
+    const auto* en = payload<entry_block>(s, e);
+    const u64 key_len = load(en->key_len);
+    if (load(en->hash) != key.hash || key_len != key.data.size()) continue;
+    const u64 value_len = load(en->value_len);
+    // key_len is the caller's, so small: no overflow below.
+    if (value_len > esize || entry_payload(key_len, value_len) > esize - header_bytes)
+      throw torn{};
+    if (key_len != 0 && std::memcmp(en + 1, key.data.data(), key_len) != 0) continue;
+    return {table, i, e, false,
+            {reinterpret_cast<const std::byte*>(en) + entry_value_at(key_len),
+             static_cast<std::size_t>(value_len)}};
+  }
+  if (insert_at != ~u64(0)) return {table, insert_at, 0, true, {}};
+  throw torn{};  // a full table without tombstones: never built so
+}
+
+bytes_view entry_value(const space& s, u64 e) {
+  const u64 esize = size_of(s, e);
+  const auto* en = payload<entry_block>(s, e);
+  const u64 key_len = load(en->key_len);
+  const u64 value_len = load(en->value_len);
+  if (key_len > esize || value_len > esize ||
+      entry_payload(key_len, value_len) > esize - header_bytes)
+    throw torn{};
+  return {reinterpret_cast<const std::byte*>(en) + entry_value_at(key_len),
+          static_cast<std::size_t>(value_len)};
+}
+
+bytes_view entry_key(const space& s, u64 e) {
+  const auto* en = payload<entry_block>(s, e);
+  return {reinterpret_cast<const std::byte*>(en + 1), static_cast<std::size_t>(load(en->key_len))};
+}
+
+// A new entry block holding key and value. Throws what the allocation or value.fill throw.
+u64 make_entry(txn& t, key_ref key, const value_source& value) {
+  const u64 e = t.alloc(entry_payload(key.data.size(), value.size), block_kind::entry);
+  const space& s = t.sp();
+  auto* en = payload<entry_block>(s, e);
+  *en = {key.hash, key.data.size(), value.size};
+  if (!key.data.empty()) std::memcpy(en + 1, key.data.data(), key.data.size());
+  std::byte* v = reinterpret_cast<std::byte*>(en) + entry_value_at(key.data.size());
+  std::memset(v, 0, std::max<u64>(round8(value.size), 8));
+  value.fill({v, value.size});
+  return e;
+}
+
+// A new table of `cap` slots holding the live entries of `old` (0: none).
+u64 make_table(txn& t, u64 cap, u64 old) {
+  const u64 table = t.alloc(sizeof(table_block) + cap * 8, block_kind::table);
+  const space& s = t.sp();
+  auto* nt = payload<table_block>(s, table);
+  *nt = {cap, 0, 0, 0};
+  u64* slots = reinterpret_cast<u64*>(nt + 1);
+  std::memset(slots, 0, cap * 8);
+  if (old != 0) {
+    const auto* ot = payload<table_block>(s, old);
+    const u64* oslots = reinterpret_cast<const u64*>(ot + 1);
+    for (u64 j = 0; j < ot->capacity; ++j) {
+      const u64 e = slot_entry(oslots[j]);
+      if (e == 0) continue;
+      u64 i = payload<entry_block>(s, e)->hash & (cap - 1);
+      while (slots[i] != slot_empty) i = (i + 1) & (cap - 1);
+      slots[i] = oslots[j];
+      ++nt->count;
+    }
+  }
+  return table;
+}
+
+// Inserts or replaces key's value; `p` is the probe made under the same lock.
+void dict_store(txn& t, u64 root, key_ref key, const probe_result& p, const value_source& value) {
+  const space& s = t.sp();
+  if (p.entry != 0) {
+    const bytes_view old = p.value;
+    if (old.size() <= 8 && value.size == old.size()) {
+      // Same small size: overwrite the value's word in place, one store.
+      std::byte word[8]{};
+      value.fill({word, value.size});
+      u64 w;
+      std::memcpy(&w, word, 8);
+      const u64 where = static_cast<u64>(old.data() - s.base());
+      t.commit_word(where, w);
+      return;
+    }
+    const u64 e = make_entry(t, key, value);
+    t.stage(slot_offset(p.table, p.index), slot_pack(e, key.hash));
+    t.retire(p.entry);
+    t.commit();
+    return;
+  }
+  const auto* tb = payload<table_block>(s, p.table);
+  const u64 cap = tb->capacity, count = tb->count, tombs = tb->tombstones;
+  if ((count + tombs + 1) * 4 > cap * 3) {
+    // Too full: a new table (bigger unless tombstones were the problem) with the new entry.
+    u64 ncap = std::max(min_table, cap);
+    while ((count + 1) * 2 > ncap) ncap *= 2;
+    const u64 e = make_entry(t, key, value);
+    const u64 table = make_table(t, ncap, p.table);
+    auto* nt = payload<table_block>(t.sp(), table);
+    u64* slots = reinterpret_cast<u64*>(nt + 1);
+    u64 i = key.hash & (ncap - 1);
+    while (slots[i] != slot_empty) i = (i + 1) & (ncap - 1);
+    slots[i] = slot_pack(e, key.hash);
+    ++nt->count;
+    t.stage(root + header_bytes + offsetof(container_block, body), table);
+    t.retire(p.table);  // the table only: its entries live on in the new one
+    t.commit();
+    return;
+  }
+  const u64 e = make_entry(t, key, value);
+  const u64 tb_at = p.table + header_bytes;
+  t.stage(slot_offset(p.table, p.index), slot_pack(e, key.hash));
+  t.stage(tb_at + offsetof(table_block, count), count + 1);
+  if (p.reuses_tombstone) t.stage(tb_at + offsetof(table_block, tombstones), tombs - 1);
+  t.commit();
+}
+
+// A list's inline item size: written once when the list is made.
+u32 load_inline(const space& s, u64 root) {
+  const u32 n = container_at(s, root)->inline_size;
+  if (n > 8) throw torn{};
+  return n;
+}
+
+u64 list_body_of(const space& s, u64 root) {
+  const u64 body = load(container_at(s, root)->body);
+  s.check_block(body, block_kind::list_body, sizeof(list_body_block));
+  return body;
+}
+
+// The slot of item i (< size) in a list body; checks the chunk.
+const u64* list_slot(const space& s, u64 body, u64 i) {
+  const chunk_pos pos = locate(i);
+  if (pos.chunk >= max_chunks) throw torn{};
+  const u64 chunk = load(payload<list_body_block>(s, body)->chunks[pos.chunk]);
+  s.check_block(chunk, block_kind::chunk, chunk_slots(pos.chunk) * 8);
+  return payload<u64>(s, chunk) + pos.slot;
+}
+
+bytes_view list_item(const space& s, u32 inline_size, const u64* slot) {
+  if (inline_size != 0) return {reinterpret_cast<const std::byte*>(slot), inline_size};
+  const u64 item = load(*slot);
+  const u64 isize = s.check_block(item, block_kind::item, sizeof(item_block));
+  const auto* it = payload<item_block>(s, item);
+  const u64 len = load(it->len);
+  if (len > isize - header_bytes - sizeof(item_block)) throw torn{};
+  return {reinterpret_cast<const std::byte*>(it + 1), static_cast<std::size_t>(len)};
+}
+
+// The slot word for a new item: the bytes themselves (inline) or a new item block.
+u64 make_item(txn& t, u32 inline_size, const value_source& item) {
+  if (inline_size != 0) {
+    if (item.size != inline_size)
+      throw std::logic_error("shmkit: a list item of the wrong size for its inline slots");
+    std::byte word[8]{};
+    item.fill({word, item.size});
+    u64 w;
+    std::memcpy(&w, word, 8);
+    return w;
+  }
+  const u64 off = t.alloc(sizeof(item_block) + item.size, block_kind::item);
+  auto* it = payload<item_block>(t.sp(), off);
+  it->len = item.size;
+  item.fill({reinterpret_cast<std::byte*>(it + 1), item.size});
+  return off;
+}
+
+u64 make_list_body(txn& t) {
+  const u64 body = t.alloc(sizeof(list_body_block), block_kind::list_body);
+  *payload<list_body_block>(t.sp(), body) = {};
+  return body;
+}
+
+[[noreturn]] void out_of_range(const std::string& what, std::size_t i, std::size_t n) {
+  throw std::out_of_range(
+      fmt::format("shmkit: {}: index {} is out of range (size {})", what, i, n));
+}
+
+// --- directory -----------------------------------------------------------------------------
+
+struct record_view {
+  const dir_record* rec;
+  std::string_view name, key_name, value_name;
+};
+
+template <class Fn>
+void for_each_record(const space& s, Fn&& fn) {
+  const u64 dir = s.root()->directory.load(std::memory_order_relaxed);
+  if (dir == 0) return;
+  const auto* d = payload<directory_block>(s, dir);
+  u64 at = dir + header_bytes + sizeof(directory_block);
+  for (u64 i = 0; i < d->count; ++i) {
+    const auto* rec = s.at<dir_record>(at);
+    const char* text = reinterpret_cast<const char*>(rec + 1);
+    fn(record_view{rec, {text, rec->name_len}, {text + rec->name_len, rec->key_name_len},
+                   {text + rec->name_len + rec->key_name_len, rec->value_name_len}});
+    at += rec->record_bytes;
+  }
+}
+
+std::string describe_type(container_kind kind, std::string_view key, std::string_view value) {
+  if (kind == container_kind::dict) return fmt::format("shared_dict<{}, {}>", key, value);
+  return fmt::format("shared_list<{}>", value);
+}
+
+}  // namespace
+
+void (*manager_fault_hook)(write_step) noexcept = nullptr;
+
+// --- hashing -------------------------------------------------------------------------------
+
+// wyhash (Wang Yi, public domain; final version 4): one or two 64x64->128-bit multiplies for
+// a short key, 16 bytes per step for a long one; passes SMHasher. It is part of the layout:
+// every process must hash alike, so it never changes within a layout version.
+namespace {
+constexpr u64 wy_secret[4] = {0x2d358dccaa6c78a5ull, 0x8bb84b93962eacc9ull,
+                              0x4b33a62ed433d4a3ull, 0x4d5a2da51de1aa47ull};
+__extension__ typedef unsigned __int128 u128;  // GCC and Clang on 64-bit targets
+inline void wy_mum(u64& a, u64& b) noexcept {
+  const u128 r = static_cast<u128>(a) * b;
+  a = static_cast<u64>(r);
+  b = static_cast<u64>(r >> 64);
+}
+inline u64 wy_mix(u64 a, u64 b) noexcept {
+  wy_mum(a, b);
+  return a ^ b;
+}
+inline u64 wy_r8(const std::byte* p) noexcept {
+  u64 v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+inline u64 wy_r4(const std::byte* p) noexcept {
+  u32 v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+inline u64 wy_r3(const std::byte* p, std::size_t k) noexcept {
+  return (u64(p[0]) << 16) | (u64(p[k >> 1]) << 8) | u64(p[k - 1]);
+}
+// The seed after wyhash's first step, for seed 0.
+const u64 wy_seed = wy_mix(wy_secret[0], wy_secret[1]);
+}  // namespace
+
+std::uint64_t hash_bytes(bytes_view data) noexcept {
+  const std::byte* p = data.data();
+  const std::size_t len = data.size();
+  u64 seed = wy_seed;
+  u64 a, b;
+  if (len <= 16) [[likely]] {
+    if (len >= 4) {
+      a = (wy_r4(p) << 32) | wy_r4(p + ((len >> 3) << 2));
+      b = (wy_r4(p + len - 4) << 32) | wy_r4(p + len - 4 - ((len >> 3) << 2));
+    } else if (len > 0) {
+      a = wy_r3(p, len);
+      b = 0;
+    } else {
+      a = b = 0;
+    }
+  } else {
+    std::size_t i = len;
+    if (i > 48) {
+      u64 see1 = seed, see2 = seed;
+      do {
+        seed = wy_mix(wy_r8(p) ^ wy_secret[1], wy_r8(p + 8) ^ seed);
+        see1 = wy_mix(wy_r8(p + 16) ^ wy_secret[2], wy_r8(p + 24) ^ see1);
+        see2 = wy_mix(wy_r8(p + 32) ^ wy_secret[3], wy_r8(p + 40) ^ see2);
+        p += 48;
+        i -= 48;
+      } while (i > 48);
+      seed ^= see1 ^ see2;
+    }
+    while (i > 16) {
+      seed = wy_mix(wy_r8(p) ^ wy_secret[1], wy_r8(p + 8) ^ seed);
+      i -= 16;
+      p += 16;
+    }
+    a = wy_r8(p + i - 16);
+    b = wy_r8(p + i - 8);
+  }
+  a ^= wy_secret[1];
+  b ^= seed;
+  wy_mum(a, b);
+  return wy_mix(a ^ wy_secret[0] ^ len, b ^ wy_secret[1]);
+}
+
+// --- manager_core --------------------------------------------------------------------------
+
+// Address space a manager's view reserves when it has no max_bytes: it cannot grow past
+// this. Only address space: nothing is committed until the file grows into it.
+constexpr u64 default_reserve = u64(256) << 30;
+
+manager_core::manager_core(segment seg, std::size_t max_bytes) : seg_(std::move(seg)) {
+  const u64 end = seg_.mapped_bytes();
+  const u64 begin = (root_at + sizeof(manager_root) + 63) / 64 * 64;
+  if (end < begin + 4 * page)
+    throw std::logic_error("shmkit: manager segment too small for its root");
+  // A limit is a whole number of pages, and never below the first size.
+  const u64 max_total = max_bytes == 0 ? 0 : std::max<u64>(max_bytes / page * page, end);
+  map_view(max_total != 0 ? max_total : std::max(default_reserve, end));
+  space s(*this);
+  auto* r = new (s.root()) manager_root{};
+  r->heap.max_total = max_total;
+  heap(s).init(begin, end);
+  seg_.publish();
+}
+
+manager_core::manager_core(segment seg) : seg_(std::move(seg)) {
+  if (seg_.mapped_bytes() < root_at + sizeof(manager_root))
+    throw error(fmt::format("shmkit: {} is too small to hold a manager", seg_.describe()));
+  const auto* r = reinterpret_cast<const manager_root*>(seg_.base() + root_at);
+  if (r->magic != root_magic || r->layout != root_layout)
+    throw error(fmt::format("shmkit: {} was made by an incompatible shmkit build (manager "
+                            "layout {}, this build reads layout {})",
+                            seg_.describe(), r->layout, root_layout));
+  const u64 max_total = r->heap.max_total;  // written once, before the segment was published
+  const u64 now = seg_.mapped_bytes();
+  map_view(std::max<u64>(max_total != 0 ? max_total : default_reserve, now));
+}
+
+manager_core::~manager_core() {
+  if (base_ != nullptr) ::munmap(base_, reserved_);
+}
+
+void manager_core::map_view(std::size_t reserve) {
+  // Where address space is limited (ulimit -v, valgrind), settle for less, down to the size
+  // the segment has now: growth past the reservation then fails like a full /dev/shm.
+  const std::size_t least = (seg_.mapped_bytes() + page - 1) / page * page;
+  reserved_ = std::max((reserve + page - 1) / page * page, least);
+  void* p = MAP_FAILED;
+  for (;;) {
+    p = ::mmap(nullptr, reserved_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1,
+               0);
+    if (p != MAP_FAILED || reserved_ == least) break;
+    reserved_ = std::max(reserved_ / 4 / page * page, least);
+  }
+  if (p == MAP_FAILED)
+    throw error(fmt::format("shmkit: cannot reserve {} bytes of address space for {}: {}",
+                            reserved_, seg_.describe(), std::strerror(errno)));
+  base_ = static_cast<std::byte*>(p);
+  try {
+    extend_view(seg_.mapped_bytes());
+  } catch (...) {
+    ::munmap(base_, reserved_);
+    base_ = nullptr;
+    throw;
+  }
+}
+
+void manager_core::extend_view(std::size_t want) {
+  const std::size_t have = mapped_.load(std::memory_order_relaxed);
+  if (want <= have) return;
+  if (want > reserved_)
+    throw error(fmt::format("shmkit: {} cannot grow to {} bytes: its view reserved {} bytes of "
+                            "address space (give manager_options::max_bytes to reserve more)",
+                            seg_.describe(), want, reserved_));
+  void* p = ::mmap(base_ + have, want - have, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+                   seg_.fd(), static_cast<off_t>(have));
+  if (p == MAP_FAILED)
+    throw error(fmt::format("shmkit: cannot map {} at {} bytes: {}", seg_.describe(), want,
+                            std::strerror(errno)));
+  // release: pairs with the acquire load in mapped_bytes(): the pages are mapped before
+  // another thread of this process is told it may use them.
+  mapped_.store(want, std::memory_order_release);
+}
+
+void manager_core::map_published() {
+  const auto* h = reinterpret_cast<const segment_header*>(base_);
+  std::lock_guard g(map_mutex_);
+  extend_view(h->mapped_size.load(std::memory_order_acquire));  // as in refresh()
+}
+
+void manager_core::grow(std::size_t total) {
+  total = (total + page - 1) / page * page;
+  if (total > reserved_)
+    throw error(fmt::format("its view reserved {} bytes of address space (give "
+                            "manager_options::max_bytes to reserve more)",
+                            reserved_));
+  seg_.refresh();  // the segment's own mapping, so that the size it publishes only grows
+  seg_.grow(total);
+  std::lock_guard g(map_mutex_);
+  extend_view(total);
+}
+
+bool manager_core::mutation_in_progress() const noexcept {
+  const auto* r = reinterpret_cast<const manager_root*>(base_ + root_at);
+  return (r->version.load(std::memory_order_acquire) & 1) != 0 ||
+         r->busy.load(std::memory_order_acquire) != 0;
+}
+
+std::uint64_t manager_core::open_container(std::string_view name, const container_type& type) {
+  if (name.empty() || name.size() > max_name)
+    throw std::invalid_argument(fmt::format(
+        "shmkit: container name '{}' in {}: names are 1..{} bytes", name, seg_.describe(),
+        max_name));
+  const std::string want = describe_type(type.kind, type.key_name, type.value_name);
+  auto matches = [&](const record_view& rv) -> bool {
+    if (rv.name != name) return false;
+    if (rv.rec->kind != static_cast<u32>(type.kind) || rv.rec->key_hash != type.key_hash ||
+        rv.rec->value_hash != type.value_hash || rv.rec->inline_size != type.inline_size)
+      throw error(fmt::format("shmkit: {}: '{}' is a {}, not a {}", seg_.describe(), name,
+                              describe_type(static_cast<container_kind>(rv.rec->kind),
+                                            rv.key_name, rv.value_name),
+                              want));
+    return true;
+  };
+  return write(*this, [&](txn& t) -> u64 {
+    u64 found = 0;
+    for_each_record(t.sp(), [&](const record_view& rv) {
+      if (found == 0 && matches(rv)) found = rv.rec->root;
+    });
+    if (found != 0) {
+      t.sp().check_block(found, block_kind::container, sizeof(container_block));
+      return found;
+    }
+
+    // A new container: its block, its empty body, and a new directory with one more record.
+    const u64 root = t.alloc(sizeof(container_block), block_kind::container);
+    const u64 body = type.kind == container_kind::dict ? make_table(t, min_table, 0)
+                                                       : make_list_body(t);
+    *payload<container_block>(t.sp(), root) = {static_cast<u32>(type.kind), type.inline_size,
+                                               body};
+    auto clip = [](std::string_view s) { return s.substr(0, 1000); };
+    const std::string_view kn = clip(type.key_name), vn = clip(type.value_name);
+    const u64 rec_bytes = round8(sizeof(dir_record) + name.size() + kn.size() + vn.size());
+    const u64 old = t.sp().root()->directory.load(std::memory_order_relaxed);
+    const u64 old_bytes = old ? payload<directory_block>(t.sp(), old)->bytes : 0;
+    const u64 old_count = old ? payload<directory_block>(t.sp(), old)->count : 0;
+    const u64 dir = t.alloc(sizeof(directory_block) + old_bytes + rec_bytes,
+                            block_kind::directory);
+    const space& s = t.sp();
+    auto* d = payload<directory_block>(s, dir);
+    *d = {old_count + 1, old_bytes + rec_bytes};
+    auto* recs = reinterpret_cast<std::byte*>(d + 1);
+    if (old != 0) std::memcpy(recs, payload<directory_block>(s, old) + 1, old_bytes);
+    auto* rec = reinterpret_cast<dir_record*>(recs + old_bytes);
+    std::memset(rec, 0, rec_bytes);
+    *rec = {root,
+            type.key_hash,
+            type.value_hash,
+            static_cast<u32>(type.kind),
+            type.inline_size,
+            static_cast<u32>(rec_bytes),
+            static_cast<u32>(name.size()),
+            static_cast<u32>(kn.size()),
+            static_cast<u32>(vn.size())};
+    char* text = reinterpret_cast<char*>(rec + 1);
+    std::memcpy(text, name.data(), name.size());
+    std::memcpy(text + name.size(), kn.data(), kn.size());
+    std::memcpy(text + name.size() + kn.size(), vn.data(), vn.size());
+    t.stage(root_at + offsetof(manager_root, directory), dir);
+    if (old != 0) t.retire(old);
+    t.commit();
+    return root;
+  });
+}
+
+std::vector<std::string> manager_core::container_names() {
+  return write(*this, [&](txn& t) {
+    std::vector<std::string> names;
+    for_each_record(t.sp(), [&](const record_view& rv) { names.emplace_back(rv.name); });
+    return names;
+  });
+}
+
+manager_stats manager_core::stats() {
+  return write(*this, [&](txn& t) {
+    const heap_state& h = t.sp().root()->heap;
+    std::size_t n = 0;
+    for_each_record(t.sp(), [&](const record_view&) { ++n; });
+    const u64 heap_bytes = h.end - header_bytes - h.begin;
+    return manager_stats{h.end, h.max_total, heap_bytes - h.live_bytes, h.live_bytes, n,
+                         h.recoveries};
+  });
+}
+
+void manager_core::verify() {
+  write(*this, [&](txn& t) {
+    std::vector<std::pair<u64, u64>> live;
+    try {
+      live = reachable(t.sp());
+    } catch (const torn&) {
+      throw error(fmt::format("shmkit: manager heap check failed: the containers of {} do not "
+                              "hold together",
+                              seg_.describe()));
+    }
+    heap(t.sp()).verify(live);
+    return 0;
+  });
+}
+
+// --- dict ----------------------------------------------------------------------------------
+
+bool manager_core::dict_find(std::uint64_t root, key_ref key,
+                             function_ref<void(bytes_view)> on_value) {
+  return read(*this, [&](const space& s) {
+    const probe_result p = probe(s, root, key);
+    if (p.entry == 0) return false;
+    on_value(p.value);
+    return true;
+  });
+}
+
+bool manager_core::dict_contains(std::uint64_t root, key_ref key) {
+  return read(*this, [&](const space& s) { return probe(s, root, key).entry != 0; });
+}
+
+void manager_core::dict_set(std::uint64_t root, key_ref key, value_source value) {
+  write(*this, [&](txn& t) {
+    dict_store(t, root, key, probe(t.sp(), root, key), value);
+    return 0;
+  });
+}
+
+void manager_core::dict_update(std::uint64_t root, key_ref key,
+                               function_ref<value_source(const bytes_view*)> fn) {
+  write(*this, [&](txn& t) {
+    const probe_result p = probe(t.sp(), root, key);
+    value_source v = [&] {
+      if (p.entry == 0) return fn(nullptr);
+      return fn(&p.value);
+    }();
+    dict_store(t, root, key, p, v);
+    return 0;
+  });
+}
+
+bool manager_core::dict_erase(std::uint64_t root, key_ref key) {
+  return write(*this, [&](txn& t) {
+    const probe_result p = probe(t.sp(), root, key);
+    if (p.entry == 0) return false;
+    const auto* tb = payload<table_block>(t.sp(), p.table);
+    const u64 tb_at = p.table + header_bytes;
+    const u64 count = tb->count, tombs = tb->tombstones;
+    t.stage(slot_offset(p.table, p.index), slot_tombstone);
+    t.stage(tb_at + offsetof(table_block, count), count - 1);
+    t.stage(tb_at + offsetof(table_block, tombstones), tombs + 1);
+    t.retire(p.entry);
+    t.commit();
+    return true;
+  });
+}
+
+std::size_t manager_core::dict_size(std::uint64_t root) {
+  return read(*this, [&](const space& s) {
+    return static_cast<std::size_t>(load(table_of(s, root).header->count));
+  });
+}
+
+void manager_core::dict_clear(std::uint64_t root) {
+  write(*this, [&](txn& t) {
+    const u64 old = payload<container_block>(t.sp(), root)->body;
+    if (payload<table_block>(t.sp(), old)->count == 0 &&
+        payload<table_block>(t.sp(), old)->tombstones == 0)
+      return 0;
+    const u64 table = make_table(t, min_table, 0);
+    t.stage(root + header_bytes + offsetof(container_block, body), table);
+    t.retire(old, block_kind::table);
+    t.commit();
+    return 0;
+  });
+}
+
+void manager_core::dict_scan(std::uint64_t root, function_ref<void()> restart,
+                             function_ref<void(bytes_view, bytes_view)> visit) {
+  read(*this, [&](const space& s) {
+    restart();
+    const auto [table, t, cap, slots] = table_of(s, root);
+    for (u64 j = 0; j < cap; ++j) {
+      const u64 e = slot_entry(load(slots[j]));
+      if (e == 0) continue;
+      const u64 esize = s.check_block(e, block_kind::entry, sizeof(entry_block));
+      const bytes_view k = entry_key(s, e);
+      if (k.size() > esize) throw torn{};
+      visit(k, entry_value(s, e));
+    }
+    return 0;
+  });
+}
+
+// --- list ----------------------------------------------------------------------------------
+
+void manager_core::list_push_back(std::uint64_t root, value_source item) {
+  write(*this, [&](txn& t) {
+    const u32 inl = payload<container_block>(t.sp(), root)->inline_size;
+    const u64 body = list_body_of(t.sp(), root);
+    const u64 n = payload<list_body_block>(t.sp(), body)->size;
+    const chunk_pos pos = locate(n);
+    if (pos.chunk >= max_chunks)
+      throw error(fmt::format("shmkit: a list in {} cannot hold more than {} items",
+                              seg_.describe(), n));
+    const u64 word = make_item(t, inl, item);
+    u64 chunk = payload<list_body_block>(t.sp(), body)->chunks[pos.chunk];
+    const u64 body_at = body + header_bytes;
+    if (chunk == 0) {
+      chunk = t.alloc(chunk_slots(pos.chunk) * 8, block_kind::chunk);
+      t.stage(body_at + offsetof(list_body_block, chunks) + pos.chunk * 8, chunk);
+    }
+    // The slot lies past `size`: no reader looks at it and recovery ignores it, so it is
+    // written now, and the commit is the one store of the new size (with the new chunk's
+    // offset, if any, beside it in the journal).
+    store(*t.sp().at<u64>(chunk + header_bytes + pos.slot * 8), word);
+    t.stage(body_at + offsetof(list_body_block, size), n + 1);
+    t.commit();
+    return 0;
+  });
+}
+
+std::size_t manager_core::list_size(std::uint64_t root) {
+  return read(*this, [&](const space& s) {
+    return static_cast<std::size_t>(load(payload<list_body_block>(s, list_body_of(s, root))->size));
+  });
+}
+
+void manager_core::list_at(std::uint64_t root, std::size_t i,
+                           function_ref<void(bytes_view)> on_item, const std::string& what) {
+  read(*this, [&](const space& s) {
+    const u32 inl = load_inline(s, root);
+    const u64 body = list_body_of(s, root);
+    const u64 n = load(payload<list_body_block>(s, body)->size);
+    if (i >= n) out_of_range(what, i, n);
+    on_item(list_item(s, inl, list_slot(s, body, i)));
+    return 0;
+  });
+}
+
+void manager_core::list_set(std::uint64_t root, std::size_t i, value_source item,
+                            const std::string& what) {
+  write(*this, [&](txn& t) {
+    const u32 inl = payload<container_block>(t.sp(), root)->inline_size;
+    const u64 body = list_body_of(t.sp(), root);
+    const u64 n = payload<list_body_block>(t.sp(), body)->size;
+    if (i >= n) out_of_range(what, i, n);
+    const u64 where = static_cast<u64>(reinterpret_cast<const std::byte*>(
+                                           list_slot(t.sp(), body, i)) -
+                                       t.sp().base());
+    const u64 old = *t.sp().at<u64>(where);
+    const u64 word = make_item(t, inl, item);
+    t.stage(where, word);
+    if (inl == 0) t.retire(old);
+    t.commit();
+    return 0;
+  });
+}
+
+void manager_core::list_pop_back(std::uint64_t root, function_ref<void(bytes_view)> on_item,
+                                 const std::string& what) {
+  write(*this, [&](txn& t) {
+    const u32 inl = payload<container_block>(t.sp(), root)->inline_size;
+    const u64 body = list_body_of(t.sp(), root);
+    const u64 n = payload<list_body_block>(t.sp(), body)->size;
+    if (n == 0)
+      throw std::out_of_range(fmt::format("shmkit: {}: pop_back() on an empty list", what));
+    const u64* slot = list_slot(t.sp(), body, n - 1);
+    on_item(list_item(t.sp(), inl, slot));
+    const u64 old = *slot;
+    t.stage(body + header_bytes + offsetof(list_body_block, size), n - 1);
+    if (inl == 0) t.retire(old);
+    t.commit();
+    return 0;
+  });
+}
+
+void manager_core::list_clear(std::uint64_t root) {
+  write(*this, [&](txn& t) {
+    const u32 inl = payload<container_block>(t.sp(), root)->inline_size;
+    const u64 old = list_body_of(t.sp(), root);
+    if (payload<list_body_block>(t.sp(), old)->size == 0) return 0;
+    const u64 body = make_list_body(t);
+    t.stage(root + header_bytes + offsetof(container_block, body), body);
+    t.retire(old, block_kind::list_body, inl);
+    t.commit();
+    return 0;
+  });
+}
+
+void manager_core::list_scan(std::uint64_t root, function_ref<void()> restart,
+                             function_ref<void(bytes_view)> visit) {
+  read(*this, [&](const space& s) {
+    restart();
+    const u32 inl = load_inline(s, root);
+    const u64 body = list_body_of(s, root);
+    const u64 n = load(payload<list_body_block>(s, body)->size);
+    for (u64 i = 0; i < n;) {
+      const chunk_pos pos = locate(i);
+      const u64* slot = list_slot(s, body, i);
+      const u64 upto = std::min(n - i, chunk_slots(pos.chunk) - pos.slot);
+      for (u64 j = 0; j < upto; ++j) visit(list_item(s, inl, slot + j));
+      i += upto;
+    }
+    return 0;
+  });
+}
+
+// --- the shmkit command's view ------------------------------------------------------------
+
+namespace {
+
+// What `shmkit inspect` shows for a manager: memory, a writer holding the lock or caught half
+// way, and each container with its types and size. Reads a read-only mapping without any lock,
+// checking every offset against it; the figures of a manager being written may be mixed.
+detail_lines inspect_manager(const segment_header&, std::span<const std::byte> payload) {
+  auto at = [&](u64 off, u64 len) -> const std::byte* {
+    if (off < root_at || off - root_at > payload.size() || len > payload.size() - (off - root_at))
+      throw std::runtime_error(fmt::format("an offset ({}) outside the segment", off));
+    return payload.data() + (off - root_at);
+  };
+  auto word = [&](u64 off) {
+    u64 w;
+    std::memcpy(&w, at(off, 8), 8);
+    return w;
+  };
+  const auto* r = reinterpret_cast<const manager_root*>(at(root_at, sizeof(manager_root)));
+  if (r->magic != root_magic || r->layout != root_layout)
+    return {{"state", fmt::format("manager layout {} (this build reads {})", r->layout,
+                                  root_layout)}};
+  detail_lines lines;
+  const heap_state& h = r->heap;
+  const u64 heap_bytes = h.end > h.begin + header_bytes ? h.end - header_bytes - h.begin : 0;
+  lines.emplace_back("memory", fmt::format("{} bytes, {} free{}", h.end,
+                                           heap_bytes - std::min(heap_bytes, h.live_bytes),
+                                           h.max_total != 0
+                                               ? fmt::format(", grows up to {}", h.max_total)
+                                               : std::string(", grows")));
+  const u64 owner = r->lock.owner.load(std::memory_order_relaxed);
+  if (owner != 0)
+    lines.emplace_back("writer", fmt::format("pid {} holds the lock{}", identity_pid(owner),
+                                             identity_alive(owner) ? "" : " (dead)"));
+  if ((r->version.load(std::memory_order_relaxed) & 1) != 0 ||
+      r->busy.load(std::memory_order_relaxed) != 0)
+    lines.emplace_back("write in progress",
+                       "yes: the next caller finishes or undoes it");
+  if (h.recoveries != 0)
+    lines.emplace_back("repairs", fmt::format("{} after dead writers", h.recoveries));
+  const u64 dir = r->directory.load(std::memory_order_relaxed);
+  if (dir == 0) {
+    lines.emplace_back("containers", "none");
+    return lines;
+  }
+  const auto* d = reinterpret_cast<const directory_block*>(
+      at(dir + header_bytes, sizeof(directory_block)));
+  lines.emplace_back("containers", std::to_string(d->count));
+  u64 rec_at = dir + header_bytes + sizeof(directory_block);
+  for (u64 i = 0; i < d->count && i < 10000; ++i) {
+    const auto* rec = reinterpret_cast<const dir_record*>(at(rec_at, sizeof(dir_record)));
+    const char* text = reinterpret_cast<const char*>(
+        at(rec_at + sizeof(dir_record),
+           u64(rec->name_len) + rec->key_name_len + rec->value_name_len));
+    const std::string_view name(text, rec->name_len);
+    const std::string_view key(text + rec->name_len, rec->key_name_len);
+    const std::string_view value(text + rec->name_len + rec->key_name_len, rec->value_name_len);
+    const auto kind = static_cast<container_kind>(rec->kind);
+    const u64 body = word(rec->root + header_bytes + offsetof(container_block, body));
+    const u64 n = kind == container_kind::dict
+                      ? word(body + header_bytes + offsetof(table_block, count))
+                      : word(body + header_bytes + offsetof(list_body_block, size));
+    lines.emplace_back(fmt::format("  {}", name),
+                       fmt::format("{}, {} {}", describe_type(kind, key, value), n,
+                                   kind == container_kind::dict ? "entries" : "items"));
+    rec_at += std::max<u64>(rec->record_bytes, sizeof(dir_record));
+  }
+  return lines;
+}
+
+const inspector_registrar manager_inspector(object_kind::manager, &inspect_manager);
+
+}  // namespace
+
+}  // namespace shmkit::detail
+
+// --- shmkit::manager -----------------------------------------------------------------------
+
+namespace shmkit {
+namespace {
+
+constexpr detail::segment_spec manager_spec{detail::object_kind::manager};
+constexpr std::size_t min_manager_bytes = 64 * 1024;
+
+std::size_t initial_bytes(std::size_t bytes) { return std::max(bytes, min_manager_bytes); }
+
+}  // namespace
+
+manager::manager(std::size_t bytes, manager_options opts)
+    : core_(std::make_shared<detail::manager_core>(
+          detail::segment::create_anonymous(manager_spec, initial_bytes(bytes), true),
+          opts.max_bytes)) {}
+
+manager::manager(create_only_t, std::string_view name, std::size_t bytes, permissions perms)
+    : manager(create_only, name, bytes, manager_options{0, perms}) {}
+
+manager::manager(create_only_t, std::string_view name, std::size_t bytes, manager_options opts)
+    : core_(std::make_shared<detail::manager_core>(
+          detail::segment::create(name, manager_spec, initial_bytes(bytes), opts.perms, true),
+          opts.max_bytes)) {}
+
+manager::manager(open_only_t, std::string_view name)
+    : core_(std::make_shared<detail::manager_core>(
+          detail::segment::open(name, manager_spec, true))) {}
+
+manager::manager(open_or_create_t, std::string_view name, std::size_t bytes, permissions perms)
+    : manager(open_or_create, name, bytes, manager_options{0, perms}) {}
+
+manager::manager(open_or_create_t, std::string_view name, std::size_t bytes,
+                 manager_options opts) {
+  bool created = false;
+  detail::segment seg = detail::segment::open_or_create(name, manager_spec, initial_bytes(bytes),
+                                                        created, opts.perms, true);
+  core_ = created ? std::make_shared<detail::manager_core>(std::move(seg), opts.max_bytes)
+                  : std::make_shared<detail::manager_core>(std::move(seg));
+}
+
+}  // namespace shmkit
