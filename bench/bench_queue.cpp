@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <new>
@@ -92,6 +93,18 @@ double run_parties(int producers, int consumers, P produce, C consume, A after_p
   return s;
 }
 
+// Contenders measured in turn, three rounds of one run each, and the median of each: on a
+// shared machine the load changes by the second, and interleaving gives every contender
+// the same share of quiet and busy moments.
+std::vector<double> interleaved_medians(const std::vector<std::function<double()>>& runs) {
+  std::vector<std::vector<double>> got(runs.size());
+  for (int round = 0; round < 3; ++round)
+    for (std::size_t i = 0; i < runs.size(); ++i) got[i].push_back(runs[i]());
+  std::vector<double> out;
+  for (auto& g : got) out.push_back(median(g));
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------
 // Message types: raw bytes for 8 B and 64 B (the one-memcpy path), std::string beyond.
 
@@ -124,8 +137,8 @@ struct payload_of<64> {
 
 // `reuse`: the consumers decode into objects they keep (get(T&), get_many(out, n)).
 template <std::size_t N>
-double shmkit_rate(int producers, int consumers, long n, std::size_t cap, std::size_t batch,
-                   bool reuse = false) {
+double shmkit_rate_once(int producers, int consumers, long n, std::size_t cap, std::size_t batch,
+                        bool reuse) {
   using T = typename payload_of<N>::type;
   shmkit::queue<T> q(cap);
   const long per = n / producers;
@@ -165,7 +178,7 @@ double shmkit_rate(int producers, int consumers, long n, std::size_t cap, std::s
 // ---------------------------------------------------------------------------------------
 // boost::interprocess::message_queue (sentinels end the consumers)
 
-double boost_rate(std::size_t size, int producers, int consumers, long n, std::size_t cap) {
+double boost_rate_once(std::size_t size, int producers, int consumers, long n, std::size_t cap) {
   const std::string name = fmt::format("shmkit-bench-mq-{}", ::getpid());
   bip::message_queue::remove(name.c_str());
   bip::message_queue mq(bip::create_only, name.c_str(), cap, size);
@@ -215,7 +228,7 @@ bool all_of_it(Op op, int fd, Ptr p, std::size_t n) {
 bool write_all(int fd, const char* p, std::size_t n) { return all_of_it(::write, fd, p, n); }
 bool read_all(int fd, char* p, std::size_t n) { return all_of_it(::read, fd, p, n); }
 
-double pipe_rate(std::size_t size, int producers, int consumers, long n) {
+double pipe_rate_once(std::size_t size, int producers, int consumers, long n) {
   if ((producers > 1 || consumers > 1) && size > PIPE_BUF) return nan_v;
   int fd[2];
   if (::pipe(fd) != 0) return nan_v;
@@ -248,7 +261,7 @@ struct raw_ring {
   alignas(128) char data[1];
 };
 
-double raw_ring_rate(std::size_t size, long n, std::size_t cap) {
+double raw_ring_rate_once(std::size_t size, long n, std::size_t cap) {
   const std::size_t bytes = sizeof(raw_ring) + cap * size;
   auto* r = new (shared_anon(bytes)) raw_ring;
   const double s = run_parties(
@@ -279,7 +292,7 @@ double raw_ring_rate(std::size_t size, long n, std::size_t cap) {
 // ---------------------------------------------------------------------------------------
 // Python's multiprocessing.Queue, through bench/bench_queue.py.
 
-double python_rate(std::size_t size, long n) {
+double python_rate_once(std::size_t size, long n) {
   if (std::system("command -v python3 >/dev/null 2>&1") != 0) return nan_v;
   const std::string cmd =
       fmt::format("python3 {}/bench_queue.py {} {} 2>/dev/null", SHMKIT_BENCH_DIR, size, n);
@@ -297,18 +310,15 @@ double python_rate(std::size_t size, long n) {
 double memcpy_bandwidth(long reps) {
   const std::size_t n = 1 << 20, blocks = 64;
   std::vector<char> a(n * blocks, 'a'), b(n * blocks, 'b');
-  std::vector<double> runs;
-  for (int r = 0; r < 3; ++r) {
-    const auto t0 = clock::now();
-    for (long i = 0; i < reps; ++i) {
-      const std::size_t k = static_cast<std::size_t>(i) % blocks;
-      std::memcpy(b.data() + k * n, a.data() + ((k * 7) % blocks) * n, n);
-    }
-    runs.push_back(static_cast<double>(n) * reps / seconds_since(t0));
+  const auto t0 = clock::now();
+  for (long i = 0; i < reps; ++i) {
+    const std::size_t k = static_cast<std::size_t>(i) % blocks;
+    std::memcpy(b.data() + k * n, a.data() + ((k * 7) % blocks) * n, n);
   }
+  const double rate = static_cast<double>(n) * reps / seconds_since(t0);
   volatile char sink = b[reps % (n * blocks)];  // keep the copies observable
   (void)sink;
-  return median(runs);
+  return rate;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -415,27 +425,39 @@ std::string size_name(std::size_t n) {
   return fmt::format("{} B", n);
 }
 
-// `reuse_too`: also the consumers that decode into objects they keep.
+// `reuse_too`: also the consumers that decode into objects they keep. `python_n`: also
+// Python's Queue (1 -> 1) with that many messages.
 template <std::size_t N>
-void throughput_rows(table& t, long n, std::size_t cap, std::size_t batch, double python,
+void throughput_rows(table& t, long n, std::size_t cap, std::size_t batch, long python_n = 0,
                      bool reuse_too = false) {
   for (int k : {1, 2}) {
-    const double raw = k == 1 ? raw_ring_rate(N, n, cap) : nan_v;
-    const double boost = boost_rate(N, k, k, n, cap);
-    const double pipe = pipe_rate(N, k, k, n);
-    for (bool reuse : {false, true}) {
-      if (reuse && !reuse_too) continue;
-      for (std::size_t b : {std::size_t(1), batch}) {
-        const double ours = shmkit_rate<N>(k, k, n, cap, b, reuse);
-        std::vector<figure> base{{"boost::interprocess::message_queue", boost}, {"pipe(2)", pipe}};
-        if (k == 1) base.push_back({"raw SPSC ring (floor)", raw});
-        if (k == 1 && python == python) base.push_back({"python multiprocessing.Queue", python});
-        const std::string how =
-            b == 1 ? (reuse ? "put/get(out)" : "put/get")
-                   : fmt::format("put_many/get_many({}{})", reuse ? "out, " : "", b);
-        t.row(fmt::format("{} {}->{}{} {}", size_name(N), k, k, k == 1 ? " pinned" : "", how),
-              "messages/s", better::higher, ours, base);
-      }
+    struct variant {
+      std::size_t batch;
+      bool reuse;
+    };
+    std::vector<variant> ours;
+    for (bool reuse : {false, true})
+      if (!reuse || reuse_too)
+        for (std::size_t b : {std::size_t(1), batch}) ours.push_back({b, reuse});
+    std::vector<std::function<double()>> runs;
+    for (const variant& v : ours)
+      runs.push_back([=] { return shmkit_rate_once<N>(k, k, n, cap, v.batch, v.reuse); });
+    runs.push_back([=] { return boost_rate_once(N, k, k, n, cap); });
+    runs.push_back([=] { return pipe_rate_once(N, k, k, n); });
+    if (k == 1) runs.push_back([=] { return raw_ring_rate_once(N, n, cap); });
+    if (k == 1 && python_n > 0) runs.push_back([=] { return python_rate_once(N, python_n); });
+    const std::vector<double> m = interleaved_medians(runs);
+    const std::size_t b0 = ours.size();
+    std::vector<figure> base{{"boost::interprocess::message_queue", m[b0]}, {"pipe(2)", m[b0 + 1]}};
+    if (k == 1) base.push_back({"raw SPSC ring (floor)", m[b0 + 2]});
+    if (k == 1 && python_n > 0) base.push_back({"python multiprocessing.Queue", m[b0 + 3]});
+    for (std::size_t i = 0; i < ours.size(); ++i) {
+      const variant& v = ours[i];
+      const std::string how =
+          v.batch == 1 ? (v.reuse ? "put/get(out)" : "put/get")
+                       : fmt::format("put_many/get_many({}{})", v.reuse ? "out, " : "", v.batch);
+      t.row(fmt::format("{} {}->{}{} {}", size_name(N), k, k, k == 1 ? " pinned" : "", how),
+            "messages/s", better::higher, m[i], base);
     }
   }
 }
@@ -447,16 +469,17 @@ int main() {
   const bool can_pin = cpus_available() >= 2;
 
   // Throughput. Python is slow: fewer messages, same per-message measure.
-  const double py8 = python_rate(8, scaled(200000));
-  throughput_rows<8>(t, scaled(2000000), 1024, 64, py8);
-  throughput_rows<64>(t, scaled(2000000), 1024, 64, nan_v);
-  throughput_rows<4096>(t, scaled(200000), 1024, 16, nan_v);
+  throughput_rows<8>(t, scaled(2000000), 1024, 64, scaled(200000));
+  throughput_rows<64>(t, scaled(2000000), 1024, 64);
+  throughput_rows<4096>(t, scaled(200000), 1024, 16);
   {
     const long n = scaled(4000);
-    throughput_rows<(1 << 20)>(t, n, 16, 4, nan_v, true);
-    const double ours = shmkit_rate<(1 << 20)>(1, 1, n, 16, 1) * (1 << 20);
-    t.row("1 MiB 1->1 pinned put/get bandwidth", "bytes/s", better::higher, ours,
-          {{"memcpy, 1 MiB blocks streamed over 64 MiB", memcpy_bandwidth(scaled(4000))}});
+    throughput_rows<(1 << 20)>(t, n, 16, 4, 0, true);
+    const std::vector<double> m = interleaved_medians(
+        {[=] { return shmkit_rate_once<(1 << 20)>(1, 1, n, 16, 1, true) * (1 << 20); },
+         [=] { return memcpy_bandwidth(scaled(2000)); }});
+    t.row("1 MiB 1->1 pinned put/get(out) bandwidth", "bytes/s", better::higher, m[0],
+          {{"memcpy, 1 MiB blocks streamed over 64 MiB", m[1]}});
   }
 
   // Ping-pong sweep.

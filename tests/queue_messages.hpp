@@ -4,10 +4,13 @@
 // the queue's crash, stress and thread tests.
 #pragma once
 
+#include <csignal>
 #include <cstdint>
 #include <cstring>
 #include <random>
 #include <string>
+#include <sys/wait.h>
+#include <vector>
 
 namespace shmkit::test {
 
@@ -79,5 +82,27 @@ inline std::size_t mixed_size(std::mt19937_64& rng, std::size_t large_max) {
   if (r < 95) return 100 + rng() % 4000;       // out of line, small
   return 16384 + rng() % (large_max - 16384);  // out of line, large
 }
+
+// Children of one test step: whichever the step did not reap (a check failed and threw
+// first) are killed and reaped when it ends, so none is left blocked on a queue.
+struct children {
+  std::vector<pid_t> pids;
+  pid_t add(pid_t p) {
+    pids.push_back(p);
+    return p;
+  }
+  void reaped(pid_t p) {
+    for (pid_t& q : pids)
+      if (q == p) q = 0;
+  }
+  ~children() {
+    for (pid_t p : pids) {
+      if (p <= 0) continue;
+      ::kill(p, SIGKILL);
+      int status;
+      ::waitpid(p, &status, 0);
+    }
+  }
+};
 
 }  // namespace shmkit::test

@@ -276,7 +276,10 @@ BOOST_AUTO_TEST_CASE(megabyte_strings_through_capacity_16, *boost::unit_test::ti
   });
   for (int i = 0; i < n; ++i) {
     std::string s = q.get();
-    BOOST_REQUIRE(s.size() == std::size_t(1) << 20);
+    if (s.size() != std::size_t(1) << 20) {
+      BOOST_TEST(s.size() == std::size_t(1) << 20);
+      break;  // the child is reaped (by the watchdog if need be) below
+    }
     int tag;
     std::memcpy(&tag, s.data(), sizeof tag);
     BOOST_TEST(tag == i);
@@ -341,7 +344,10 @@ BOOST_AUTO_TEST_CASE_TEMPLATE(batches, T, element_types) {
   std::uint64_t next = 0;
   while (next < in.size()) {
     std::vector<T> got = q.get_many(7);
-    BOOST_REQUIRE(!got.empty());
+    if (got.empty()) {
+      BOOST_TEST(!got.empty());
+      break;
+    }
     BOOST_TEST(got.size() <= 7u);
     for (const T& v : got) {
       BOOST_TEST(same(v, in[next]));

@@ -19,10 +19,11 @@
 //   and moves the shared position counter with one more; no locks. A producer that stalls
 //   mid-put delays only the consumer of its slot (as in Vyukov's ring). The heap's allocator
 //   takes a short lock (out-of-line messages only); consumers never lock.
-// - Blocking: put/get spin for about a futex round trip, then sleep on the wait layer; a
-//   waker makes a system call only when somebody sleeps. A sleeper also looks again every
-//   100 ms (see point 7 below): an idle blocked caller costs ten wake-ups a second, about
-//   0.1% of a core, measured.
+// - Blocking: put/get spin for up to about a futex round trip (shorter while spinning keeps
+//   failing, as when both sides share one CPU), then sleep on the wait layer's futex; a
+//   waker makes a system call only when somebody sleeps, once per sleep. A sleeper also
+//   looks again every 100 ms (see point 7 below): an idle blocked caller costs ten wake-ups
+//   a second, about 0.1% of a core, measured.
 // - size() is head - tail read one after the other: a snapshot, exact only while nobody
 //   else runs; it counts messages being written (their slot is claimed) and not messages
 //   being read. empty() and full() derive from it.

@@ -392,13 +392,14 @@ BOOST_AUTO_TEST_CASE(two_hundred_rounds_of_kill_9, *boost::unit_test::timeout(24
     // out of four with that bound, single calls in the others with the bound of one.
     const bool batches = round % 4 == 3;
     std::vector<pid_t> pp, cc;
+    shmkit::test::children guard;  // kills whatever a failed check leaves running
     for (int p = 0; p < producers; ++p) {
       const std::uint64_t seed = rng();
-      pp.push_back(spawn([&, p, seed] { produce(q, *l, round, p, seed, batches); }));
+      pp.push_back(guard.add(spawn([&, p, seed] { produce(q, *l, round, p, seed, batches); })));
     }
     for (int c = 0; c < consumers; ++c) {
       const std::uint64_t seed = rng();
-      cc.push_back(spawn([&, c, seed] { consume(q, *l, c, seed, batches); }));
+      cc.push_back(guard.add(spawn([&, c, seed] { consume(q, *l, c, seed, batches); })));
     }
     // Kill one or two random parties at a random moment: once a random share of the round's
     // messages has moved (so the victims are mid-stream), plus a random few microseconds.
@@ -430,11 +431,12 @@ BOOST_AUTO_TEST_CASE(two_hundred_rounds_of_kill_9, *boost::unit_test::timeout(24
       if (!c_killed[c]) continue;
       const int slot = static_cast<int>(cc.size());
       const std::uint64_t seed = rng();
-      cc.push_back(spawn([&, slot, seed] { consume(q, *l, slot, seed, batches); }));
+      cc.push_back(guard.add(spawn([&, slot, seed] { consume(q, *l, slot, seed, batches); })));
     }
     // Survivors finish; then one sentinel per surviving consumer ends them.
     for (int p = 0; p < producers; ++p) {
       const int code = finish(pp[p], q);
+      guard.reaped(pp[p]);
       BOOST_REQUIRE_MESSAGE(code == 0 || (p_killed[p] && code == -SIGKILL),
                             "round " << round << ": producer " << p << " ended with " << code);
       killed_running += code == -SIGKILL;
@@ -444,6 +446,7 @@ BOOST_AUTO_TEST_CASE(two_hundred_rounds_of_kill_9, *boost::unit_test::timeout(24
     for (int s = 0; s < live_consumers; ++s) q.put(shmkit::test::make_message(sentinel, 0));
     for (std::size_t c = 0; c < cc.size(); ++c) {
       const int code = finish(cc[c], q);
+      guard.reaped(cc[c]);
       BOOST_REQUIRE_MESSAGE(code == 0 || (c_killed[c] && code == -SIGKILL),
                             "round " << round << ": consumer " << c << " ended with " << code);
       killed_running += code == -SIGKILL;

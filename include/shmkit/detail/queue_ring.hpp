@@ -37,7 +37,7 @@ inline constexpr std::size_t queue_slot_bytes = 128;
 inline constexpr std::size_t queue_inline_bytes = 96;  // message bytes stored in the slot
 inline constexpr std::size_t queue_page_bytes = 256;   // heap allocation unit
 inline constexpr std::size_t queue_default_heap_bytes = std::size_t(16) << 20;
-inline constexpr std::uint32_t queue_layout = 0x51550002;  // "QU", layout 2
+inline constexpr std::uint32_t queue_layout = 0x51550003;  // "QU", layout 3
 inline constexpr std::size_t queue_max_capacity = std::size_t(1) << 32;
 inline constexpr std::size_t queue_max_batch = 1024;  // slots one claim takes at most
 
@@ -102,13 +102,15 @@ struct alignas(queue_line) queue_state {
   // The heap: a robust lock (holder identity or 0) that serialises allocation and collection.
   alignas(queue_line) std::atomic<std::uint64_t> heap_lock;
   waitpoint heap_lock_wait;
-  waitpoint heap_space;                 // producers waiting for pages sleep here
   std::atomic<std::uint64_t> next_fit;  // allocation cursor (a hint)
   std::atomic<std::uint64_t> next_tag;  // allocation tags: unique, never 0
   // Every tagged page lies below it (raised before tagging, lowered by the collector): the
   // collector scans no further.
   std::atomic<std::uint64_t> high_water;
   std::atomic<std::uint64_t> since_collect;  // pages allocated since the last collection
+  // Producers waiting for pages sleep here. Apart from the allocator's line: consumers read
+  // it after every out-of-line message, which must not cost the next allocation a miss.
+  alignas(queue_line) waitpoint heap_space;
   // joinable_queue: messages handed out by get (counted before the slot is released) and
   // task_done() calls.
   alignas(queue_line) std::atomic<std::uint64_t> gotten;
@@ -121,6 +123,8 @@ static_assert(std::is_standard_layout_v<queue_state>);
 static_assert(offsetof(queue_state, tail) - offsetof(queue_state, head) >= queue_line,
               "head and tail must not share a cache line");
 static_assert(offsetof(queue_state, not_empty) - offsetof(queue_state, tail) >= queue_line);
+static_assert(offsetof(queue_state, heap_space) - offsetof(queue_state, heap_lock) >= queue_line,
+              "consumers read heap_space: it must not share the allocator's line");
 static_assert(offsetof(queue_state, head) % queue_line == 0,
               "the counters start their own lines, apart from the constants");
 static_assert(sizeof(queue_state) % queue_line == 0);
