@@ -1,0 +1,50 @@
+// SPDX-License-Identifier: MIT
+// Fuzzes the queue's reader with arbitrary slot contents: a fresh named queue<std::string>
+// (4 slots, a 4 KiB heap) per input; the first input byte sets the producers' and consumers'
+// counters (head and tail, so laps other than 0 are reached), the rest overwrites the
+// segment from the first slot on: slot words, sizes, inline bytes, heap descriptors, the
+// heap's page tags and owners and its pages. Then the reader calls try_get and get_for(1 ms)
+// a few times. It may throw shmkit::error (closed_error, a corrupted message) but must not
+// crash, hang or read out of bounds.
+//
+// Claim words naming a live process (this one) are legitimate obstacles: try_get reports
+// "nothing now" and get_for waits out its 1 ms, so every call stays bounded.
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "fuzz_support.hpp"
+#include "shmkit/detail/queue_ring.hpp"
+#include "shmkit/queue.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  using namespace shmkit;
+  if (size == 0 || size > 64 * 1024) return 0;
+  static const std::string name = fuzz::object_name("queue");
+  shmkit::remove(name);  // a previous input that crashed may have left it
+  queue_options opts;
+  opts.heap_bytes = 4096;
+  queue<std::string> q(create_only, name, 4, opts);
+  {
+    fuzz::raw_mapping raw(name);
+    auto* st = reinterpret_cast<detail::queue_state*>(raw.payload());
+    st->head.store(data[0], std::memory_order_relaxed);
+    st->tail.store(data[0], std::memory_order_relaxed);
+    std::byte* slots = raw.payload() + st->slots_offset;
+    const std::size_t room = st->total_bytes - st->slots_offset;
+    std::memcpy(slots, data + 1, std::min(size - 1, room));
+  }
+  for (int i = 0; i < 6; ++i) {
+    try {
+      if (i % 2 == 0)
+        (void)q.try_get();
+      else
+        (void)q.get_for(std::chrono::milliseconds(1));
+    } catch (const shmkit::error&) {
+    }
+  }
+  return 0;
+}
