@@ -4,8 +4,8 @@
 // producer's head is set to the input's length (so the reader sees it all as published
 // frames), then the sending end is marked closed (its `closed` word: a named end the creator
 // never used stays open for an opener, so close() alone would not end it) and the receiving
-// end calls poll(1 ms) and recv a few times. It may throw shmkit::error (eof_error, a corrupted frame) but must not crash,
-// hang or read out of bounds.
+// end calls poll(200 us) and recv a few times. It may throw shmkit::error (eof_error, a
+// corrupted frame) but must not crash, hang or read out of bounds.
 //
 // The sender is closed before reading: a well-formed first piece of a streamed message
 // otherwise makes recv wait, legitimately, for the rest from a live sender, without bound.
@@ -37,7 +37,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   for (int i = 0; i < 4; ++i) {
     try {
-      if (!rx.poll(std::chrono::milliseconds(1))) continue;
+      if (!rx.poll(std::chrono::microseconds(200))) continue;
       (void)rx.recv();
     } catch (const shmkit::error&) {
     }
