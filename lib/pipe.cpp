@@ -214,6 +214,9 @@ constexpr std::chrono::nanoseconds min_spin{500};
 
 // No message is longer than this (a header claiming more is corrupted).
 constexpr std::uint64_t max_message_bytes = std::uint64_t(1) << 46;
+// A streamed message's declared size is reserved up front only up to this; beyond, the buffer
+// grows as pieces arrive, so a corrupted size is a shmkit::error, never a huge allocation.
+constexpr std::uint64_t max_stream_reserve = std::uint64_t(1) << 26;
 
 std::size_t ring_size_for(std::size_t requested) {
   if (requested == 0 || requested > max_ring_bytes)
@@ -603,7 +606,7 @@ std::vector<std::byte> connection_base::assemble(const frame_header* h) {
     }
     std::vector<std::byte> out;
     h = read_stream(h, [&](std::uint64_t total, std::span<const std::byte> piece) {
-      if (out.capacity() == 0) out.reserve(total);
+      if (out.capacity() == 0) out.reserve(std::min(total, detail::max_stream_reserve));
       out.insert(out.end(), piece.begin(), piece.end());
     });
     if (h == nullptr) return out;

@@ -1,0 +1,97 @@
+// SPDX-License-Identifier: MIT
+// Regression tests for what the fuzzers in fuzz/ found: each case rebuilds the corrupted
+// shared state a fuzzer fed a reader and checks the reader answers with shmkit::error.
+#define BOOST_TEST_MODULE fuzz_found
+#include <boost/test/unit_test.hpp>
+
+#include <cstdint>
+#include <cstring>
+#include <fcntl.h>
+#include <string>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "shmkit/detail/pipe_state.hpp"
+#include "shmkit/pipe.hpp"
+#include "shmkit/queue.hpp"
+#include "support.hpp"
+
+using shmkit::test::spawn;
+using shmkit::test::unique_name;
+using shmkit::test::wait_exit;
+
+namespace {
+
+// A second mapping of a named object's whole file, to corrupt what its reader trusts.
+struct raw_mapping {
+  std::byte* base = nullptr;
+  std::size_t size = 0;
+  explicit raw_mapping(const std::string& name) {
+    const std::string path = "/dev/shm/" + std::string(shmkit::name_prefix) + name;
+    const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    BOOST_REQUIRE(fd >= 0);
+    struct stat st {};
+    BOOST_REQUIRE(::fstat(fd, &st) == 0);
+    size = static_cast<std::size_t>(st.st_size);
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    BOOST_REQUIRE(p != MAP_FAILED);
+    base = static_cast<std::byte*>(p);
+  }
+  ~raw_mapping() { ::munmap(base, size); }
+  std::byte* payload() const { return base + shmkit::detail::payload_alignment; }
+};
+
+}  // namespace
+
+// fuzz_pipe_reader: the first piece of a streamed message declaring 2^45 bytes (below the
+// pipe's bound on a message, 2^46) made recv reserve all of it up front: std::bad_alloc
+// (an ASan abort) instead of shmkit::error.
+BOOST_AUTO_TEST_CASE(pipe_stream_with_a_huge_declared_size_is_an_error_not_an_allocation) {
+  const std::string name = unique_name("pipe");
+  auto [rx, tx] = shmkit::pipe<std::string>(shmkit::create_only, name, false, 1024);
+  {
+    raw_mapping raw(name);
+    auto* st = reinterpret_cast<shmkit::detail::pipe_state*>(raw.payload());
+    std::byte* ring = raw.payload() + sizeof(shmkit::detail::pipe_state);
+    const shmkit::detail::frame_header h{16, shmkit::detail::frame_first};
+    const std::uint64_t total = std::uint64_t(1) << 45;
+    std::memcpy(ring, &h, sizeof h);
+    std::memcpy(ring + sizeof h, &total, sizeof total);
+    std::memset(ring + sizeof h + sizeof total, 'x', 8);
+    st->rings[0].head.store(shmkit::detail::frame_bytes(16), std::memory_order_seq_cst);
+    // The sender closed mid-message: recv sees the end, never the rest.
+    st->ends[1].closed.store(1, std::memory_order_seq_cst);
+  }
+  BOOST_CHECK_THROW(rx.recv(), shmkit::error);
+}
+
+// fuzz_queue_reader: slot words of a lap far ahead of the consumers' counter (a corrupted
+// segment) read as "passed" at every lap below theirs, so try_get's claim loop helps the tail
+// forward one position at a time, ~2^40 times here: try_get never returns. OPEN, not fixed
+// yet (queue_ring::try_claim should give up after a bounded number of passed positions, or
+// judge a lap beyond the producers' head corrupted); disabled until then, run it with
+// --run_test=queue_slot_of_a_far_lap_does_not_livelock_try_get. The fuzz harness keeps slot
+// laps small meanwhile.
+BOOST_AUTO_TEST_CASE(queue_slot_of_a_far_lap_does_not_livelock_try_get,
+                     *boost::unit_test::disabled()) {
+  const std::string name = unique_name("queue");
+  shmkit::queue_options opts;
+  opts.heap_bytes = 4096;
+  shmkit::queue<std::string> q(shmkit::create_only, name, 4, opts);
+  {
+    raw_mapping raw(name);
+    auto* st = reinterpret_cast<shmkit::detail::queue_state*>(raw.payload());
+    auto* slots = reinterpret_cast<shmkit::detail::queue_slot*>(raw.payload() + st->slots_offset);
+    for (std::uint64_t i = 0; i < st->capacity; ++i)
+      slots[i].seq.store(shmkit::detail::seqw::full_word(std::uint64_t(1) << 40));
+  }
+  const pid_t child = spawn([&] {
+    try {
+      (void)q.try_get();
+    } catch (const shmkit::error&) {
+    }
+  });
+  BOOST_CHECK_EQUAL(wait_exit(child, std::chrono::seconds(20)), 0);
+}
