@@ -307,6 +307,10 @@ class queue_ring {
 // The claim fast path. For the argument, see the contract block of shmkit/queue.hpp.
 
 namespace queue_view {
+// A slot word can be ahead of the lap a claimant looks for by at most two (taken and then
+// reused by the other side); anything further is a corrupted segment, reported as stale so
+// that no claimant walks the counter forward through laps that never happened.
+inline constexpr std::uint64_t max_lap_lead = 2;
 enum kind : std::uint8_t { claimable, passed, blocked, stale };
 
 // The slot of position p (lap L) seen by a producer.
@@ -323,7 +327,7 @@ inline kind producer(std::uint64_t w, std::uint64_t L) noexcept {
     return wl >= L ? passed : stale;
   }
   if (wl == L) return claimable;
-  return wl > L ? passed : stale;
+  return wl > L && wl - L <= max_lap_lead ? passed : stale;
 }
 
 // The slot of position c (lap L) seen by a consumer.
@@ -340,7 +344,7 @@ inline kind consumer(std::uint64_t w, std::uint64_t L) noexcept {
   const std::uint64_t v = w & ~seqw::skip_bit;
   const std::uint64_t wl = v >> 1;
   if (wl == L) return (v & 1) ? claimable : blocked;  // full / empty
-  return wl > L ? passed : stale;
+  return wl > L && wl - L <= max_lap_lead ? passed : stale;
 }
 }  // namespace queue_view
 
