@@ -425,6 +425,13 @@ std::string size_name(std::size_t n) {
   return fmt::format("{} B", n);
 }
 
+// The same without the space, as the report's sweep convention wants ("64B", "4KiB").
+std::string compact_size(std::size_t n) {
+  std::string s = size_name(n);
+  s.erase(std::remove(s.begin(), s.end(), ' '), s.end());
+  return s;
+}
+
 // `reuse_too`: also the consumers that decode into objects they keep. `python_n`: also
 // Python's Queue (1 -> 1) with that many messages.
 template <std::size_t N>
@@ -456,7 +463,9 @@ void throughput_rows(table& t, long n, std::size_t cap, std::size_t batch, long 
       const std::string how =
           v.batch == 1 ? (v.reuse ? "put/get(out)" : "put/get")
                        : fmt::format("put_many/get_many({}{})", v.reuse ? "out, " : "", v.batch);
-      t.row(fmt::format("{} {}->{}{} {}", size_name(N), k, k, k == 1 ? " pinned" : "", how),
+      // "<series> | msg=<size>": the report draws throughput against message size from these.
+      t.row(fmt::format("queue {}->{}{} {} | msg={}", k, k, k == 1 ? " pinned" : "", how,
+                        compact_size(N)),
             "messages/s", better::higher, m[i], base);
     }
   }
@@ -497,13 +506,16 @@ int main() {
                          : shmkit_pingpong<std::string>(std::string(size - 8, 'q'), n, pinned);
       latency raw = raw_pingpong(size, n, pinned);
       latency pipe = pipe_pingpong(size, n, pinned);
-      const std::string what =
-          fmt::format("ping-pong {} {} (n={})", size_name(size), pinned ? "pinned" : "unpinned", n);
-      t.row(what + " p50", "us per round trip", better::lower, ours.p50,
+      // "<series> | payload=<size>": the report draws latency against payload from these.
+      auto what = [&](const char* stat) {
+        return fmt::format("queue ping-pong {}, {} | payload={}", stat,
+                           pinned ? "pinned" : "unpinned", compact_size(size));
+      };
+      t.row(what("p50"), "us per round trip", better::lower, ours.p50,
             {{"raw spin + copy (floor)", raw.p50}, {"pipe(2)", pipe.p50}});
-      t.row(what + " p99", "us per round trip", better::lower, ours.p99,
+      t.row(what("p99"), "us per round trip", better::lower, ours.p99,
             {{"raw spin + copy (floor)", raw.p99}, {"pipe(2)", pipe.p99}});
-      t.row(what + " max", "us per round trip", better::lower, ours.max,
+      t.row(what("max"), "us per round trip", better::lower, ours.max,
             {{"raw spin + copy (floor)", raw.max}, {"pipe(2)", pipe.max}});
     }
   }
