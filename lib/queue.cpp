@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "shmkit/detail/inspect.hpp"
 #include "shmkit/detail/queue_ring.hpp"
 #include "shmkit/error.hpp"
 
@@ -570,5 +571,32 @@ void queue_ring::hand_over(std::uint64_t pos, const queue_block& b, std::uint32_
   // an owner also finds its tag in this slot (claimed by us, then full).
   owners_[b.page].store(0, std::memory_order_release);
 }
+
+// What `shmkit ls` and `shmkit inspect` show of a queue: depth, capacity, heap, state.
+namespace {
+
+detail_lines inspect_queue(const segment_header&, std::span<const std::byte> payload) {
+  if (payload.size() < sizeof(queue_state)) return {{"state", "truncated"}};
+  const auto* st = reinterpret_cast<const queue_state*>(payload.data());
+  // relaxed: a snapshot for display; nothing is read on the strength of it.
+  const std::uint64_t head = st->head.load(std::memory_order_relaxed);
+  const std::uint64_t tail = st->tail.load(std::memory_order_relaxed);
+  const std::uint64_t depth = head >= tail ? head - tail : 0;
+  detail_lines out;
+  out.emplace_back("depth", fmt::format("{}", std::min(depth, st->capacity)));
+  out.emplace_back("capacity", fmt::format("{}", st->capacity));
+  out.emplace_back("heap", fmt::format("{} bytes", st->pages * queue_page_bytes));
+  out.emplace_back("closed", st->closed.load(std::memory_order_relaxed) ? "yes" : "no");
+  if (st->joinable)
+    out.emplace_back("unfinished tasks",
+                     fmt::format("{}", st->gotten.load(std::memory_order_relaxed) -
+                                           st->done.load(std::memory_order_relaxed)));
+  return out;
+}
+
+const inspector_registrar queue_inspector(object_kind::queue, &inspect_queue);
+const inspector_registrar joinable_queue_inspector(object_kind::joinable_queue, &inspect_queue);
+
+}  // namespace
 
 }  // namespace shmkit::detail
