@@ -490,10 +490,31 @@ class pool_front {
   std::shared_ptr<Runtime> rt_;
 
  private:
+  // One task per chunk: the callable's state and the chunk's items as the payload, and the
+  // sink make_sink(i) gives for chunk i.
+  template <class F, class Item, class MakeSink>
+  static std::vector<detail::task_request> chunk_tasks(const F& f,
+                                                       std::vector<std::vector<Item>>& chunks,
+                                                       detail::task_entry entry,
+                                                       MakeSink make_sink) {
+    using Fd = std::decay_t<F>;
+    std::vector<detail::task_request> tasks;
+    tasks.reserve(chunks.size());
+    for (std::size_t i = 0; i < chunks.size(); ++i) {
+      detail::task_request t;
+      t.entry = entry;
+      t.fn_word = detail::word_of(f);
+      t.payload = encode(std::tuple<detail::state_t<Fd>, std::vector<Item>>(detail::state_of(f),
+                                                                           std::move(chunks[i])));
+      t.sink = make_sink(i);
+      tasks.push_back(std::move(t));
+    }
+    return tasks;
+  }
+
   template <class R, class Item, class F, class Items>
   async_result<std::vector<R>> chunked(const F& f, const Items& items, std::size_t chunksize,
                                        detail::task_entry entry) {
-    using Fd = std::decay_t<F>;
     static_assert(encodable<R>, "shmkit::pool: the result type of f must be a codec type");
     static_assert(encodable<Item>, "shmkit::pool: the items must be codec types");
     const std::size_t n = std::ranges::size(items);
@@ -508,18 +529,9 @@ class pool_front {
       c->state->set_value({});
       return result;
     }
-    std::vector<detail::task_request> tasks;
-    tasks.reserve(chunks.size());
-    for (std::size_t i = 0; i < chunks.size(); ++i) {
-      detail::task_request t;
-      t.entry = entry;
-      t.fn_word = detail::word_of(f);
-      t.payload = encode(std::tuple<detail::state_t<Fd>, std::vector<Item>>(detail::state_of(f),
-                                                                           std::move(chunks[i])));
-      t.sink = std::make_shared<detail::map_chunk_sink<R>>(c, i);
-      tasks.push_back(std::move(t));
-    }
-    rt_->submit(std::move(tasks));
+    rt_->submit(chunk_tasks(f, chunks, entry, [&](std::size_t i) {
+      return std::make_shared<detail::map_chunk_sink<R>>(c, i);
+    }));
     return result;
   }
 
@@ -534,18 +546,10 @@ class pool_front {
     auto chunks = detail::to_chunks(items, chunksize);
     auto s = std::make_shared<detail::stream_state<R>>(chunks.size(), std::ranges::size(items),
                                                        ordered);
-    std::vector<detail::task_request> tasks;
-    tasks.reserve(chunks.size());
-    for (std::size_t i = 0; i < chunks.size(); ++i) {
-      detail::task_request t;
-      t.entry = &detail::map_entry<Fd, Item>;
-      t.fn_word = detail::word_of(f);
-      t.payload = encode(std::tuple<detail::state_t<Fd>, std::vector<Item>>(detail::state_of(f),
-                                                                           std::move(chunks[i])));
-      t.sink = std::make_shared<detail::stream_chunk_sink<R>>(s, i);
-      tasks.push_back(std::move(t));
-    }
-    if (!tasks.empty()) rt_->submit(std::move(tasks));
+    if (!chunks.empty())
+      rt_->submit(chunk_tasks(f, chunks, &detail::map_entry<Fd, Item>, [&](std::size_t i) {
+        return std::make_shared<detail::stream_chunk_sink<R>>(s, i);
+      }));
     return result_stream<R>(std::move(s));
   }
 
