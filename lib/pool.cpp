@@ -87,6 +87,8 @@ static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 struct alignas(64) pool_shared {  // the worker slots follow it, aligned
   std::atomic<std::uint32_t> stopping{0};     // close(): workers that end are not replaced
   std::atomic<std::uint32_t> terminating{0};  // terminate(): kill everything
+  std::atomic<std::uint32_t> started{0};      // 1 once the first workers are forked
+  waitpoint started_wp;
   std::uint32_t workers = 0;
   explicit pool_shared(std::uint32_t n) : workers(n) {}
   worker_slot* slots() { return reinterpret_cast<worker_slot*>(this + 1); }
@@ -131,6 +133,12 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     supervisor_.daemon(true);
     supervisor_.name("shmkit-pool-supervisor");
     supervisor_.start();
+    // Like Python's Pool(): the constructor returns with every worker forked and listed.
+    auto* sh = shared_.state();
+    while (!sh->started_wp.wait_until([&] { return sh->started.load() != 0; },
+                                      deadline_after(std::chrono::milliseconds(100))))
+      if (!supervisor_.is_alive())
+        throw error("shmkit::pool: the supervisor process ended while starting the workers");
   }
 
   void start_thread() {
@@ -576,6 +584,8 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     auto* sh = shared_.state();
     std::map<pid_t, int> children;
     for (int i = 0; i < nworkers_; ++i) children.emplace(spawn_worker(i), i);
+    sh->started.store(1);
+    sh->started_wp.notify_all();
     for (;;) {
       if (sh->terminating.load()) {
         for (auto& [p, s] : children) ::kill(p, SIGKILL);

@@ -572,7 +572,8 @@ class pool : public detail::pool_front<detail::pool_runtime> {
     if (rt_) rt_->terminate();
   }
 
-  // The current workers' process ids (they change as workers are replaced).
+  // The live workers' process ids at this moment (they change as workers are replaced;
+  // while a dead worker's replacement starts, fewer than `processes` are listed).
   std::vector<pid_t> worker_pids() const { return rt_->worker_pids(); }
 };
 
