@@ -76,6 +76,8 @@ struct result_msg {
 constexpr std::uint64_t getting = ~std::uint64_t(0);
 constexpr std::size_t max_depth = 16;                // tasks queued per worker, at most
 constexpr std::size_t stash_threshold = 1u << 20;   // larger payloads travel beside the queues
+// How long a thread waiting for a result takes results itself before it sleeps (help()).
+constexpr std::chrono::nanoseconds max_help = 100us, min_help = 4us;
 
 struct alignas(16) worker_slot {
   std::atomic<std::int32_t> pid{0};       // written by the supervisor after fork
@@ -89,6 +91,10 @@ struct alignas(64) pool_shared {  // the worker slots follow it, aligned
   std::atomic<std::uint32_t> terminating{0};  // terminate(): kill everything
   std::atomic<std::uint32_t> started{0};      // 1 once the first workers are forked
   waitpoint started_wp;
+  // Notified after every put on the result queue (and by the parent's kick()): the result
+  // thread sleeps here, not inside the queue, so that it never holds a message while another
+  // thread of the parent takes the next one (see runtime::help()).
+  waitpoint results_wp;
   std::uint32_t workers = 0;
   explicit pool_shared(std::uint32_t n) : workers(n) {}
   worker_slot* slots() { return reinterpret_cast<worker_slot*>(this + 1); }
@@ -164,8 +170,47 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
 
   bool post(std::function<void()> job) override {
     if (!posted_.push(std::move(job))) return false;
-    if (std::this_thread::get_id() != thread_.get_id()) kick();
+    if (!on_callback_thread()) kick();
     return true;
+  }
+
+  bool on_callback_thread() const override {
+    return std::this_thread::get_id() == thread_.get_id();
+  }
+
+  // A thread about to wait for a result takes results itself while they come quickly: a
+  // tiny task's round trip then costs no hand-over between threads and no system call in the
+  // parent. Results are only ever taken under token_, so they are handled in queue order
+  // (which the death reports and probes rely on), whoever takes them. The spin adapts per
+  // thread: halved each time it ends in vain, doubled when it catches the result.
+  bool help(const std::function<bool()>& done) override {
+    if (done()) return true;
+    if (on_callback_thread()) return false;
+    thread_local std::chrono::nanoseconds budget = max_help;
+    helpers_.fetch_add(1);
+    const auto end = clock::now() + budget;
+    bool ok = false;
+    for (unsigned n = 1;; ++n) {
+      if (done()) {
+        ok = true;
+        break;
+      }
+      if (!results_->empty() && token_.try_lock()) {
+        std::unique_lock tok(token_, std::adopt_lock);
+        try {
+          take_results();
+        } catch (const closed_error&) {
+          break;
+        }
+        continue;
+      }
+      if (n % 16 == 0 && clock::now() >= end) break;
+      cpu_relax();
+    }
+    // The last helper out hands what is left back to the result thread.
+    if (helpers_.fetch_sub(1) == 1 && !results_->empty()) kick();
+    budget = ok ? std::min(budget * 2, max_help) : std::max(budget / 2, min_help);
+    return ok;
   }
 
   void close() override {
@@ -249,52 +294,81 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     std::exception_ptr error;
   };
 
-  void kick() {
-    if (kick_pending_.exchange(true)) return;
-    try {
-      result_msg k;
-      k.kind = static_cast<std::uint32_t>(msg_kind::kick);
-      results_->put(k);
-    } catch (...) {
-      kick_pending_.store(false);
+  // Wakes the result thread (posted callbacks, stop).
+  void kick() noexcept { shared_.state()->results_wp.notify_all(); }
+
+  // Puts on the result queue and wakes the result thread if it sleeps (workers, supervisor).
+  void send_result(const result_msg& m) {
+    results_->put(m);
+    shared_.state()->results_wp.notify_all();
+  }
+
+  // Takes what is on the result queue (up to a batch), hands the outcomes to their sinks and
+  // refills the inboxes. Caller holds token_. Returns whether it took anything. Throws
+  // closed_error when the queue is closed and drained.
+  bool take_results() {
+    batch_.clear();
+    for (int i = 0; i < 256; ++i) {
+      auto m = results_->try_get();
+      if (!m) break;
+      batch_.push_back(std::move(*m));
     }
+    if (batch_.empty()) return false;
+    {
+      std::lock_guard lk(m_);
+      for (auto& r : batch_) handle_locked(r, outcomes_, failures_);
+      dispatch_locked(failures_);
+    }
+    for (auto& o : outcomes_) deliver_outcome(*o.sink, o.ok, o.payload, o.pid);
+    std::size_t done = outcomes_.size();
+    outcomes_.clear();
+    done += deliver_failures(failures_);
+    finished(done);
+    return true;
   }
 
   void result_loop() {
-    std::vector<result_msg> batch;
-    std::vector<outcome> outcomes;
-    std::vector<failure> failures;
+    auto* sh = shared_.state();
+    unsigned idle_tries = 0;
     for (;;) {
-      std::optional<result_msg> m;
+      bool took = false;
       try {
-        m = results_->get_for(250ms);
+        // While a waiting thread takes results (help()), leave them to it: it hands the
+        // queue back by kick() if it leaves something there.
+        std::unique_lock tok(token_, std::defer_lock);
+        if (helpers_.load() == 0) {
+          tok.lock();
+          took = take_results();
+        }
       } catch (const closed_error&) {
         break;
       }
-      if (!m) {
-        if (stop_thread_.load()) break;
-        check_supervisor();
-        continue;
-      }
-      batch.clear();
-      batch.push_back(std::move(*m));
-      for (int i = 0; i < 255; ++i) {  // what else is there, under one lock
-        auto more = results_->try_get();
-        if (!more) break;
-        batch.push_back(std::move(*more));
-      }
-      {
-        std::lock_guard lk(m_);
-        for (auto& r : batch) handle_locked(r, outcomes, failures);
-        dispatch_locked(failures);
-      }
-      for (auto& o : outcomes) deliver_outcome(*o.sink, o.ok, o.payload, o.pid);
-      std::size_t done = outcomes.size();
-      outcomes.clear();
-      done += deliver_failures(failures);
-      finished(done);
       posted_.run("shmkit::pool");
       if (stop_thread_.load()) break;
+      if (took) {
+        idle_tries = 0;
+        continue;
+      }
+      // Something is on the queue but could not be taken (being written, or its writer died:
+      // try_get recovers that after a stall): look again shortly.
+      if (!results_->empty() && helpers_.load() == 0) {
+        if (++idle_tries > 64)
+          std::this_thread::sleep_for(1ms);
+        else
+          std::this_thread::yield();
+        continue;
+      }
+      // Sleep until a result is queued or a job posted; look at the supervisor now and then.
+      // No spinning while a waiting thread takes results itself (help()).
+      const bool helped = helpers_.load() > 0;
+      const bool woke = sh->results_wp.wait_until(
+          [&] {
+            return (!results_->empty() && helpers_.load() == 0) || !posted_.empty() ||
+                   stop_thread_.load();
+          },
+          deadline_after(helped ? 10ms : 250ms), helped ? 0ns : spin_budget);
+      if (helped) continue;
+      if (!woke) check_supervisor();
     }
     posted_.close("shmkit::pool");  // later posts run on their caller's thread
   }
@@ -320,8 +394,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       case msg_kind::worker_exit:
         worker_ended_locked(m, failures);
         break;
-      case msg_kind::kick:
-        kick_pending_.store(false);
+      case msg_kind::kick:  // no longer sent; kick() notifies results_wp
         break;
       case msg_kind::probe:
         probe_answered_locked(m, failures);
@@ -508,7 +581,6 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   void stop_thread() noexcept {
     if (!thread_.joinable()) return;
     stop_thread_.store(true);
-    kick_pending_.store(false);
     kick();
     if (std::this_thread::get_id() == thread_.get_id())
       thread_.detach();
@@ -611,7 +683,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       ws.current.store(0);
       if (!sh->terminating.load()) {
         try {
-          results_->put(m);
+          send_result(m);
         } catch (...) {
         }
       }
@@ -623,7 +695,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     result_msg done;
     done.kind = static_cast<std::uint32_t>(msg_kind::supervisor_done);
     try {
-      if (!sh->terminating.load()) results_->put(done);
+      if (!sh->terminating.load()) send_result(done);
     } catch (...) {
     }
     std::fflush(nullptr);
@@ -660,6 +732,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       }
     }
     long done = 0;
+    const pid_t self = ::getpid();
     std::vector<std::byte> out;
     for (;;) {
       // release: pairs with the supervisor's load after waitpid(); the order of these stores
@@ -678,7 +751,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         p.slot = slot;
         p.task = t.id;
         try {
-          results_->put(p);
+          send_result(p);
         } catch (...) {
           break;
         }
@@ -688,7 +761,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       result_msg r;
       r.slot = slot;
       r.task = t.id;
-      r.pid = ::getpid();
+      r.pid = self;
       bool ok = false;
       try {
         if (!t.blob.empty()) t.payload = unstash(t.blob);
@@ -704,7 +777,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         else
           r.payload = std::move(out);
         out = {};
-        results_->put(r);
+        send_result(r);
       } catch (const closed_error&) {
         break;
       } catch (const std::exception& e) {
@@ -714,7 +787,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         r.kind = static_cast<std::uint32_t>(msg_kind::failed);
         r.payload = encode(task_failure{"shmkit::error", e.what()});
         try {
-          results_->put(r);
+          send_result(r);
         } catch (...) {
           break;
         }
@@ -748,7 +821,13 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   std::unordered_map<std::uint64_t, inflight_task> inflight_;
   std::vector<slot_book> slots_;
   std::uint64_t next_id_ = 1;
-  std::atomic<bool> kick_pending_{false};
+  // Whoever takes from the result queue holds token_ (the result thread, or a waiting
+  // thread in help()); batch_, outcomes_ and failures_ are its scratch space.
+  std::mutex token_;
+  std::vector<result_msg> batch_;
+  std::vector<outcome> outcomes_;
+  std::vector<failure> failures_;
+  std::atomic<int> helpers_{0};
   std::atomic<bool> stop_thread_{false};
 };
 

@@ -26,6 +26,7 @@
 //   is pending; the destructor terminates, like Python's `with Pool() as p:`.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <concepts>
 #include <condition_variable>
@@ -173,11 +174,19 @@ class pool_runtime : public task_runtime {
   virtual std::vector<pid_t> worker_pids() const = 0;
 };
 
-// Python's default: chunks of n / (4 * workers), rounded up.
-inline std::size_t default_chunksize(std::size_t n, int workers) {
+// About how many bytes of items a default chunk carries at most.
+inline constexpr std::size_t default_chunk_bytes = 64 * 1024;
+
+// Python's default, chunks of n / (4 * workers) rounded up, but no larger than about
+// default_chunk_bytes of items: a chunk that stays in cache on its way through the codec and the
+// queues costs a fraction of one that streams through memory and faults in fresh pages, and
+// many chunks keep every worker busy while the next ones are encoded.
+inline std::size_t default_chunksize(std::size_t n, int workers, std::size_t item_bytes) {
   if (n == 0) return 1;
-  const std::size_t parts = static_cast<std::size_t>(workers) * 4;
-  return std::max<std::size_t>(1, n / parts + (n % parts != 0 ? 1 : 0));
+  const std::size_t parts = static_cast<std::size_t>(std::max(workers, 1)) * 4;
+  const std::size_t python = n / parts + (n % parts != 0 ? 1 : 0);
+  const std::size_t cap = default_chunk_bytes / std::max<std::size_t>(item_bytes, 1);
+  return std::clamp<std::size_t>(python, 1, std::max<std::size_t>(cap, 1));
 }
 
 template <class Items>
@@ -260,8 +269,13 @@ class value_sink final : public task_sink {
 template <class R>
 class stream_state {
  public:
-  stream_state(std::size_t chunks, std::size_t items, bool ordered)
-      : ordered_(ordered), slots_(ordered ? chunks : 0), chunks_left_(chunks), items_(items) {}
+  stream_state(std::size_t chunks, std::size_t items, bool ordered,
+               std::weak_ptr<callback_executor> exec = {})
+      : ordered_(ordered),
+        slots_(ordered ? chunks : 0),
+        chunks_left_(chunks),
+        items_(items),
+        exec_(std::move(exec)) {}
 
   void deliver(std::size_t index, std::vector<R>&& results) {
     std::lock_guard lk(m_);
@@ -269,8 +283,7 @@ class stream_state {
       slots_[index].emplace(std::move(results));
     else
       for (auto& r : results) ready_.push_back(std::move(r));
-    --chunks_left_;
-    cv_.notify_all();
+    arrived();
   }
   void fail(std::size_t index, std::exception_ptr e) {
     std::lock_guard lk(m_);
@@ -278,8 +291,7 @@ class stream_state {
       slots_[index].emplace(std::vector<R>{}), errors_.emplace_back(index, e);
     else
       errors_.emplace_back(0, e);
-    --chunks_left_;
-    cv_.notify_all();
+    arrived();
   }
 
   // The next result, or nullopt at the end. Throws a task's failure where it stands in order
@@ -292,7 +304,7 @@ class stream_state {
           return std::optional<R>(std::move(current_[pos_++]));
         }
         if (next_chunk_ == slots_.size()) return std::nullopt;
-        cv_.wait(lk, [&] { return slots_[next_chunk_].has_value(); });
+        wait(lk, [&] { return slots_[next_chunk_].has_value(); });
         for (auto it = errors_.begin(); it != errors_.end(); ++it)
           if (it->first == next_chunk_) {
             auto e = it->second;
@@ -305,7 +317,7 @@ class stream_state {
         ++next_chunk_;
         pos_ = 0;
       } else {
-        cv_.wait(lk, [&] { return !ready_.empty() || !errors_.empty() || chunks_left_ == 0; });
+        wait(lk, [&] { return !ready_.empty() || !errors_.empty() || chunks_left_ == 0; });
         if (!errors_.empty()) {
           auto e = errors_.front().second;
           errors_.erase(errors_.begin());
@@ -322,6 +334,23 @@ class stream_state {
   std::size_t size() const noexcept { return items_; }
 
  private:
+  void arrived() {
+    --chunks_left_;
+    // release: pairs with the acquire load of the thread helping in wait().
+    arrivals_.fetch_add(1, std::memory_order_release);
+    cv_.notify_all();
+  }
+  // Waits for pred() under lk; first helps the pool take results in, as in async_state.
+  template <class Pred>
+  void wait(std::unique_lock<std::mutex>& lk, Pred pred) {
+    if (pred()) return;
+    const std::uint64_t seen = arrivals_.load(std::memory_order_acquire);
+    lk.unlock();
+    help_executor(exec_, [&] { return arrivals_.load(std::memory_order_acquire) != seen; });
+    lk.lock();
+    cv_.wait(lk, pred);
+  }
+
   std::mutex m_;
   std::condition_variable cv_;
   const bool ordered_;
@@ -333,6 +362,8 @@ class stream_state {
   std::size_t next_chunk_ = 0;
   std::vector<R> current_;
   std::size_t pos_ = 0;
+  std::weak_ptr<callback_executor> exec_;
+  std::atomic<std::uint64_t> arrivals_{0};
 };
 
 template <class R>
@@ -518,7 +549,7 @@ class pool_front {
     static_assert(encodable<R>, "shmkit::pool: the result type of f must be a codec type");
     static_assert(encodable<Item>, "shmkit::pool: the items must be codec types");
     const std::size_t n = std::ranges::size(items);
-    if (chunksize == 0) chunksize = detail::default_chunksize(n, processes());
+    if (chunksize == 0) chunksize = detail::default_chunksize(n, processes(), sizeof(Item));
     auto chunks = detail::to_chunks(items, chunksize);
     auto c = std::make_shared<detail::map_collector<R>>();
     c->chunks.resize(chunks.size());
@@ -545,7 +576,7 @@ class pool_front {
     if (chunksize == 0) chunksize = 1;
     auto chunks = detail::to_chunks(items, chunksize);
     auto s = std::make_shared<detail::stream_state<R>>(chunks.size(), std::ranges::size(items),
-                                                       ordered);
+                                                       ordered, rt_);
     if (!chunks.empty())
       rt_->submit(chunk_tasks(f, chunks, &detail::map_entry<Fd, Item>, [&](std::size_t i) {
         return std::make_shared<detail::stream_chunk_sink<R>>(s, i);
