@@ -75,7 +75,13 @@ struct result_msg {
 
 constexpr std::uint64_t getting = ~std::uint64_t(0);
 constexpr std::size_t max_depth = 16;                // tasks queued per worker, at most
-constexpr std::size_t stash_threshold = 1u << 20;   // larger payloads travel beside the queues
+constexpr std::size_t stash_threshold = 256u << 10;  // larger payloads travel beside the queues
+// The queues' heaps hold messages larger than a slot, up to the stash threshold; a full heap
+// only holds a sender back until the receiver takes (inboxes are filled with try_put). They
+// are reserved page by page at pool start, which is most of what starting a pool costs, so
+// they hold a few of the largest messages, not more.
+constexpr std::size_t results_heap = 4 * stash_threshold;
+constexpr std::size_t inbox_heap = 2 * stash_threshold;
 // How long a thread waiting for a result takes results itself before it sleeps (help()).
 constexpr std::chrono::nanoseconds max_help = 100us, min_help = 4us;
 
@@ -130,10 +136,10 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
                                          sizeof(worker_slot) * nworkers_,
                                          static_cast<std::uint32_t>(nworkers_));
     for (int i = 0; i < nworkers_; ++i) new (&shared_.state()->slots()[i]) worker_slot;
-    results_.emplace(4096, queue_options{.heap_bytes = 16u << 20});
+    results_.emplace(4096, queue_options{.heap_bytes = results_heap});
     for (int i = 0; i < nworkers_; ++i)
       inboxes_.push_back(std::make_unique<queue<task_msg>>(
-          max_depth + 4, queue_options{.heap_bytes = 4u << 20}));
+          max_depth + 4, queue_options{.heap_bytes = inbox_heap}));
     slots_.resize(nworkers_);
     supervisor_ = process([this] { supervise(); });
     supervisor_.daemon(true);

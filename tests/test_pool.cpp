@@ -151,6 +151,26 @@ BOOST_AUTO_TEST_CASE(ten_thousand_apply_async_callbacks_each_called_once, *utf::
   BOOST_CHECK(cb_thread != std::this_thread::get_id());
 }
 
+// Payloads of every size class: inline in a slot, in the queues' heaps, and beyond them in
+// shared memory of their own; several at once, so that the heaps fill and drain.
+BOOST_AUTO_TEST_CASE(arguments_and_results_of_any_size_travel_whole, *utf::timeout(300)) {
+  shmkit::pool pool(2);
+  std::vector<std::string> items;
+  for (std::size_t n : {0ul, 1ul, 90ul, 4000ul, 200'000ul, 300'000ul, 1'100'000ul, 5'000'000ul})
+    for (int k = 0; k < 3; ++k) {
+      std::string s(n, '\0');
+      for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + (i * 7 + k) % 26);
+      items.push_back(std::move(s));
+    }
+  std::vector<std::string> want;
+  for (const auto& s : items) want.push_back(shout(s));
+  BOOST_CHECK(pool.map(shout, items, 1) == want);
+  BOOST_CHECK(pool.map(shout, items, 4) == want);
+  std::vector<shmkit::async_result<std::string>> rs;
+  for (const auto& s : items) rs.push_back(pool.apply_async(shout, s));
+  for (std::size_t i = 0; i < rs.size(); ++i) BOOST_CHECK(rs[i].get() == want[i]);
+}
+
 BOOST_AUTO_TEST_CASE(async_result_queries, *utf::timeout(120)) {
   shmkit::pool pool(2);
   auto slow = pool.apply_async(slow_identity, 300);
