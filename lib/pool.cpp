@@ -7,13 +7,17 @@
 // possibly multithreaded parent after start. Each worker has an inbox (a shmkit::queue of at
 // most `depth` tasks) and all share one result queue back to the parent.
 //
-// Knowing which task a dead worker held: every worker writes, in its slot of a shared table,
-// `getting` before it takes from its inbox and the task's id once it has it, and 0 once its
-// result is sent. The supervisor reads that word after reaping the worker and before forking
-// the replacement, and sends it with the death report. A worker that died running task X: X
-// fails at once. A worker that died inside get() may have taken a message with it (the queue
-// loses at most the message a killed consumer was taking) or nothing: the parent then queues a
-// probe behind what the worker held. The replacement takes the inbox in order and answers the
+// Workers take everything queued in their inbox at once and send the results of tiny tasks
+// together (held no longer than batch_window), so a stream of tiny tasks costs one claim and
+// one wake-up per batch, not per task.
+//
+// Knowing which tasks a dead worker held: every worker writes, in its slot of a shared table,
+// `getting` before it takes from its inbox and the running task's id once it has it. The
+// supervisor reads that word after reaping the worker and before forking the replacement,
+// and sends it with the death report. A worker that died running task X: X fails at once.
+// It may also have taken more tasks, or held results not yet sent, or died inside get()
+// having taken a batch with it (the queue loses at most the messages a killed consumer was
+// taking) or nothing: whenever it held tasks, the parent queues a probe behind them. The replacement takes the inbox in order and answers the
 // probe at once; results come back in the order they were sent, so when the probe's answer
 // arrives, every task queued before it that has no result was lost, and fails. A task failed
 // while its result is still on the way keeps its failure: results are accepted once.
@@ -82,6 +86,8 @@ constexpr std::size_t stash_threshold = 256u << 10;  // larger payloads travel b
 // they hold a few of the largest messages, not more.
 constexpr std::size_t results_heap = 4 * stash_threshold;
 constexpr std::size_t inbox_heap = 2 * stash_threshold;
+// A worker sends the results of tiny tasks together, holding them at most this long.
+constexpr std::chrono::nanoseconds batch_window = 20us;
 // How long a thread waiting for a result takes results itself before it sleeps (help()).
 constexpr std::chrono::nanoseconds max_help = 100us, min_help = 4us;
 
@@ -447,25 +453,25 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     const std::string why =
         fmt::format("shmkit::pool: worker {} (pid {}) {} while running a task", m.slot, m.pid,
                     describe_status(static_cast<int>(m.status)));
-    if (m.task == getting) {
-      if (!book.held.empty()) {
-        // Ask the replacement what is left in the inbox: see the comment at the top.
-        const std::uint64_t probe = next_id_++;
-        task_msg msg;
-        msg.id = probe;
-        bool sent = false;
-        try {
-          sent = inboxes_[m.slot]->try_put(msg);
-        } catch (...) {
-        }
-        if (sent)
-          book.probes.emplace(probe,
-                              std::vector<std::uint64_t>(book.held.begin(), book.held.end()));
-        else  // cannot ask: fail the one most likely taken
-          fail_lost_locked(m.slot, book.held.front(), why, failures);
+    // The task it ran fails at once. It may have taken more from its inbox (workers take
+    // everything queued, and send the results of tiny tasks together): a probe sorts out
+    // which of the rest it took with it.
+    if (m.task != getting && m.task != 0) fail_lost_locked(m.slot, m.task, why, failures);
+    if (!book.held.empty()) {
+      // Ask the replacement what is left in the inbox: see the comment at the top.
+      const std::uint64_t probe = next_id_++;
+      task_msg msg;
+      msg.id = probe;
+      bool sent = false;
+      try {
+        sent = inboxes_[m.slot]->try_put(msg);
+      } catch (...) {
       }
-    } else if (m.task != 0) {
-      fail_lost_locked(m.slot, m.task, why, failures);
+      if (sent)
+        book.probes.emplace(probe,
+                            std::vector<std::uint64_t>(book.held.begin(), book.held.end()));
+      else  // cannot ask: fail the one most likely taken
+        fail_lost_locked(m.slot, book.held.front(), why, failures);
     }
     // The replacement inherits the inbox: what is still queued there counts toward it.
     book.assigned = static_cast<long>(book.held.size());
@@ -739,67 +745,79 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     }
     long done = 0;
     const pid_t self = ::getpid();
+    const long max = opts_.maxtasksperchild;
+    std::vector<task_msg> tasks;
+    std::vector<result_msg> unsent;  // results of tiny tasks, sent together
     std::vector<std::byte> out;
-    for (;;) {
-      // release: pairs with the supervisor's load after waitpid(); the order of these stores
-      // is what the death report relies on.
-      ws.current.store(getting, std::memory_order_release);
-      task_msg t;
-      try {
-        t = inbox.get();
-      } catch (...) {
-        break;
-      }
-      if (t.id == 0) break;
-      if (t.entry == 0) {  // a probe: answer in order with the results
-        result_msg p;
-        p.kind = static_cast<std::uint32_t>(msg_kind::probe);
-        p.slot = slot;
-        p.task = t.id;
-        try {
-          send_result(p);
-        } catch (...) {
-          break;
+    auto flush = [&] {
+      if (unsent.empty()) return;
+      results_->put_many(std::span<const result_msg>(unsent));
+      shared_.state()->results_wp.notify_all();
+      unsent.clear();
+    };
+    try {
+      for (bool leave = false; !leave;) {
+        // release: pairs with the supervisor's load after waitpid(); the order of these
+        // stores is what the death report relies on.
+        ws.current.store(getting, std::memory_order_release);
+        // Everything queued for this worker at once (no more than it may still run).
+        const std::size_t room = max > 0 ? static_cast<std::size_t>(max - done) : max_depth;
+        inbox.get_many(tasks, std::min(room, max_depth));
+        clock::time_point held_since{};
+        for (task_msg& t : tasks) {
+          if (t.id == 0) {  // leave
+            leave = true;
+            break;
+          }
+          if (t.entry == 0) {  // a probe: answered in order, behind the results before it
+            flush();
+            result_msg p;
+            p.kind = static_cast<std::uint32_t>(msg_kind::probe);
+            p.slot = slot;
+            p.task = t.id;
+            send_result(p);
+            continue;
+          }
+          ws.current.store(t.id, std::memory_order_release);
+          const auto began = clock::now();
+          result_msg& r = unsent.emplace_back();
+          r.slot = slot;
+          r.task = t.id;
+          r.pid = self;
+          bool ok = false;
+          try {
+            if (!t.blob.empty()) t.payload = unstash(t.blob);
+            ok = run_task(reinterpret_cast<task_entry>(static_cast<std::uintptr_t>(t.entry)),
+                          t.fn_word, t.payload, out);
+          } catch (const std::exception& e) {  // the arguments' shared_memory was unreadable
+            out = encode(task_failure{"shmkit::error", e.what()});
+          }
+          r.kind = static_cast<std::uint32_t>(ok ? msg_kind::ok : msg_kind::failed);
+          try {
+            if (out.size() > stash_threshold)
+              r.blob = stash(out, "r");
+            else
+              r.payload = std::move(out);
+          } catch (const std::exception& e) {  // no shared memory for a large result
+            r.kind = static_cast<std::uint32_t>(msg_kind::failed);
+            r.payload = encode(task_failure{"shmkit::error", e.what()});
+          }
+          out = {};
+          // Results wait for company only while tasks are tiny: one that took a while, or
+          // results held for a while, go at once.
+          const auto now = clock::now();
+          if (unsent.size() == 1) held_since = now;
+          if (now - began > batch_window || now - held_since > batch_window) flush();
+          if (max > 0 && ++done >= max) {
+            leave = true;
+            break;
+          }
         }
-        continue;
+        flush();
       }
-      ws.current.store(t.id, std::memory_order_release);
-      result_msg r;
-      r.slot = slot;
-      r.task = t.id;
-      r.pid = self;
-      bool ok = false;
-      try {
-        if (!t.blob.empty()) t.payload = unstash(t.blob);
-        ok = run_task(reinterpret_cast<task_entry>(static_cast<std::uintptr_t>(t.entry)),
-                      t.fn_word, t.payload, out);
-      } catch (const std::exception& e) {  // the arguments' shared_memory could not be read
-        out = encode(task_failure{"shmkit::error", e.what()});
-      }
-      r.kind = static_cast<std::uint32_t>(ok ? msg_kind::ok : msg_kind::failed);
-      try {
-        if (out.size() > stash_threshold)
-          r.blob = stash(out, "r");
-        else
-          r.payload = std::move(out);
-        out = {};
-        send_result(r);
-      } catch (const closed_error&) {
-        break;
-      } catch (const std::exception& e) {
-        // The result cannot travel (too large for the result queue): report that instead.
-        drop_stash(r.blob);
-        r.blob.clear();
-        r.kind = static_cast<std::uint32_t>(msg_kind::failed);
-        r.payload = encode(task_failure{"shmkit::error", e.what()});
-        try {
-          send_result(r);
-        } catch (...) {
-          break;
-        }
-      }
-      ws.current.store(0, std::memory_order_release);
-      if (opts_.maxtasksperchild > 0 && ++done >= opts_.maxtasksperchild) break;
+    } catch (...) {
+      // Closed queues (the pool is ending), or results that cannot be sent: this worker
+      // leaves; what it held is reported lost (see worker_ended_locked).
     }
     ws.current.store(0, std::memory_order_release);
     std::fflush(nullptr);

@@ -11,8 +11,9 @@
 // - What can be sent: function pointers, captureless lambdas, and callables whose state the
 //   codec can serialize (a member serialize()); arguments and results are codec values. Any
 //   other callable is a compile error at the call site that says so.
-// - Each worker has its own inbox queue, holding at most two tasks; the result thread refills
-//   it as results come back, so the pool always knows which tasks a worker holds.
+// - Each worker has its own inbox queue, holding two tasks, or up to sixteen while many small
+//   ones wait; it is refilled as results come back, so the pool always knows which tasks a
+//   worker holds. Default map chunks carry at most about 64 KiB of items.
 // - Errors: an exception escaping f in a worker reaches the caller as shmkit::remote_error
 //   (type name and message) from get(), map(), iteration or the error callback, and the pool
 //   stays usable. A worker that dies (crash, kill -9, abort) is replaced, and the task it held
