@@ -285,13 +285,14 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   // ---- parent side ---------------------------------------------------------------------
 
   struct inflight_task {
-    std::shared_ptr<task_sink> sink;
+    task_request req;  // kept (payload included) to send again if it never started
     int slot;
+    std::string blob;  // the stash its arguments went in, if any
   };
   struct slot_book {
     std::deque<std::uint64_t> held;  // ids given to this worker, oldest first
     long assigned = 0;               // tasks given to the worker's current incarnation
-    // Probes sent after a death inside get(): probe id -> the tasks held when it was sent.
+    // Probes sent after a death: probe id -> the held tasks the dead worker had not started.
     std::map<std::uint64_t, std::vector<std::uint64_t>> probes;
   };
   // An outcome to hand to a sink once the lock is released.
@@ -396,7 +397,8 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
           return;
         }
         forget(it->second.slot, m.task);
-        outcomes.push_back({std::move(it->second.sink),
+        drop_stash(it->second.blob);  // normally gone already: the worker removes it
+        outcomes.push_back({std::move(it->second.req.sink),
                             m.kind == static_cast<std::uint32_t>(msg_kind::ok),
                             std::move(m.payload), static_cast<pid_t>(m.pid)});
         if (!m.blob.empty()) outcomes.back().payload = unstash(m.blob);
@@ -427,9 +429,10 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
                         std::vector<failure>& failures) {
     auto it = inflight_.find(id);
     if (it == inflight_.end()) return;
-    failures.push_back({std::move(it->second.sink),
+    failures.push_back({std::move(it->second.req.sink),
                         std::make_exception_ptr(worker_lost_error(why))});
     forget(slot, id);
+    drop_stash(it->second.blob);
     inflight_.erase(it);
   }
 
@@ -438,12 +441,16 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     auto& probes = slots_[m.slot].probes;
     auto it = probes.find(m.task);
     if (it == probes.end()) return;
-    for (std::uint64_t id : it->second)
-      fail_lost_locked(m.slot, id,
-                       fmt::format("shmkit::pool: worker {} died while taking a task; the task "
-                                   "was lost with it",
-                                   m.slot),
-                       failures);
+    // Every task queued before the probe has been answered by now, unless the dead worker
+    // took it: those it took but never started go round again, first, in their order.
+    for (auto id = it->second.rbegin(); id != it->second.rend(); ++id) {
+      auto t = inflight_.find(*id);
+      if (t == inflight_.end()) continue;
+      forget(m.slot, *id);
+      drop_stash(t->second.blob);
+      pending_.push_front(std::move(t->second.req));
+      inflight_.erase(t);
+    }
     probes.erase(it);
   }
 
@@ -453,10 +460,18 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     const std::string why =
         fmt::format("shmkit::pool: worker {} (pid {}) {} while running a task", m.slot, m.pid,
                     describe_status(static_cast<int>(m.status)));
-    // The task it ran fails at once. It may have taken more from its inbox (workers take
-    // everything queued, and send the results of tiny tasks together): a probe sorts out
-    // which of the rest it took with it.
-    if (m.task != getting && m.task != 0) fail_lost_locked(m.slot, m.task, why, failures);
+    // Results it sent came before this report, and any it had not sent are lost: the task it
+    // ran and those before it that are still held fail now (each may have had effects, and
+    // runs at most once). The ones after it were not started; they are still in the inbox
+    // (the replacement runs them) or the worker took them (workers take everything queued):
+    // a probe sorts them out.
+    if (m.task != getting && m.task != 0) {
+      const auto ran = std::find(book.held.begin(), book.held.end(), m.task);
+      if (ran != book.held.end()) {
+        const std::vector<std::uint64_t> lost(book.held.begin(), std::next(ran));
+        for (std::uint64_t id : lost) fail_lost_locked(m.slot, id, why, failures);
+      }
+    }
     if (!book.held.empty()) {
       // Ask the replacement what is left in the inbox: see the comment at the top.
       const std::uint64_t probe = next_id_++;
@@ -470,7 +485,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       if (sent)
         book.probes.emplace(probe,
                             std::vector<std::uint64_t>(book.held.begin(), book.held.end()));
-      else  // cannot ask: fail the one most likely taken
+      else  // cannot ask (the inbox is full): fail the one most likely taken
         fail_lost_locked(m.slot, book.held.front(), why, failures);
     }
     // The replacement inherits the inbox: what is still queued there counts toward it.
@@ -517,17 +532,14 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         task_msg msg{id, reinterpret_cast<std::uintptr_t>(t.entry), t.fn_word, {}, {}};
         bool sent = false;
         try {
+          // The payload visits the message and comes back: the request keeps it.
           if (t.payload.size() > stash_threshold)
             msg.blob = stash(t.payload, "t");
           else
             msg.payload = std::move(t.payload);
           sent = inboxes_[s]->try_put(msg);
-          if (!sent) {
-            if (msg.blob.empty())
-              t.payload = std::move(msg.payload);
-            else
-              drop_stash(msg.blob);
-          }
+          if (msg.blob.empty()) t.payload = std::move(msg.payload);
+          if (!sent) drop_stash(msg.blob);
         } catch (...) {
           // The task itself cannot be sent (no room for its arguments anywhere).
           drop_stash(msg.blob);
@@ -538,7 +550,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         }
         if (!sent) continue;  // the inbox is full after all: try later
         ++next_id_;
-        inflight_.emplace(id, inflight_task{std::move(t.sink), s});
+        inflight_.emplace(id, inflight_task{std::move(t), s, std::move(msg.blob)});
         pending_.pop_front();
         book.held.push_back(id);
         ++book.assigned;
@@ -580,7 +592,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       std::lock_guard lk(m_);
       for (auto& t : pending_) failures.push_back({std::move(t.sink), e});
       pending_.clear();
-      for (auto& [id, t] : inflight_) failures.push_back({std::move(t.sink), e});
+      for (auto& [id, t] : inflight_) failures.push_back({std::move(t.req.sink), e});
       inflight_.clear();
       for (auto& b : slots_) {
         b.held.clear();

@@ -259,6 +259,34 @@ BOOST_AUTO_TEST_CASE(a_worker_that_aborts_fails_map_with_worker_lost, *utf::time
   BOOST_CHECK((pool.map(abort_on_7, safe) == safe));
 }
 
+// Workers take many tiny tasks at once and send their results together: a worker dying in
+// the middle of such a batch costs the tasks it took, each failing with worker_lost_error
+// (never hanging, never a wrong value), and the rest complete.
+BOOST_AUTO_TEST_CASE(a_worker_dying_inside_a_batch_loses_only_what_it_held, *utf::timeout(180)) {
+  shmkit::pool pool(2);
+  for (int round = 0; round < 3; ++round) {
+    std::vector<shmkit::async_result<int>> rs;
+    for (int i = 0; i < 400; ++i) rs.push_back(pool.apply_async(abort_on_7, i % 50 == 7 ? 7 : i));
+    int ok = 0, lost = 0;
+    for (int i = 0; i < 400; ++i) {
+      try {
+        const int v = rs[i].get();
+        BOOST_REQUIRE_EQUAL(v, i);
+        ++ok;
+      } catch (const shmkit::worker_lost_error&) {
+        ++lost;
+      }
+    }
+    BOOST_TEST_MESSAGE("round " << round << ": " << ok << " done, " << lost << " lost");
+    for (int i = 7; i < 400; i += 50) BOOST_CHECK_THROW(rs[i].get(), shmkit::worker_lost_error);
+    BOOST_CHECK_EQUAL(ok + lost, 400);
+    BOOST_CHECK_GE(ok, 400 - 8 * 40);  // each death costs at most a batch held and unsent
+  }
+  std::vector<int> safe(1000);
+  std::iota(safe.begin(), safe.end(), 100);
+  BOOST_CHECK(pool.map(abort_on_7, safe, 1) == safe);
+}
+
 BOOST_AUTO_TEST_CASE(maxtasksperchild_replaces_workers, *utf::timeout(180)) {
   shmkit::pool pool(shmkit::pool_options{.processes = 2, .maxtasksperchild = 10});
   std::vector<int> items(1000);

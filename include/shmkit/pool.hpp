@@ -16,8 +16,11 @@
 //   worker holds. Default map chunks carry at most about 64 KiB of items.
 // - Errors: an exception escaping f in a worker reaches the caller as shmkit::remote_error
 //   (type name and message) from get(), map(), iteration or the error callback, and the pool
-//   stays usable. A worker that dies (crash, kill -9, abort) is replaced, and the task it held
-//   fails with shmkit::worker_lost_error; map() then throws it. If the supervisor itself dies,
+//   stays usable. A worker that dies (crash, kill -9, abort) is replaced, and the task it ran
+//   fails with shmkit::worker_lost_error (map() then throws it), as do the tiny tasks it had
+//   finished in the last 20 microseconds whose results it had not sent yet (workers send
+//   those together). Every task runs at most once: tasks it had taken but not started run on
+//   the replacement. If the supervisor itself dies,
 //   every pending task fails with worker_lost_error and the pool refuses new work. Nothing
 //   waits forever.
 // - Callbacks (async_result::then) run in this process on the pool's one result thread, in
