@@ -287,6 +287,21 @@ BOOST_AUTO_TEST_CASE(a_worker_dying_inside_a_batch_loses_only_what_it_held, *utf
   BOOST_CHECK(pool.map(abort_on_7, safe, 1) == safe);
 }
 
+// A worker takes everything queued for it; killed while it runs the first, the tasks it took
+// but never started run on its replacement: only the task it ran fails.
+BOOST_AUTO_TEST_CASE(tasks_a_killed_worker_took_but_never_started_still_run, *utf::timeout(180)) {
+  shmkit::pool pool(1);
+  auto stuck = pool.apply_async(sleep_forever, 0);
+  std::vector<shmkit::async_result<int>> after;
+  for (int i = 0; i < 5; ++i) after.push_back(pool.apply_async(add, i, 100));
+  std::this_thread::sleep_for(300ms);  // the worker has taken what its inbox held
+  const auto pids = pool.worker_pids();
+  BOOST_REQUIRE_EQUAL(pids.size(), 1u);
+  ::kill(pids[0], SIGKILL);
+  BOOST_CHECK_THROW(stuck.get(), shmkit::worker_lost_error);
+  for (int i = 0; i < 5; ++i) BOOST_CHECK_EQUAL(after[i].get(), i + 100);
+}
+
 BOOST_AUTO_TEST_CASE(maxtasksperchild_replaces_workers, *utf::timeout(180)) {
   shmkit::pool pool(shmkit::pool_options{.processes = 2, .maxtasksperchild = 10});
   std::vector<int> items(1000);
