@@ -758,14 +758,17 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     long done = 0;
     const pid_t self = ::getpid();
     const long max = opts_.maxtasksperchild;
+    // Buffers are reused from task to task (the payloads' capacity with them): a worker
+    // running tiny tasks allocates nothing in the steady state.
     std::vector<task_msg> tasks;
-    std::vector<result_msg> unsent;  // results of tiny tasks, sent together
+    std::vector<result_msg> results;  // the first `unsent` are results of tiny tasks held back
+    std::size_t unsent = 0;
     std::vector<std::byte> out;
     auto flush = [&] {
-      if (unsent.empty()) return;
-      results_->put_many(std::span<const result_msg>(unsent));
+      if (unsent == 0) return;
+      results_->put_many(std::span<const result_msg>(results.data(), unsent));
       shared_.state()->results_wp.notify_all();
-      unsent.clear();
+      unsent = 0;
     };
     try {
       for (bool leave = false; !leave;) {
@@ -792,7 +795,9 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
           }
           ws.current.store(t.id, std::memory_order_release);
           const auto began = clock::now();
-          result_msg& r = unsent.emplace_back();
+          if (results.size() == unsent) results.emplace_back();
+          result_msg& r = results[unsent++];
+          r.blob.clear();
           r.slot = slot;
           r.task = t.id;
           r.pid = self;
@@ -806,19 +811,21 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
           }
           r.kind = static_cast<std::uint32_t>(ok ? msg_kind::ok : msg_kind::failed);
           try {
-            if (out.size() > stash_threshold)
+            if (out.size() > stash_threshold) {
               r.blob = stash(out, "r");
-            else
-              r.payload = std::move(out);
+              r.payload.clear();
+            } else {
+              std::swap(r.payload, out);  // `out` takes the old buffer back for the next task
+            }
           } catch (const std::exception& e) {  // no shared memory for a large result
             r.kind = static_cast<std::uint32_t>(msg_kind::failed);
             r.payload = encode(task_failure{"shmkit::error", e.what()});
           }
-          out = {};
+          if (out.capacity() > stash_threshold) out = {};  // keep no large buffer
           // Results wait for company only while tasks are tiny: one that took a while, or
           // results held for a while, go at once.
           const auto now = clock::now();
-          if (unsent.size() == 1) held_since = now;
+          if (unsent == 1) held_since = now;
           if (now - began > batch_window || now - held_since > batch_window) flush();
           if (max > 0 && ++done >= max) {
             leave = true;

@@ -197,17 +197,30 @@ template <class Items>
 auto to_chunks(const Items& items, std::size_t chunksize) {
   using Item = std::remove_cvref_t<std::ranges::range_value_t<Items>>;
   std::vector<std::vector<Item>> chunks;
-  std::vector<Item> cur;
-  cur.reserve(chunksize);
-  for (auto&& x : items) {
-    cur.push_back(x);
-    if (cur.size() == chunksize) {
-      chunks.push_back(std::move(cur));
-      cur = {};
-      cur.reserve(chunksize);
+  if constexpr (std::ranges::random_access_range<const Items>) {
+    // Whole slices at once (one copy, a memcpy for trivially copyable items).
+    const std::size_t n = std::ranges::size(items);
+    chunks.reserve(n / chunksize + 1);
+    auto first = std::ranges::begin(items);
+    for (std::size_t at = 0; at < n; at += chunksize) {
+      const auto k = static_cast<std::ranges::range_difference_t<const Items>>(
+          std::min(chunksize, n - at));
+      chunks.emplace_back(first, first + k);
+      first += k;
     }
+  } else {
+    std::vector<Item> cur;
+    cur.reserve(chunksize);
+    for (auto&& x : items) {
+      cur.push_back(x);
+      if (cur.size() == chunksize) {
+        chunks.push_back(std::move(cur));
+        cur = {};
+        cur.reserve(chunksize);
+      }
+    }
+    if (!cur.empty()) chunks.push_back(std::move(cur));
   }
-  if (!cur.empty()) chunks.push_back(std::move(cur));
   return chunks;
 }
 
