@@ -107,6 +107,9 @@ struct alignas(64) pool_shared {  // the worker slots follow it, aligned
   // thread sleeps here, not inside the queue, so that it never holds a message while another
   // thread of the parent takes the next one (see runtime::help()).
   waitpoint results_wp;
+  // Parent threads polling the result queue right now (help()): while one does, senders skip
+  // the wake-up, so a tiny task's round trip makes no system call and wakes no result thread.
+  std::atomic<std::uint32_t> polling{0};
   std::uint32_t workers = 0;
   explicit pool_shared(std::uint32_t n) : workers(n) {}
   worker_slot* slots() { return reinterpret_cast<worker_slot*>(this + 1); }
@@ -199,7 +202,9 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     if (done()) return true;
     if (on_callback_thread()) return false;
     thread_local std::chrono::nanoseconds budget = max_help;
+    auto* sh = shared_.state();
     helpers_.fetch_add(1);
+    sh->polling.fetch_add(1, std::memory_order_seq_cst);
     const auto end = clock::now() + budget;
     bool ok = false;
     for (unsigned n = 1;; ++n) {
@@ -219,7 +224,9 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       if (n % 16 == 0 && clock::now() >= end) break;
       cpu_relax();
     }
-    // The last helper out hands what is left back to the result thread.
+    // Senders may have skipped the wake-up while we polled: the last poller out hands what
+    // is left to the result thread (Dekker with results_sent()).
+    sh->polling.fetch_sub(1, std::memory_order_seq_cst);
     if (helpers_.fetch_sub(1) == 1 && !results_->empty()) kick();
     budget = ok ? std::min(budget * 2, max_help) : std::max(budget / 2, min_help);
     return ok;
@@ -313,7 +320,14 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   // Puts on the result queue and wakes the result thread if it sleeps (workers, supervisor).
   void send_result(const result_msg& m) {
     results_->put(m);
-    shared_.state()->results_wp.notify_all();
+    results_sent();
+  }
+  void results_sent() noexcept {
+    auto* sh = shared_.state();
+    // Dekker with help(): the message is published before `polling` is read; a poller that
+    // stops looks at the queue after its decrement. One of the two sees the other.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (sh->polling.load(std::memory_order_seq_cst) == 0) sh->results_wp.notify_all();
   }
 
   // Takes what is on the result queue (up to a batch), hands the outcomes to their sinks and
@@ -767,7 +781,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     auto flush = [&] {
       if (unsent == 0) return;
       results_->put_many(std::span<const result_msg>(results.data(), unsent));
-      shared_.state()->results_wp.notify_all();
+      results_sent();
       unsent = 0;
     };
     try {
@@ -775,9 +789,11 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         // release: pairs with the supervisor's load after waitpid(); the order of these
         // stores is what the death report relies on.
         ws.current.store(getting, std::memory_order_release);
-        // Everything queued for this worker at once (no more than it may still run).
+        // What is queued for this worker, up to half of the deepest inbox: the rest stays
+        // there to run while the parent, seeing these results, tops the inbox up again.
+        // Never more than the worker may still run.
         const std::size_t room = max > 0 ? static_cast<std::size_t>(max - done) : max_depth;
-        inbox.get_many(tasks, std::min(room, max_depth));
+        inbox.get_many(tasks, std::min(room, max_depth / 2));
         clock::time_point held_since{};
         for (task_msg& t : tasks) {
           if (t.id == 0) {  // leave
