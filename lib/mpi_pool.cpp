@@ -261,16 +261,19 @@ std::optional<message> try_receive(MPI_Comm comm, int source, int tag) {
 
 // Polling for MPI messages without a blocking receive (Open MPI's spins a core at 100%): a
 // few polls back to back, then naps that double from 16 us up to 1 ms, the most the first task
-// after an idle spell waits (mpi4py.futures backs off to 1 ms the same way).
+// after an idle spell waits (mpi4py.futures backs off to 1 ms the same way). While tasks are
+// out (a message is expected soon) the naps stop growing at busy_nap: each message waits
+// less, for a few per cent of a core.
+constexpr auto busy_nap = 128us;
 class backoff {
  public:
   void reset() noexcept {
     polls_ = 0;
     nap_ = 16us;
   }
-  std::chrono::microseconds next() noexcept {
+  std::chrono::microseconds next(std::chrono::microseconds most = 1000us) noexcept {
     if (++polls_ <= 64) return 0us;
-    const auto d = nap_;
+    const auto d = std::min(nap_, most);
     nap_ = std::min<std::chrono::microseconds>(nap_ * 2, 1000us);
     return d;
   }
@@ -557,7 +560,7 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
         if (inflight_.empty()) {
           wake_.wait(lk, woken);
         } else {
-          auto d = nap.next();
+          auto d = nap.next(busy_nap);
           if (!sending_.empty()) d = std::min<std::chrono::microseconds>(d, 50us);
           if (d > 0us) wake_.wait_for(lk, d, woken);
         }
@@ -946,7 +949,7 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
       }
       // Idle: wait for an outcome of the local pool, or the next poll of MPI.
       std::unique_lock lk(done_m_);
-      const auto d = nap.next();
+      const auto d = nap.next(running > 0 || !sends.empty() ? busy_nap : 1000us);
       if (d > 0us) done_cv_.wait_for(lk, d, [&] { return !done_.empty(); });
     }
     for (auto& s : sends) check(MPI_Wait(&s.req, MPI_STATUS_IGNORE), "MPI_Wait");
