@@ -827,6 +827,22 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
     local_.emplace(pool_options{.processes = processes});
   }
 
+  // A task killed the local pool's supervisor, so the pool refuses work (what it held failed
+  // with worker_lost_error): the rank makes a new one of the same size, forked now, after
+  // MPI_Init (see the constructor for why that works). False when that fails too.
+  bool replace_local_pool() noexcept {
+    try {
+      const int n = local_->processes();
+      local_.reset();
+      start_local_pool(n);
+      return true;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "shmkit::mpi_pool: rank %d cannot replace its local pool: %s\n",
+                   rank_, e.what());
+      return false;
+    }
+  }
+
   // On the local pool's result thread (or the serving thread): queues an outcome for the
   // serving thread, which sends it.
   void report(outcome o) {
@@ -847,19 +863,28 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
   // Hands a task to the local pool; its outcome comes back through report().
   void hand_to_local_pool(std::uint64_t id, std::uint64_t entry, std::uint64_t fn,
                           std::span<const std::byte> payload) {
-    try {
-      local_
-          ->apply_async(&run_in_local_worker, entry, fn,
-                        std::vector<std::byte>(payload.begin(), payload.end()))
-          .then(
-              [this, id](std::tuple<bool, std::int64_t, std::vector<std::byte>> r) {
-                auto& [ok, pid, bytes] = r;
-                report(outcome{id, ok ? outcome_kind::ok : outcome_kind::failed, pid,
-                               std::move(bytes)});
-              },
-              [this, id](const std::exception& e) { report(outcome_of(id, e)); });
-    } catch (const std::exception& e) {  // the local pool is broken (its supervisor died)
-      report(outcome_of(id, e));
+    for (int attempt = 0;; ++attempt) {
+      try {
+        if (!local_) throw worker_lost_error("shmkit::mpi_pool: the rank has no local pool left");
+        local_
+            ->apply_async(&run_in_local_worker, entry, fn,
+                          std::vector<std::byte>(payload.begin(), payload.end()))
+            .then(
+                [this, id](std::tuple<bool, std::int64_t, std::vector<std::byte>> r) {
+                  auto& [ok, pid, bytes] = r;
+                  report(outcome{id, ok ? outcome_kind::ok : outcome_kind::failed, pid,
+                                 std::move(bytes)});
+                },
+                [this, id](const std::exception& e) { report(outcome_of(id, e)); });
+        return;
+      } catch (const worker_lost_error& e) {  // the local pool is broken: its supervisor died
+        if (attempt == 0 && local_ && replace_local_pool()) continue;
+        report(outcome_of(id, e));
+        return;
+      } catch (const std::exception& e) {
+        report(outcome_of(id, e));
+        return;
+      }
     }
   }
 
@@ -938,7 +963,7 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
                          encode(task_failure{"shmkit::error", e.what()})});
           continue;
         }
-        if (local_)
+        if (opts_.local_pool)
           hand_to_local_pool(h.id, entry, fn, payload);
         else
           run_here(h.id, entry, fn, payload);

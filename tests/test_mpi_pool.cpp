@@ -11,6 +11,8 @@
 //                  local pools are forked after MPI_Init): they run tasks and survive a crash
 //                  too; terminate() while tasks run fails them with worker_lost_error and the
 //                  job still ends cleanly
+//   --in-rank      the pool with local_pool = false: the default mode's cases, each worker
+//                  rank running its tasks itself (the cases with crashing tasks are skipped)
 //   --rank-dies    a task kills the worker rank it runs under with SIGKILL: mpirun stops the
 //                  job and rank 0 says what was pending; the ctest test expects that message
 //                  (and no hang)
@@ -93,6 +95,11 @@ int die_by(int sig) {
   return sig;
 }
 void kill_my_rank(int) { ::kill(parent_of(::getppid()), SIGKILL); }
+// Kills the local pool's supervisor, then waits to be killed in turn.
+int kill_my_supervisor(int) {
+  ::kill(::getppid(), SIGKILL);
+  for (;;) ::pause();
+}
 
 bool contains(const std::string& text, std::string_view part) {
   return text.find(part) != std::string::npos;
@@ -102,6 +109,18 @@ bool contains(const std::string& text, std::string_view part) {
 std::vector<std::uint64_t> pool_processes;
 
 shmkit::mpi_pool* the_pool = nullptr;
+bool in_rank_mode = false;  // --in-rank: no local pools
+
+// The worker rank under which process `pid` ran a task.
+pid_t rank_of(pid_t pid) { return in_rank_mode ? pid : parent_of(parent_of(pid)); }
+
+struct with_local_pools {
+  boost::test_tools::assertion_result operator()(utf::test_unit_id) const {
+    boost::test_tools::assertion_result r(!in_rank_mode);
+    r.message() << "worker ranks run their tasks themselves (--in-rank)";
+    return r;
+  }
+};
 shmkit::mpi_pool& pool() {
   BOOST_REQUIRE(the_pool != nullptr);
   return *the_pool;
@@ -155,6 +174,9 @@ void crashing_tasks_fail_and_the_ranks_live_on() {
   });
   BOOST_CHECK_THROW(r.get(), shmkit::worker_lost_error);
   BOOST_CHECK(eventually([&] { return lost.load() == 1; }));
+  // A task that kills its local pool's supervisor: the rank makes a new local pool.
+  BOOST_CHECK_THROW(pool().apply(kill_my_supervisor, 0), shmkit::worker_lost_error);
+  BOOST_CHECK_EQUAL(pool().apply(add, 2, 3), 5);
   // The ranks are the same processes, and later work is right and runs on both.
   BOOST_CHECK(pool().worker_pids() == workers);
   for (auto id : rank_ids) BOOST_CHECK(shmkit::detail::identity_alive(id));
@@ -176,7 +198,10 @@ BOOST_AUTO_TEST_CASE(two_worker_ranks_and_tasks_run_there, *utf::timeout(120)) {
   BOOST_REQUIRE_EQUAL(pool().size(), 3);
   BOOST_CHECK_EQUAL(pool().worker_ranks(), 2);
   // Each worker rank has a local pool of at least one process (the CPUs shared by the two).
-  BOOST_CHECK_GE(pool().processes(), 2);
+  if (in_rank_mode)
+    BOOST_CHECK_EQUAL(pool().processes(), 2);
+  else
+    BOOST_CHECK_GE(pool().processes(), 2);
   const auto workers = pool().worker_pids();
   BOOST_REQUIRE_EQUAL(workers.size(), 2u);
   const std::set<pid_t> ranks(workers.begin(), workers.end());
@@ -187,9 +212,9 @@ BOOST_AUTO_TEST_CASE(two_worker_ranks_and_tasks_run_there, *utf::timeout(120)) {
   // Tasks run in the local pools' workers, grandchildren of the ranks, on both ranks.
   std::set<pid_t> used_ranks, runners;
   for (const lineage& l : pool().map(where_am_i, items, 1)) {
-    BOOST_REQUIRE(ranks.contains(l.rank));
-    BOOST_REQUIRE(!ranks.contains(l.self));
-    used_ranks.insert(l.rank);
+    BOOST_REQUIRE(ranks.contains(rank_of(l.self)));
+    BOOST_REQUIRE(in_rank_mode == ranks.contains(l.self));
+    used_ranks.insert(rank_of(l.self));
     runners.insert(l.self);
   }
   BOOST_CHECK_EQUAL(used_ranks.size(), 2u);
@@ -319,7 +344,7 @@ BOOST_AUTO_TEST_CASE(a_throwing_task_reaches_the_caller_and_the_pool_stays_usabl
     BOOST_CHECK_EQUAL(e.type_name(), "std::invalid_argument");
     BOOST_CHECK_EQUAL(std::string(e.what()), "thirteen is unlucky");
     // The pid of the local worker that ran it, under one of the ranks.
-    const pid_t rank = parent_of(parent_of(e.pid()));
+    const pid_t rank = rank_of(e.pid());
     BOOST_CHECK(std::find(workers.begin(), workers.end(), rank) != workers.end());
   }
   try {
@@ -352,7 +377,7 @@ BOOST_AUTO_TEST_CASE(a_throwing_task_reaches_the_caller_and_the_pool_stays_usabl
 }
 
 BOOST_AUTO_TEST_CASE(a_task_that_kills_its_process_fails_with_worker_lost_error,
-                     *utf::timeout(300)) {
+                     *utf::timeout(300) * utf::precondition(with_local_pools())) {
   crashing_tasks_fail_and_the_ranks_live_on();
 }
 
@@ -360,9 +385,11 @@ BOOST_AUTO_TEST_CASE(a_task_that_kills_its_process_fails_with_worker_lost_error,
 BOOST_AUTO_TEST_CASE(close_and_join_finish_the_work_and_release_the_worker_ranks,
                      *utf::timeout(120)) {
   // The processes now running tasks and supervising them (checked gone after MPI_Finalize).
-  for (const lineage& l : pool().map(where_am_i, std::vector<int>(50, 0), 1)) {
-    pool_processes.push_back(l.self_id);
-    pool_processes.push_back(l.parent_id);
+  if (!in_rank_mode) {
+    for (const lineage& l : pool().map(where_am_i, std::vector<int>(50, 0), 1)) {
+      pool_processes.push_back(l.self_id);
+      pool_processes.push_back(l.parent_id);
+    }
   }
   auto r = pool().map_async(slow_identity, std::vector<int>{50, 50, 50, 50}, 1);
   BOOST_CHECK_THROW(pool().join(), std::logic_error);  // join before close
@@ -483,10 +510,11 @@ int main(int argc, char** argv) {
     return 1;
   }
 
+  in_rank_mode = mode == "--in-rank";
   std::vector<std::uint64_t> workers;
   int rc = 0;
   {
-    shmkit::mpi_pool p(argc, argv);
+    shmkit::mpi_pool p(argc, argv, shmkit::mpi_pool_options{.local_pool = !in_rank_mode});
     if (!p.is_root()) return worker_rank_after_serving(p);
     for (pid_t pid : p.worker_pids()) workers.push_back(shmkit::detail::identity_of(pid));
     the_pool = &p;
@@ -494,6 +522,7 @@ int main(int argc, char** argv) {
     the_pool = nullptr;
   }
   if (rc != 0) return rc;
+  if (in_rank_mode) return check_no_process_left(workers, "worker rank");
   if (pool_processes.empty()) {
     std::fprintf(stderr, "test_mpi_pool: no local pool process was seen\n");
     return 1;
