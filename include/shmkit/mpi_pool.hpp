@@ -12,12 +12,14 @@
 //   every rank (when the pool initialized it). Launch: mpirun -np N ./app.
 // - Each worker rank runs its tasks in a local shmkit::pool over its cores (one process per
 //   node talks MPI, the others share memory with it): launch one rank per node, plus rank 0,
-//   which mostly waits (on one machine: mpirun -np 2 --bind-to none). The local pool has
-//   options.local_processes workers; by default the rank's CPUs (its affinity mask) shared
-//   among the worker ranks on its node, at least 1 (a rank that mpirun bound to some cores
-//   keeps them all). The local pool is forked before MPI_Init when the launcher's environment
-//   names the rank (Open MPI's mpirun, MPICH's Hydra), so no MPI thread or registered memory
-//   exists yet; otherwise (MPI already initialized, another launcher) just after. With
+//   which mostly waits (on one machine: mpirun -np 2 --bind-to none; without --bind-to none
+//   Open MPI binds a rank, and so its local pool, to one core when there are 2 ranks or
+//   fewer). The local pool has options.local_processes workers; by default the node's CPUs
+//   divided by the worker ranks on it (rank 0 does not count), at most the CPUs the rank may
+//   run on (its affinity mask), at least 1. The local pool is forked before MPI_Init when the
+//   launcher's environment names the rank (Open MPI's mpirun, MPICH's Hydra), so no MPI
+//   thread or registered memory exists yet; otherwise (MPI already initialized, another
+//   launcher) just after. The local workers die with their rank (parent-death signal). With
 //   options.local_pool = false a worker rank runs its tasks itself, one at a time, as before:
 //   then start a rank per core (mpirun -np cores+1 --oversubscribe), and a task that crashes
 //   kills the rank (and with Open MPI the whole job). Tasks must not call MPI themselves.
@@ -37,12 +39,14 @@
 //   message unless given a chunksize.
 // - Idle ranks poll MPI with growing naps (up to 1 ms, as mpi4py.futures does) instead of
 //   spinning in a blocking receive: an idle pool costs almost no CPU, and the first task after
-//   an idle spell may wait up to that long.
+//   an idle spell may wait up to that long. While tasks are out the naps stop at 128 us.
 // - Errors: an exception escaping f on a worker rank reaches the caller as shmkit::remote_error
 //   (type name, message, the pid of the process that ran it) and the pool stays usable. A task
 //   that kills its local worker (abort, segfault, kill -9) reaches the caller as
 //   shmkit::worker_lost_error naming the rank and the signal; the local pool replaces the
-//   worker, the rank lives on and later tasks run as usual. An MPI call of the pool
+//   worker, the rank lives on and later tasks run as usual (a task that kills the local
+//   pool's supervisor fails the tasks that pool held, and the rank makes a new local pool).
+//   An MPI call of the pool
 //   that fails (the pool's communicator returns errors, MPI_ERRORS_RETURN) fails every pending
 //   task with shmkit::worker_lost_error naming the MPI error, and the pool refuses new work;
 //   its destructor then prints why and calls MPI_Abort, since MPI_Finalize could wait forever
@@ -53,8 +57,9 @@
 // - Callbacks (async_result::then) run on rank 0's result thread, in completion order.
 // - close() stops new submissions; join() (after close()) waits for the work and releases the
 //   worker ranks; terminate() fails what is pending at once with worker_lost_error and
-//   releases the worker ranks, which drop their queued tasks once their running task ends;
-//   the destructor terminates, as shmkit::pool's does.
+//   releases the worker ranks, which terminate their local pools (without one, a rank drops
+//   its queued tasks once its running task ends); the destructor terminates, as
+//   shmkit::pool's does. A worker rank's local pool is gone when its constructor returns.
 #pragma once
 
 #include <cstdint>
