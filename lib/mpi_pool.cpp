@@ -399,6 +399,7 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
     me.pid = static_cast<int>(::getpid());
     me.processes = local_ ? local_->processes() : 1;
     me.capacity = me.processes * opts_.tasks_in_flight;
+    capacity_here_ = static_cast<std::size_t>(me.capacity);
     std::vector<rank_info> all(static_cast<std::size_t>(size_));
     check(MPI_Gather(&me, 3, MPI_INT, all.data(), 3, MPI_INT, 0, comm_), "MPI_Gather");
     for (const auto& r : all) {
@@ -972,9 +973,12 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
         nap.reset();
         continue;
       }
-      // Idle: wait for an outcome of the local pool, or the next poll of MPI.
+      // Idle: wait for an outcome of the local pool, or the next poll of MPI. Polls come
+      // often only while rank 0 may send a task (the rank has room for one and tasks out);
+      // a full rank gets none until it sends a result, and each poll preempts a local worker.
       std::unique_lock lk(done_m_);
-      const auto d = nap.next(running > 0 || !sends.empty() ? busy_nap : 1000us);
+      const bool expecting = (running > 0 && running < capacity_here_) || !sends.empty();
+      const auto d = nap.next(expecting ? busy_nap : 1000us);
       if (d > 0us) done_cv_.wait_for(lk, d, [&] { return !done_.empty(); });
     }
     for (auto& s : sends) check(MPI_Wait(&s.req, MPI_STATUS_IGNORE), "MPI_Wait");
@@ -1001,6 +1005,7 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
   std::vector<int> pids_;  // by rank
   std::vector<std::size_t> capacity_;  // by rank: tasks it may hold
   int processes_ = 0;                  // processes running tasks, over the worker ranks
+  std::size_t capacity_here_ = 1;      // worker ranks: the tasks rank 0 may keep here
   std::thread thread_;
 
   // Rank 0. m_ guards pending_, outstanding_ and the flags; the rest belongs to the
