@@ -261,10 +261,11 @@ std::optional<message> try_receive(MPI_Comm comm, int source, int tag) {
 
 // Polling for MPI messages without a blocking receive (Open MPI's spins a core at 100%): a
 // few polls back to back, then naps that double from 16 us up to 1 ms, the most the first task
-// after an idle spell waits (mpi4py.futures backs off to 1 ms the same way). While tasks are
-// out (a message is expected soon) the naps stop growing at busy_nap: each message waits
-// less, for a few per cent of a core.
-constexpr auto busy_nap = 128us;
+// after an idle spell waits (mpi4py.futures backs off to 1 ms the same way). While a message is
+// expected soon the naps stop growing earlier (see the callers): it waits less, while the polls
+// (each of which may preempt a local worker) stay few next to the work.
+constexpr auto busy_nap = 128us;  // a worker rank waiting for the task that refills it
+constexpr auto refill_window = 2ms;  // how long after a result a worker rank expects one
 class backoff {
  public:
   void reset() noexcept {
@@ -527,6 +528,7 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
     int rank = 0;
     MPI_Request send = MPI_REQUEST_NULL;
     std::vector<std::byte> wire;  // the message, alive until its send completes
+    std::chrono::steady_clock::time_point sent_at{};
   };
   struct open_send {
     MPI_Request req = MPI_REQUEST_NULL;
@@ -561,7 +563,10 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
         if (inflight_.empty()) {
           wake_.wait(lk, woken);
         } else {
-          auto d = nap.next(busy_nap);
+          // Naps up to an eighth of a task's usual turnaround (dispatch to result), 16 us
+          // to 1 ms: short tasks get their results (and ranks their next tasks) soon, long
+          // ones are not interrupted by thousands of polls.
+          auto d = nap.next(std::clamp<std::chrono::microseconds>(turnaround_ / 8, 16us, 1000us));
           if (!sending_.empty()) d = std::min<std::chrono::microseconds>(d, 50us);
           if (d > 0us) wake_.wait_for(lk, d, woken);
         }
@@ -651,7 +656,8 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
         continue;
       }
       auto& f = inflight_.emplace(id, inflight_task{std::move(t->sink), r, MPI_REQUEST_NULL,
-                                                    std::move(wire)})
+                                                    std::move(wire),
+                                                    std::chrono::steady_clock::now()})
                     .first->second;
       ++held_[r];
       ++sent_[r];
@@ -700,6 +706,10 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
     // The worker has the task, so its send is complete or about to be.
     check(MPI_Wait(&f.send, MPI_STATUS_IGNORE), "MPI_Wait");
     --held_[f.rank];
+    // An exponential average over the last few tasks.
+    const auto took = std::chrono::duration_cast<std::chrono::microseconds>(
+        std::chrono::steady_clock::now() - f.sent_at);
+    turnaround_ = (turnaround_ * 7 + took) / 8;
     const pid_t pid = h.pid != 0 ? static_cast<pid_t>(h.pid) : pids_[f.rank];
     switch (static_cast<outcome_kind>(h.kind)) {
       case outcome_kind::ok: deliver_outcome(*f.sink, true, payload, pid); break;
@@ -914,6 +924,7 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
     check(MPI_Isend(s.wire.data(), static_cast<int>(s.wire.size()), MPI_BYTE, 0, tag_result,
                     comm_, &s.req),
           "MPI_Isend");
+    last_result_ = std::chrono::steady_clock::now();
   }
 
   void serve_loop() {
@@ -977,7 +988,10 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
       // often only while rank 0 may send a task (the rank has room for one and tasks out);
       // a full rank gets none until it sends a result, and each poll preempts a local worker.
       std::unique_lock lk(done_m_);
-      const bool expecting = (running > 0 && running < capacity_here_) || !sends.empty();
+      const bool expecting =
+          (running > 0 && running < capacity_here_ &&
+           std::chrono::steady_clock::now() - last_result_ < refill_window) ||
+          !sends.empty();
       const auto d = nap.next(expecting ? busy_nap : 1000us);
       if (d > 0us) done_cv_.wait_for(lk, d, [&] { return !done_.empty(); });
     }
@@ -1006,6 +1020,8 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
   std::vector<std::size_t> capacity_;  // by rank: tasks it may hold
   int processes_ = 0;                  // processes running tasks, over the worker ranks
   std::size_t capacity_here_ = 1;      // worker ranks: the tasks rank 0 may keep here
+  std::chrono::steady_clock::time_point last_result_{};  // worker ranks: last result sent
+  std::chrono::microseconds turnaround_{128};  // rank 0: usual dispatch-to-result time
   std::thread thread_;
 
   // Rank 0. m_ guards pending_, outstanding_ and the flags; the rest belongs to the
