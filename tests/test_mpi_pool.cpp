@@ -158,14 +158,17 @@ void crashing_tasks_fail_and_the_ranks_live_on() {
   std::vector<int> items(100);
   std::iota(items.begin(), items.end(), 0);
   BOOST_CHECK_THROW(pool().map(abort_on_5, items), shmkit::worker_lost_error);
-  // In imap: the results before it come, then the iteration throws where it stands.
+  // In imap: results in order, then the iteration throws at the lost task. The local pool
+  // may fail with it the tiny tasks its worker had just finished and not yet reported (see
+  // shmkit::pool), so the throw may come a little earlier; never a result after it.
   std::vector<int> seen;
   try {
     for (int x : pool().imap(abort_on_5, std::vector<int>{1, 2, 3, 4, 5, 6})) seen.push_back(x);
     BOOST_FAIL("imap over a task that aborts did not throw");
   } catch (const shmkit::worker_lost_error&) {
   }
-  BOOST_CHECK((seen == std::vector<int>{1, 2, 3, 4}));
+  BOOST_CHECK_LE(seen.size(), 4u);
+  for (std::size_t i = 0; i < seen.size(); ++i) BOOST_CHECK_EQUAL(seen[i], static_cast<int>(i) + 1);
   // The error callback gets it too.
   std::atomic<int> lost{0};
   auto r = pool().apply_async(abort_now, 0);

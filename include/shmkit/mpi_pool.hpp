@@ -46,8 +46,10 @@
 // - Errors: an exception escaping f on a worker rank reaches the caller as shmkit::remote_error
 //   (type name, message, the pid of the process that ran it) and the pool stays usable. A task
 //   that kills its local worker (abort, segfault, kill -9) reaches the caller as
-//   shmkit::worker_lost_error naming the rank and the signal; the local pool replaces the
-//   worker, the rank lives on and later tasks run as usual (a task that kills the local
+//   shmkit::worker_lost_error naming the rank and the signal (with the local pool's rules: tiny
+//   tasks that worker had just finished and not yet reported fail with it, tasks it had taken
+//   but not started run on its replacement); the local pool replaces the worker, the rank
+//   lives on and later tasks run as usual (a task that kills the local
 //   pool's supervisor fails the tasks that pool held, and the rank makes a new local pool).
 //   An MPI call of the pool
 //   that fails (the pool's communicator returns errors, MPI_ERRORS_RETURN) fails every pending
