@@ -988,11 +988,11 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
       // often only while rank 0 may send a task (the rank has room for one and tasks out);
       // a full rank gets none until it sends a result, and each poll preempts a local worker.
       std::unique_lock lk(done_m_);
-      const bool expecting =
-          (running > 0 && running < capacity_here_ &&
-           std::chrono::steady_clock::now() - last_result_ < refill_window) ||
-          !sends.empty();
-      const auto d = nap.next(expecting ? busy_nap : 1000us);
+      const bool expecting = running > 0 && running < capacity_here_ &&
+                             std::chrono::steady_clock::now() - last_result_ < refill_window;
+      // A large result moves only while this rank calls MPI (rendezvous protocol): nap
+      // briefly until its send completes (as rank 0 does for its sends).
+      const auto d = nap.next(!sends.empty() ? 50us : expecting ? busy_nap : 1000us);
       if (d > 0us) done_cv_.wait_for(lk, d, [&] { return !done_.empty(); });
     }
     for (auto& s : sends) check(MPI_Wait(&s.req, MPI_STATUS_IGNORE), "MPI_Wait");
