@@ -20,10 +20,13 @@
 // its local shmkit::pool (apply_async of run_in_local_worker, which runs the task's entry as
 // rank 0 sent it) and sends each outcome with MPI_Isend as the local pool's callbacks report
 // it; the MPI calls stay on the serving thread, the callbacks only queue outcomes for it.
-// Without a local pool the rank runs each task itself before it takes the next. A stop message overtakes queued tasks (it is
-// probed by its own tag before each task), and its count tells the worker how many task
-// messages it must still receive before it may leave. MPI's order between one sender and one
-// receiver on one communicator makes `bye` arrive after that worker's last result.
+// Without a local pool the rank runs each task itself before it takes the next. A stop
+// message overtakes queued tasks (it is probed by its own tag before each task), and its count
+// tells the worker how many task messages it must still receive before it may leave; with
+// `drop` (terminate) the rank terminates its local pool, whose tasks then fail unsent. The
+// rank says bye once every task received has an outcome and every send is complete, after its
+// local pool's workers have left. MPI's order between one sender and one receiver on one
+// communicator makes `bye` arrive after that worker's last result.
 #include "shmkit/mpi_pool.hpp"
 
 // The C API only, not the deprecated C++ bindings mpi.h would otherwise bring in.
