@@ -4,8 +4,14 @@
 // chunked, the apply round trip, rank 0's CPU time per task (what bounds a cluster: every task
 // passes through rank 0), and the speed-up of a CPU-bound task set.
 //
-// Run as it is, it starts itself again under `mpirun -np <cpus + 1> --oversubscribe` (rank 0
-// mostly waits, so each CPU gets a worker rank); SHMKIT_BENCH_MPI_NP sets the count.
+// Run as it is, it starts itself again under `mpirun -np 2 --bind-to none --oversubscribe`:
+// rank 0 dispatches and rank 1 runs the tasks in its local shmkit::pool over every CPU, as one
+// node of a cluster would (--bind-to none, or mpirun would bind rank 1, and so its local pool,
+// to one core). SHMKIT_BENCH_MPI_NP sets the count of ranks. The local pool baseline has as
+// many processes as the worker ranks' local pools together (processes()).
+// SHMKIT_BENCH_MPI_IN_FLIGHT sets mpi_pool_options::tasks_in_flight (default 2 per local
+// process): the chunksize-1 rates are bound by the round trip through rank 0 and grow with it.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -38,7 +44,7 @@ bool under_mpirun() {
 // that cannot start.
 void relaunch_under_mpirun() {
   const char* np_env = std::getenv("SHMKIT_BENCH_MPI_NP");
-  const std::string np = np_env != nullptr ? np_env : std::to_string(cpus_available() + 1);
+  const std::string np = np_env != nullptr ? np_env : "2";
   if (::geteuid() == 0) {  // Open MPI refuses root unless told
     ::setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
     ::setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
@@ -47,11 +53,11 @@ void relaunch_under_mpirun() {
   char buf[4096];
   const ssize_t len = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
   if (len > 0) self.assign(buf, static_cast<std::size_t>(len));
-  std::printf("bench_mpi_pool: running under %s -np %s --oversubscribe\n", SHMKIT_MPIEXEC,
-              np.c_str());
+  std::printf("bench_mpi_pool: running under %s -np %s --bind-to none --oversubscribe\n",
+              SHMKIT_MPIEXEC, np.c_str());
   std::fflush(stdout);
-  ::execl(SHMKIT_MPIEXEC, SHMKIT_MPIEXEC, "-np", np.c_str(), "--oversubscribe", self.c_str(),
-          static_cast<char*>(nullptr));
+  ::execl(SHMKIT_MPIEXEC, SHMKIT_MPIEXEC, "-np", np.c_str(), "--bind-to", "none",
+          "--oversubscribe", self.c_str(), static_cast<char*>(nullptr));
   std::perror("bench_mpi_pool: cannot start mpirun; measuring one rank");
 }
 
@@ -61,14 +67,19 @@ const double not_built = std::nan("");  // the harness prints n/a
 
 int main(int argc, char** argv) {
   if (!under_mpirun()) relaunch_under_mpirun();
-  shmkit::mpi_pool pool(argc, argv);
+  shmkit::mpi_pool_options options;
+  if (const char* f = std::getenv("SHMKIT_BENCH_MPI_IN_FLIGHT"))
+    options.tasks_in_flight = std::max(1, std::atoi(f));
+  shmkit::mpi_pool pool(argc, argv, options);
   if (!pool.is_root()) return 0;
 
-  const int workers = pool.worker_ranks();
-  table t(fmt::format("mpi_pool ({} ranks on this machine: rank 0 dispatches, {} run tasks)",
-                      pool.size(), workers));
+  const int workers = pool.processes();  // local pool processes over the worker ranks
+  table t(fmt::format("mpi_pool ({} ranks on this machine: rank 0 dispatches, {} worker "
+                      "rank(s) run tasks in local pools of {} processes in all, {} tasks in "
+                      "flight per process)",
+                      pool.size(), pool.worker_ranks(), workers, options.tasks_in_flight));
 #ifdef SHMKIT_HAVE_LOCAL_POOL
-  shmkit::pool local(std::max(1, workers));
+  shmkit::pool local(workers);
   auto local_figure = [&](auto&& measure) { return measure(local); };
 #else
   auto local_figure = [](auto&&) { return not_built; };
@@ -167,28 +178,29 @@ int main(int argc, char** argv) {
       for (pid_t k : kids) reap(k);
       return seconds_since(t0);
     };
+    // Each round: serial, mpi_pool, local pool, forked processes; each figure is the median
+    // of its ratios to the serial run of its round.
     double task_ms = 0;
-    std::vector<double> forked;
-    auto speedup = [&](auto& p) {
-      std::vector<double> ratios;
-      forked.clear();
-      for (int rep = 0; rep < 5; ++rep) {
-        const double serial = serial_seconds();
-        task_ms = serial / tasks * 1e3;
-        auto t1 = clock::now();
-        auto r = p.map(burn, job, 1);
-        ratios.push_back(serial / seconds_since(t1));
-        if (r.size() != job.size()) std::abort();
-        forked.push_back(serial / forked_seconds(workers));
-      }
-      return median(ratios);
+    std::vector<double> mpi_ratios, local_ratios, forked_ratios;
+    auto pool_seconds = [&](auto& p) {
+      auto t1 = clock::now();
+      auto r = p.map(burn, job, 1);
+      if (r.size() != job.size()) std::abort();
+      return seconds_since(t1);
     };
-    const double mpi = speedup(pool);
-    const double by_hand = median(forked);
+    for (int rep = 0; rep < 5; ++rep) {
+      const double serial = serial_seconds();
+      task_ms = serial / tasks * 1e3;
+      mpi_ratios.push_back(serial / pool_seconds(pool));
+      local_ratios.push_back(local_figure([&](auto& p) { return serial / pool_seconds(p); }));
+      forked_ratios.push_back(serial / forked_seconds(workers));
+    }
+    const double mpi = median(mpi_ratios);
+    const double local_speedup = median(local_ratios);
     t.row(fmt::format("cpu-bound speed-up, {} tasks of {:.0f} ms", tasks, task_ms), "x serial",
           better::higher, mpi,
-          {{"shmkit::pool (local)", local_figure(speedup)},
-           {fmt::format("{} forked processes, no pool", workers), by_hand},
-           {"ideal (= worker ranks)", static_cast<double>(workers)}});
+          {{"shmkit::pool (local)", local_speedup},
+           {fmt::format("{} forked processes, no pool", workers), median(forked_ratios)},
+           {fmt::format("ideal (= {} processes)", workers), static_cast<double>(workers)}});
   }
 }

@@ -1,8 +1,12 @@
 // SPDX-License-Identifier: MIT
 // The pool API across the ranks of an MPI job. One program, two ways to run it:
-//   ./mpi_pool                                  one process: rank 0 runs the tasks itself
-//   mpirun -np 4 ./mpi_pool                     rank 0 dispatches, ranks 1..3 run the tasks
-//   mpirun -np 8 --host a:4,b:4 ./mpi_pool      the same over two machines
+//   ./mpi_pool                                   one process: rank 0 runs the tasks itself
+//   mpirun -np 2 --bind-to none ./mpi_pool       rank 0 dispatches, rank 1 runs the tasks in
+//                                                its local pool, a process per CPU
+//   mpirun -np 3 --host a:2,b:1 --bind-to none ./mpi_pool
+//                                                the same over two machines: rank 0 and rank 1
+//                                                on a, rank 2 on b, each worker rank with a
+//                                                local pool over its machine's CPUs
 // Every rank makes the pool. On ranks 1..N-1 the constructor serves tasks and returns only
 // when rank 0's pool shuts down, so everything under `if (pool.is_root())` runs on rank 0.
 // run_jobs() is written against the pool API alone: given a shmkit::pool instead, it runs
@@ -94,8 +98,10 @@ int main(int argc, char** argv) {
                   "time\n",
                   static_cast<int>(::getpid()));
     else
-      std::printf("%d ranks: rank 0 (pid %d) dispatches, %d worker ranks run the tasks\n",
-                  pool.size(), static_cast<int>(::getpid()), pool.worker_ranks());
+      std::printf("%d ranks: rank 0 (pid %d) dispatches, %d worker rank(s) run the tasks in "
+                  "local pools of %d processes in all\n",
+                  pool.size(), static_cast<int>(::getpid()), pool.worker_ranks(),
+                  pool.processes());
     run_jobs(pool);
   }
 }  // rank 0's pool shuts down here, releasing the worker ranks; every rank finalizes MPI

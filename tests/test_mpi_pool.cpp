@@ -1,14 +1,21 @@
 // SPDX-License-Identifier: MIT
 // shmkit::mpi_pool, run by ctest as `mpirun -np 3 --oversubscribe test_mpi_pool [mode]`:
-// rank 0 runs the Boost.Test cases against the pool, ranks 1 and 2 serve tasks.
-//   (no mode)      one pool made as a program makes it, mpi_pool(argc, argv), owning MPI: every
-//                  pool call against the serial result, remote errors, callbacks, close() and
-//                  join(); after MPI_Finalize, no worker rank's process is left
-//   --terminate    MPI initialized by the program itself (the pool does not own it);
-//                  terminate() while tasks run fails them with worker_lost_error and the job
-//                  still ends cleanly
-//   --rank-dies    a task kills its worker rank with SIGKILL: mpirun stops the job and rank 0
-//                  says what was pending; the ctest test expects that message (and no hang)
+// rank 0 runs the Boost.Test cases against the pool, ranks 1 and 2 serve tasks, each in its
+// local shmkit::pool.
+//   (no mode)      one pool made as a program makes it, mpi_pool(argc, argv), owning MPI (the
+//                  local pools are forked before MPI_Init): every pool call against the serial
+//                  result, remote errors, tasks that kill their process (worker_lost_error,
+//                  the rank lives on), callbacks, close() and join(); after MPI_Finalize, no
+//                  worker rank's process and no local pool process is left
+//   --terminate    MPI initialized by the program itself (the pool does not own it, and the
+//                  local pools are forked after MPI_Init): they run tasks and survive a crash
+//                  too; terminate() while tasks run fails them with worker_lost_error and the
+//                  job still ends cleanly
+//   --in-rank      the pool with local_pool = false: the default mode's cases, each worker
+//                  rank running its tasks itself (the cases with crashing tasks are skipped)
+//   --rank-dies    a task kills the worker rank it runs under with SIGKILL: mpirun stops the
+//                  job and rank 0 says what was pending; the ctest test expects that message
+//                  (and no hang)
 #define BOOST_TEST_MODULE mpi_pool
 #define BOOST_TEST_NO_MAIN
 #include <boost/test/unit_test.hpp>
@@ -21,6 +28,8 @@
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <mutex>
 #include <numeric>
 #include <set>
@@ -41,11 +50,77 @@ namespace {
 using namespace shmkit::test;
 
 int throw_an_int(int) { throw 7; }
-void kill_my_rank(pid_t root) {
-  if (::getpid() != root) ::raise(SIGKILL);
+
+// The parent of process `pid` (0 when it is gone).
+pid_t parent_of(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto close = stat.rfind(')');  // the command name may hold spaces and parentheses
+  if (close == std::string::npos) return 0;
+  char state = 0;
+  int ppid = 0;
+  if (std::sscanf(stat.c_str() + close + 1, " %c %d", &state, &ppid) != 2) return 0;
+  return ppid;
 }
 
+// Where a task runs: its process, that process's parent (the local pool's supervisor) and
+// grandparent (the worker rank), with the identities of the first two, so that the test can
+// tell later whether they are gone.
+struct lineage {
+  pid_t self = 0, parent = 0, rank = 0;
+  std::uint64_t self_id = 0, parent_id = 0;
+  template <class Ar>
+  void serialize(Ar& ar) {
+    ar(self, parent, rank, self_id, parent_id);
+  }
+};
+lineage where_am_i(int) {
+  lineage l;
+  l.self = ::getpid();
+  l.parent = ::getppid();
+  l.rank = parent_of(l.parent);
+  l.self_id = shmkit::detail::process_identity();
+  l.parent_id = shmkit::detail::identity_of(l.parent);
+  return l;
+}
+
+// Tasks that kill the process running them.
+int abort_now(int) { std::abort(); }
+int abort_on_5(int x) {
+  if (x == 5) std::abort();
+  return x;
+}
+int die_by(int sig) {
+  ::raise(sig);
+  return sig;
+}
+void kill_my_rank(int) { ::kill(parent_of(::getppid()), SIGKILL); }
+// Kills the local pool's supervisor, then waits to be killed in turn.
+int kill_my_supervisor(int) {
+  ::kill(::getppid(), SIGKILL);
+  for (;;) ::pause();
+}
+
+bool contains(const std::string& text, std::string_view part) {
+  return text.find(part) != std::string::npos;
+}
+
+// Every process seen running tasks or supervising them: none may outlive the pool.
+std::vector<std::uint64_t> pool_processes;
+
 shmkit::mpi_pool* the_pool = nullptr;
+bool in_rank_mode = false;  // --in-rank: no local pools
+
+// The worker rank under which process `pid` ran a task.
+pid_t rank_of(pid_t pid) { return in_rank_mode ? pid : parent_of(parent_of(pid)); }
+
+struct with_local_pools {
+  boost::test_tools::assertion_result operator()(utf::test_unit_id) const {
+    boost::test_tools::assertion_result r(!in_rank_mode);
+    r.message() << "worker ranks run their tasks themselves (--in-rank)";
+    return r;
+  }
+};
 shmkit::mpi_pool& pool() {
   BOOST_REQUIRE(the_pool != nullptr);
   return *the_pool;
@@ -63,13 +138,73 @@ bool eventually(Pred pred, std::chrono::seconds limit = 60s) {
 
 }  // namespace
 
+// Checks that tasks killing their process fail with worker_lost_error while the worker ranks
+// live on, and that the pool then works as before. Used in both modes.
+void crashing_tasks_fail_and_the_ranks_live_on() {
+  const auto workers = pool().worker_pids();
+  std::vector<std::uint64_t> rank_ids;
+  for (pid_t p : workers) rank_ids.push_back(shmkit::detail::identity_of(p));
+  try {
+    pool().apply(abort_now, 0);
+    BOOST_FAIL("apply of a task that aborts did not throw");
+  } catch (const shmkit::worker_lost_error& e) {
+    BOOST_TEST_MESSAGE("abort: " << e.what());
+    BOOST_CHECK(contains(e.what(), "shmkit::mpi_pool: rank "));
+    BOOST_CHECK(contains(e.what(), "signal 6"));
+  }
+  BOOST_CHECK_THROW(pool().apply(die_by, SIGKILL), shmkit::worker_lost_error);
+  BOOST_CHECK_THROW(pool().apply(die_by, SIGSEGV), shmkit::worker_lost_error);
+  // In a map: the chunk with the crash fails the map.
+  std::vector<int> items(100);
+  std::iota(items.begin(), items.end(), 0);
+  BOOST_CHECK_THROW(pool().map(abort_on_5, items), shmkit::worker_lost_error);
+  // In imap: results in order, then the iteration throws at the lost task. The local pool
+  // may fail with it the tiny tasks its worker had just finished and not yet reported (see
+  // shmkit::pool), so the throw may come a little earlier; never a result after it.
+  std::vector<int> seen;
+  try {
+    for (int x : pool().imap(abort_on_5, std::vector<int>{1, 2, 3, 4, 5, 6})) seen.push_back(x);
+    BOOST_FAIL("imap over a task that aborts did not throw");
+  } catch (const shmkit::worker_lost_error&) {
+  }
+  BOOST_CHECK_LE(seen.size(), 4u);
+  for (std::size_t i = 0; i < seen.size(); ++i) BOOST_CHECK_EQUAL(seen[i], static_cast<int>(i) + 1);
+  // The error callback gets it too.
+  std::atomic<int> lost{0};
+  auto r = pool().apply_async(abort_now, 0);
+  r.then([](int) {}, [&](const std::exception& e) {
+    if (dynamic_cast<const shmkit::worker_lost_error*>(&e) != nullptr) lost.fetch_add(1);
+  });
+  BOOST_CHECK_THROW(r.get(), shmkit::worker_lost_error);
+  BOOST_CHECK(eventually([&] { return lost.load() == 1; }));
+  // A task that kills its local pool's supervisor: the rank makes a new local pool.
+  BOOST_CHECK_THROW(pool().apply(kill_my_supervisor, 0), shmkit::worker_lost_error);
+  BOOST_CHECK_EQUAL(pool().apply(add, 2, 3), 5);
+  // The ranks are the same processes, and later work is right and runs on both.
+  BOOST_CHECK(pool().worker_pids() == workers);
+  for (auto id : rank_ids) BOOST_CHECK(shmkit::detail::identity_alive(id));
+  std::vector<long> many(20'000);
+  std::iota(many.begin(), many.end(), 0L);
+  std::vector<long> serial;
+  for (long x : many) serial.push_back(square(x));
+  BOOST_CHECK(pool().map(square, many) == serial);
+  std::set<pid_t> used_ranks;
+  for (const lineage& l : pool().map(where_am_i, std::vector<int>(100, 0), 1))
+    used_ranks.insert(l.rank);
+  BOOST_CHECK((used_ranks == std::set<pid_t>(workers.begin(), workers.end())));
+}
+
 BOOST_AUTO_TEST_SUITE(with_pool)
 
 BOOST_AUTO_TEST_CASE(two_worker_ranks_and_tasks_run_there, *utf::timeout(120)) {
   BOOST_REQUIRE(pool().is_root());
   BOOST_REQUIRE_EQUAL(pool().size(), 3);
   BOOST_CHECK_EQUAL(pool().worker_ranks(), 2);
-  BOOST_CHECK_EQUAL(pool().processes(), 2);
+  // Each worker rank has a local pool of at least one process (the CPUs shared by the two).
+  if (in_rank_mode)
+    BOOST_CHECK_EQUAL(pool().processes(), 2);
+  else
+    BOOST_CHECK_GE(pool().processes(), 2);
   const auto workers = pool().worker_pids();
   BOOST_REQUIRE_EQUAL(workers.size(), 2u);
   const std::set<pid_t> ranks(workers.begin(), workers.end());
@@ -77,7 +212,16 @@ BOOST_AUTO_TEST_CASE(two_worker_ranks_and_tasks_run_there, *utf::timeout(120)) {
   BOOST_CHECK(!ranks.contains(::getpid()));
   std::vector<int> items(200);
   std::iota(items.begin(), items.end(), 0);
-  for (pid_t p : pool().map(my_pid, items, 1)) BOOST_REQUIRE(ranks.contains(p));
+  // Tasks run in the local pools' workers, grandchildren of the ranks, on both ranks.
+  std::set<pid_t> used_ranks, runners;
+  for (const lineage& l : pool().map(where_am_i, items, 1)) {
+    BOOST_REQUIRE(ranks.contains(rank_of(l.self)));
+    BOOST_REQUIRE(in_rank_mode == ranks.contains(l.self));
+    used_ranks.insert(rank_of(l.self));
+    runners.insert(l.self);
+  }
+  BOOST_CHECK_EQUAL(used_ranks.size(), 2u);
+  BOOST_CHECK_LE(runners.size(), static_cast<std::size_t>(pool().processes()));
 }
 
 BOOST_AUTO_TEST_CASE(map_of_100000_tasks_equals_the_serial_result, *utf::timeout(300)) {
@@ -202,7 +346,9 @@ BOOST_AUTO_TEST_CASE(a_throwing_task_reaches_the_caller_and_the_pool_stays_usabl
   } catch (const shmkit::remote_error& e) {
     BOOST_CHECK_EQUAL(e.type_name(), "std::invalid_argument");
     BOOST_CHECK_EQUAL(std::string(e.what()), "thirteen is unlucky");
-    BOOST_CHECK(std::find(workers.begin(), workers.end(), e.pid()) != workers.end());
+    // The pid of the local worker that ran it, under one of the ranks.
+    const pid_t rank = rank_of(e.pid());
+    BOOST_CHECK(std::find(workers.begin(), workers.end(), rank) != workers.end());
   }
   try {
     pool().apply(throw_an_int, 0);
@@ -233,9 +379,21 @@ BOOST_AUTO_TEST_CASE(a_throwing_task_reaches_the_caller_and_the_pool_stays_usabl
   BOOST_CHECK((pool().map(square, std::vector<long>{2, 3}) == std::vector<long>{4, 9}));
 }
 
+BOOST_AUTO_TEST_CASE(a_task_that_kills_its_process_fails_with_worker_lost_error,
+                     *utf::timeout(300) * utf::precondition(with_local_pools())) {
+  crashing_tasks_fail_and_the_ranks_live_on();
+}
+
 // Last: it shuts the pool down.
 BOOST_AUTO_TEST_CASE(close_and_join_finish_the_work_and_release_the_worker_ranks,
                      *utf::timeout(120)) {
+  // The processes now running tasks and supervising them (checked gone after MPI_Finalize).
+  if (!in_rank_mode) {
+    for (const lineage& l : pool().map(where_am_i, std::vector<int>(50, 0), 1)) {
+      pool_processes.push_back(l.self_id);
+      pool_processes.push_back(l.parent_id);
+    }
+  }
   auto r = pool().map_async(slow_identity, std::vector<int>{50, 50, 50, 50}, 1);
   BOOST_CHECK_THROW(pool().join(), std::logic_error);  // join before close
   pool().close();
@@ -252,6 +410,17 @@ BOOST_AUTO_TEST_CASE(close_and_join_finish_the_work_and_release_the_worker_ranks
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(terminate_mode, *utf::disabled())
+
+BOOST_AUTO_TEST_CASE(local_pools_forked_after_mpi_init_run_tasks_and_survive_crashes,
+                     *utf::timeout(300)) {
+  const auto workers = pool().worker_pids();
+  const std::set<pid_t> ranks(workers.begin(), workers.end());
+  for (const lineage& l : pool().map(where_am_i, std::vector<int>(20, 0), 1)) {
+    BOOST_REQUIRE(ranks.contains(l.rank));
+    BOOST_REQUIRE(!ranks.contains(l.self));
+  }
+  crashing_tasks_fail_and_the_ranks_live_on();
+}
 
 BOOST_AUTO_TEST_CASE(terminate_fails_what_is_pending_and_releases_the_ranks,
                      *utf::timeout(120)) {
@@ -274,16 +443,17 @@ BOOST_AUTO_TEST_SUITE_END()
 
 namespace {
 
-// After MPI_Finalize: every worker rank's process ends (a zombie counts as ended).
-int check_no_process_left(const std::vector<std::uint64_t>& identities) {
+// After MPI_Finalize: every worker rank's process ends, and every process of their local
+// pools (a zombie counts as ended).
+int check_no_process_left(const std::vector<std::uint64_t>& identities, const char* what) {
   for (auto id : identities) {
     if (!eventually([&] { return !shmkit::detail::identity_alive(id); })) {
-      std::fprintf(stderr, "test_mpi_pool: worker rank process %d still runs 60 s after shutdown\n",
-                   static_cast<int>(shmkit::detail::identity_pid(id)));
+      std::fprintf(stderr, "test_mpi_pool: %s process %d still runs 60 s after shutdown\n",
+                   what, static_cast<int>(shmkit::detail::identity_pid(id)));
       return 1;
     }
   }
-  std::printf("test_mpi_pool: all %zu worker rank processes have exited\n", identities.size());
+  std::printf("test_mpi_pool: all %zu %s processes have exited\n", identities.size(), what);
   return 0;
 }
 
@@ -338,15 +508,16 @@ int main(int argc, char** argv) {
     shmkit::mpi_pool p(argc, argv);
     if (!p.is_root()) return 0;
     auto more = p.map_async(slow_identity, std::vector<int>(10, 100), 1);
-    p.apply(kill_my_rank, ::getpid());  // mpirun ends the job: rank 0 never returns
+    p.apply(kill_my_rank, 0);  // mpirun ends the job: rank 0 never returns
     std::fprintf(stderr, "test_mpi_pool: rank 0 survived the death of a worker rank\n");
     return 1;
   }
 
+  in_rank_mode = mode == "--in-rank";
   std::vector<std::uint64_t> workers;
   int rc = 0;
   {
-    shmkit::mpi_pool p(argc, argv);
+    shmkit::mpi_pool p(argc, argv, shmkit::mpi_pool_options{.local_pool = !in_rank_mode});
     if (!p.is_root()) return worker_rank_after_serving(p);
     for (pid_t pid : p.worker_pids()) workers.push_back(shmkit::detail::identity_of(pid));
     the_pool = &p;
@@ -354,5 +525,12 @@ int main(int argc, char** argv) {
     the_pool = nullptr;
   }
   if (rc != 0) return rc;
-  return check_no_process_left(workers);
+  if (in_rank_mode) return check_no_process_left(workers, "worker rank");
+  if (pool_processes.empty()) {
+    std::fprintf(stderr, "test_mpi_pool: no local pool process was seen\n");
+    return 1;
+  }
+  rc = check_no_process_left(workers, "worker rank");
+  if (rc != 0) return rc;
+  return check_no_process_left(pool_processes, "local pool");
 }

@@ -10,9 +10,19 @@
 //   worker: its constructor serves tasks and returns when the root's pool shuts down, so the
 //   program's `if (pool.is_root())` block runs on rank 0 only. The destructor finalizes MPI on
 //   every rank (when the pool initialized it). Launch: mpirun -np N ./app.
-// - A worker rank runs its tasks one at a time in its own process: start a rank per core, plus
-//   rank 0, which mostly waits (mpirun -np cores+1 --oversubscribe on one machine). Tasks must
-//   not call MPI themselves.
+// - Each worker rank runs its tasks in a local shmkit::pool over its cores (one process per
+//   node talks MPI, the others share memory with it): launch one rank per node, plus rank 0,
+//   which mostly waits (on one machine: mpirun -np 2 --bind-to none; without --bind-to none
+//   Open MPI binds a rank, and so its local pool, to one core when there are 2 ranks or
+//   fewer). The local pool has options.local_processes workers; by default the node's CPUs
+//   divided by the worker ranks on it (rank 0 does not count), at most the CPUs the rank may
+//   run on (its affinity mask), at least 1. The local pool is forked before MPI_Init when the
+//   launcher's environment names the rank (Open MPI's mpirun, MPICH's Hydra), so no MPI
+//   thread or registered memory exists yet; otherwise (MPI already initialized, another
+//   launcher) just after. The local workers die with their rank (parent-death signal). With
+//   options.local_pool = false a worker rank runs its tasks itself, one at a time, as before:
+//   then start a rank per core (mpirun -np cores+1 --oversubscribe), and a task that crashes
+//   kills the rank (and with Open MPI the whole job). Tasks must not call MPI themselves.
 // - One rank (no mpirun): there are no worker ranks; the root runs the tasks itself, one at a
 //   time, on its result thread (processes() == 1, worker_ranks() == 0). Same results, same
 //   exceptions, no parallelism; a task that crashes ends the program.
@@ -23,14 +33,25 @@
 // - Tasks and results are codec bytes in MPI messages; what can be sent is what shmkit::pool
 //   sends (function pointers, captureless lambdas, callables with serialize()); functions
 //   travel as (module, offset) pairs, so every rank must run the same program. Each worker rank
-//   holds up to tasks_in_flight tasks (default 2: one running, one waiting) so the next task is
-//   there when one ends; map chunks as shmkit::pool does (n / (4 x worker ranks)), imap sends
-//   one item per message unless given a chunksize.
+//   holds up to tasks_in_flight tasks per local process (default 2: one running, one waiting),
+//   so the next task is there when one ends; rank 0 learns each rank's capacity when the pool
+//   starts. map chunks as shmkit::pool does (n / (4 x processes())), imap sends one item per
+//   message unless given a chunksize.
 // - Idle ranks poll MPI with growing naps (up to 1 ms, as mpi4py.futures does) instead of
 //   spinning in a blocking receive: an idle pool costs almost no CPU, and the first task after
-//   an idle spell may wait up to that long.
+//   an idle spell may wait up to that long. While tasks are out, rank 0's naps stop at an
+//   eighth of a task's usual turnaround (16 us to 1 ms), and a worker rank's at 128 us for
+//   2 ms after it sent a result (its next task is due): short tasks are not held up, long
+//   ones are not interrupted by thousands of polls.
 // - Errors: an exception escaping f on a worker rank reaches the caller as shmkit::remote_error
-//   (type name, message, the worker's pid) and the pool stays usable. An MPI call of the pool
+//   (type name, message, the pid of the process that ran it) and the pool stays usable. A task
+//   that kills its local worker (abort, segfault, kill -9) reaches the caller as
+//   shmkit::worker_lost_error naming the rank and the signal (with the local pool's rules: tiny
+//   tasks that worker had just finished and not yet reported fail with it, tasks it had taken
+//   but not started run on its replacement); the local pool replaces the worker, the rank
+//   lives on and later tasks run as usual (a task that kills the local
+//   pool's supervisor fails the tasks that pool held, and the rank makes a new local pool).
+//   An MPI call of the pool
 //   that fails (the pool's communicator returns errors, MPI_ERRORS_RETURN) fails every pending
 //   task with shmkit::worker_lost_error naming the MPI error, and the pool refuses new work;
 //   its destructor then prints why and calls MPI_Abort, since MPI_Finalize could wait forever
@@ -41,8 +62,9 @@
 // - Callbacks (async_result::then) run on rank 0's result thread, in completion order.
 // - close() stops new submissions; join() (after close()) waits for the work and releases the
 //   worker ranks; terminate() fails what is pending at once with worker_lost_error and
-//   releases the worker ranks, which drop their queued tasks once their running task ends;
-//   the destructor terminates, as shmkit::pool's does.
+//   releases the worker ranks, which terminate their local pools (without one, a rank drops
+//   its queued tasks once its running task ends); the destructor terminates, as
+//   shmkit::pool's does. A worker rank's local pool is gone when its constructor returns.
 #pragma once
 
 #include <cstdint>
@@ -55,7 +77,14 @@
 namespace shmkit {
 
 struct mpi_pool_options {
-  // Tasks (chunks) a worker rank holds at once: one runs while the others wait in MPI.
+  // Worker processes of each worker rank's local shmkit::pool; 0: the rank's CPUs shared among
+  // the worker ranks on its node (see the contract), at least 1.
+  int local_processes = 0;
+  // false: no local pool; a worker rank runs its tasks itself, one at a time, and a task that
+  // crashes kills the rank.
+  bool local_pool = true;
+  // Tasks (chunks) a worker rank holds at once per local process (per rank without a local
+  // pool): one runs while the others wait.
   int tasks_in_flight = 2;
 };
 
@@ -106,8 +135,11 @@ class mpi_pool : public detail::pool_front<detail::mpi_runtime> {
   int rank() const noexcept { return rt_->rank(); }
   int size() const noexcept { return rt_->size(); }
   // Ranks that run tasks: size() - 1 (0 with one rank: rank 0 then runs them itself).
+  // processes() is the number of processes that run tasks at once over all worker ranks (the
+  // sum of their local pools' sizes).
   int worker_ranks() const noexcept { return rt_->size() - 1; }
-  // On rank 0: the worker ranks' process ids, by rank (each on its own host).
+  // On rank 0: the worker ranks' process ids, by rank (each on its own host); tasks run in
+  // their local pools' workers, the children of each rank's local pool supervisor.
   std::vector<pid_t> worker_pids() const { return rt_->worker_pids(); }
 };
 
