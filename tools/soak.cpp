@@ -100,17 +100,21 @@ std::pair<u64, u64> resident_bytes() {
   return {resident * page, (resident - shared) * page};
 }
 
-// The soak's own files in /dev/shm: their names and the bytes they hold.
+// The soak's own files in /dev/shm (names starting with one of `tags` after the shmkit prefix):
+// their names and the bytes they hold.
 struct shm_use {
   std::vector<std::string> names;
   u64 bytes = 0;
 };
-shm_use files_of(const std::string& tag) {
+shm_use files_of(const std::vector<std::string>& tags) {
   shm_use u;
   if (DIR* d = ::opendir("/dev/shm")) {
     while (dirent* e = ::readdir(d)) {
       const std::string n = e->d_name;
-      if (n.rfind(std::string(shmkit::name_prefix) + tag, 0) != 0) continue;
+      if (std::none_of(tags.begin(), tags.end(), [&](const std::string& t) {
+            return n.rfind(std::string(shmkit::name_prefix) + t, 0) == 0;
+          }))
+        continue;
       struct stat st {};
       if (::stat(("/dev/shm/" + n).c_str(), &st) == 0)
         u.bytes += static_cast<u64>(st.st_blocks) * 512;
@@ -396,6 +400,9 @@ int main(int argc, char** argv) {
   if (seconds <= 0) return usage(argv[0]);
 
   const std::string tag = fmt::format("soak-{}", ::getpid());
+  // Ours: the objects named after the tag, and what a pool in one of the processes stashes
+  // (large payloads travel in segments named pool-<pid of the pool's owner>-...).
+  std::vector<std::string> ours{tag};
   void* mem =
       ::mmap(nullptr, sizeof(board), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (mem == MAP_FAILED) return 1;
@@ -407,7 +414,7 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
   try {
     objects o(tag);
-    start = files_of(tag);
+    start = files_of(ours);
     const auto t0 = std::chrono::steady_clock::now();
     const auto deadline = t0 + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                    std::chrono::duration<double>(seconds));
@@ -418,6 +425,7 @@ int main(int argc, char** argv) {
       for (int i = 0; i < procs; ++i)
         pids.push_back(
             kids.add(shmkit::test::spawn([&, i, s = rng()] { worker(o, b, i, s).run(deadline); })));
+      for (pid_t p : pids) ours.push_back(fmt::format("pool-{}-", p));
       // Watchdog: the cycles must keep moving (a minute without one is a hang).
       u64 last = 0;
       auto last_move = std::chrono::steady_clock::now();
@@ -446,7 +454,7 @@ int main(int argc, char** argv) {
       }
     }
     elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    end = files_of(tag);
+    end = files_of(ours);
 
     // Every total must agree.
     proc_stats sum{};
@@ -517,7 +525,7 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "soak: {}\n", e.what());
   }
   // The objects are gone with `o`: nothing of ours may stay in /dev/shm.
-  const shm_use left = files_of(tag);
+  const shm_use left = files_of(ours);
   fmt::print("leaked objects after cleanup: {}\n", left.names.size());
   for (const auto& name : left.names) {
     fmt::print(stderr, "soak: leaked /dev/shm/{}\n", name);
