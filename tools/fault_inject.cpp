@@ -335,13 +335,11 @@ void run_queue(ctx& c, int rounds) {
       if (k != victim) finish(c, kids, pids[k], "consumer");
     if (c.hung) break;
     // Whatever is left must be a whole message the producers attempted, never seen before.
-    int left = 0;
     while (auto m = q.try_get()) {
       u64 tag = 0;
       c.check(check_message(*m, tag) && tag != sentinel,
               "a damaged message or a sentinel left over");
       l->record(producers + consumers, tag);  // a pseudo-consumer: the harness
-      ++left;
     }
     c.check(q.empty(), "the queue is not empty after draining");
     c.collect(l->b, producers + consumers);
