@@ -7,13 +7,17 @@
 // possibly multithreaded parent after start. Each worker has an inbox (a shmkit::queue of at
 // most `depth` tasks) and all share one result queue back to the parent.
 //
-// Knowing which task a dead worker held: every worker writes, in its slot of a shared table,
-// `getting` before it takes from its inbox and the task's id once it has it, and 0 once its
-// result is sent. The supervisor reads that word after reaping the worker and before forking
-// the replacement, and sends it with the death report. A worker that died running task X: X
-// fails at once. A worker that died inside get() may have taken a message with it (the queue
-// loses at most the message a killed consumer was taking) or nothing: the parent then queues a
-// probe behind what the worker held. The replacement takes the inbox in order and answers the
+// Workers take everything queued in their inbox at once and send the results of tiny tasks
+// together (held no longer than batch_window), so a stream of tiny tasks costs one claim and
+// one wake-up per batch, not per task.
+//
+// Knowing which tasks a dead worker held: every worker writes, in its slot of a shared table,
+// `getting` before it takes from its inbox and the running task's id once it has it. The
+// supervisor reads that word after reaping the worker and before forking the replacement,
+// and sends it with the death report. A worker that died running task X: X fails at once.
+// It may also have taken more tasks, or held results not yet sent, or died inside get()
+// having taken a batch with it (the queue loses at most the messages a killed consumer was
+// taking) or nothing: whenever it held tasks, the parent queues a probe behind them. The replacement takes the inbox in order and answers the
 // probe at once; results come back in the order they were sent, so when the probe's answer
 // arrives, every task queued before it that has no result was lost, and fails. A task failed
 // while its result is still on the way keeps its failure: results are accepted once.
@@ -75,7 +79,17 @@ struct result_msg {
 
 constexpr std::uint64_t getting = ~std::uint64_t(0);
 constexpr std::size_t max_depth = 16;                // tasks queued per worker, at most
-constexpr std::size_t stash_threshold = 1u << 20;   // larger payloads travel beside the queues
+constexpr std::size_t stash_threshold = 256u << 10;  // larger payloads travel beside the queues
+// The queues' heaps hold messages larger than a slot, up to the stash threshold; a full heap
+// only holds a sender back until the receiver takes (inboxes are filled with try_put). They
+// are reserved page by page at pool start, which is most of what starting a pool costs, so
+// they hold a few of the largest messages, not more.
+constexpr std::size_t results_heap = 4 * stash_threshold;
+constexpr std::size_t inbox_heap = 2 * stash_threshold;
+// A worker sends the results of tiny tasks together, holding them at most this long.
+constexpr std::chrono::nanoseconds batch_window = 20us;
+// How long a thread waiting for a result takes results itself before it sleeps (help()).
+constexpr std::chrono::nanoseconds max_help = 100us, min_help = 4us;
 
 struct alignas(16) worker_slot {
   std::atomic<std::int32_t> pid{0};       // written by the supervisor after fork
@@ -89,6 +103,13 @@ struct alignas(64) pool_shared {  // the worker slots follow it, aligned
   std::atomic<std::uint32_t> terminating{0};  // terminate(): kill everything
   std::atomic<std::uint32_t> started{0};      // 1 once the first workers are forked
   waitpoint started_wp;
+  // Notified after every put on the result queue (and by the parent's kick()): the result
+  // thread sleeps here, not inside the queue, so that it never holds a message while another
+  // thread of the parent takes the next one (see runtime::help()).
+  waitpoint results_wp;
+  // Parent threads polling the result queue right now (help()): while one does, senders skip
+  // the wake-up, so a tiny task's round trip makes no system call and wakes no result thread.
+  std::atomic<std::uint32_t> polling{0};
   std::uint32_t workers = 0;
   explicit pool_shared(std::uint32_t n) : workers(n) {}
   worker_slot* slots() { return reinterpret_cast<worker_slot*>(this + 1); }
@@ -124,10 +145,10 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
                                          sizeof(worker_slot) * nworkers_,
                                          static_cast<std::uint32_t>(nworkers_));
     for (int i = 0; i < nworkers_; ++i) new (&shared_.state()->slots()[i]) worker_slot;
-    results_.emplace(4096, queue_options{.heap_bytes = 16u << 20});
+    results_.emplace(4096, queue_options{.heap_bytes = results_heap});
     for (int i = 0; i < nworkers_; ++i)
       inboxes_.push_back(std::make_unique<queue<task_msg>>(
-          max_depth + 4, queue_options{.heap_bytes = 4u << 20}));
+          max_depth + 4, queue_options{.heap_bytes = inbox_heap}));
     slots_.resize(nworkers_);
     supervisor_ = process([this] { supervise(); });
     supervisor_.daemon(true);
@@ -164,8 +185,51 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
 
   bool post(std::function<void()> job) override {
     if (!posted_.push(std::move(job))) return false;
-    if (std::this_thread::get_id() != thread_.get_id()) kick();
+    if (!on_callback_thread()) kick();
     return true;
+  }
+
+  bool on_callback_thread() const override {
+    return std::this_thread::get_id() == thread_.get_id();
+  }
+
+  // A thread about to wait for a result takes results itself while they come quickly: a
+  // tiny task's round trip then costs no hand-over between threads and no system call in the
+  // parent. Results are only ever taken under token_, so they are handled in queue order
+  // (which the death reports and probes rely on), whoever takes them. The spin adapts per
+  // thread: halved each time it ends in vain, doubled when it catches the result.
+  bool help(const std::function<bool()>& done) override {
+    if (done()) return true;
+    if (on_callback_thread()) return false;
+    thread_local std::chrono::nanoseconds budget = max_help;
+    auto* sh = shared_.state();
+    helpers_.fetch_add(1);
+    sh->polling.fetch_add(1, std::memory_order_seq_cst);
+    const auto end = clock::now() + budget;
+    bool ok = false;
+    for (unsigned n = 1;; ++n) {
+      if (done()) {
+        ok = true;
+        break;
+      }
+      if (!results_->empty() && token_.try_lock()) {
+        std::unique_lock tok(token_, std::adopt_lock);
+        try {
+          take_results();
+        } catch (const closed_error&) {
+          break;
+        }
+        continue;
+      }
+      if (n % 16 == 0 && clock::now() >= end) break;
+      cpu_relax();
+    }
+    // Senders may have skipped the wake-up while we polled: the last poller out hands what
+    // is left to the result thread (Dekker with results_sent()).
+    sh->polling.fetch_sub(1, std::memory_order_seq_cst);
+    if (helpers_.fetch_sub(1) == 1 && !results_->empty()) kick();
+    budget = ok ? std::min(budget * 2, max_help) : std::max(budget / 2, min_help);
+    return ok;
   }
 
   void close() override {
@@ -228,13 +292,14 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   // ---- parent side ---------------------------------------------------------------------
 
   struct inflight_task {
-    std::shared_ptr<task_sink> sink;
+    task_request req;  // kept (payload included) to send again if it never started
     int slot;
+    std::string blob;  // the stash its arguments went in, if any
   };
   struct slot_book {
     std::deque<std::uint64_t> held;  // ids given to this worker, oldest first
     long assigned = 0;               // tasks given to the worker's current incarnation
-    // Probes sent after a death inside get(): probe id -> the tasks held when it was sent.
+    // Probes sent after a death: probe id -> the held tasks the dead worker had not started.
     std::map<std::uint64_t, std::vector<std::uint64_t>> probes;
   };
   // An outcome to hand to a sink once the lock is released.
@@ -249,52 +314,88 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     std::exception_ptr error;
   };
 
-  void kick() {
-    if (kick_pending_.exchange(true)) return;
-    try {
-      result_msg k;
-      k.kind = static_cast<std::uint32_t>(msg_kind::kick);
-      results_->put(k);
-    } catch (...) {
-      kick_pending_.store(false);
+  // Wakes the result thread (posted callbacks, stop).
+  void kick() noexcept { shared_.state()->results_wp.notify_all(); }
+
+  // Puts on the result queue and wakes the result thread if it sleeps (workers, supervisor).
+  void send_result(const result_msg& m) {
+    results_->put(m);
+    results_sent();
+  }
+  void results_sent() noexcept {
+    auto* sh = shared_.state();
+    // Dekker with help(): the message is published before `polling` is read; a poller that
+    // stops looks at the queue after its decrement. One of the two sees the other.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (sh->polling.load(std::memory_order_seq_cst) == 0) sh->results_wp.notify_all();
+  }
+
+  // Takes what is on the result queue (up to a batch), hands the outcomes to their sinks and
+  // refills the inboxes. Caller holds token_. Returns whether it took anything. Throws
+  // closed_error when the queue is closed and drained.
+  bool take_results() {
+    batch_.clear();
+    for (int i = 0; i < 256; ++i) {
+      auto m = results_->try_get();
+      if (!m) break;
+      batch_.push_back(std::move(*m));
     }
+    if (batch_.empty()) return false;
+    {
+      std::lock_guard lk(m_);
+      for (auto& r : batch_) handle_locked(r, outcomes_, failures_);
+      dispatch_locked(failures_);
+    }
+    for (auto& o : outcomes_) deliver_outcome(*o.sink, o.ok, o.payload, o.pid);
+    std::size_t done = outcomes_.size();
+    outcomes_.clear();
+    done += deliver_failures(failures_);
+    finished(done);
+    return true;
   }
 
   void result_loop() {
-    std::vector<result_msg> batch;
-    std::vector<outcome> outcomes;
-    std::vector<failure> failures;
+    auto* sh = shared_.state();
+    unsigned idle_tries = 0;
     for (;;) {
-      std::optional<result_msg> m;
+      bool took = false;
       try {
-        m = results_->get_for(250ms);
+        // While a waiting thread takes results (help()), leave them to it: it hands the
+        // queue back by kick() if it leaves something there.
+        std::unique_lock tok(token_, std::defer_lock);
+        if (helpers_.load() == 0) {
+          tok.lock();
+          took = take_results();
+        }
       } catch (const closed_error&) {
         break;
       }
-      if (!m) {
-        if (stop_thread_.load()) break;
-        check_supervisor();
-        continue;
-      }
-      batch.clear();
-      batch.push_back(std::move(*m));
-      for (int i = 0; i < 255; ++i) {  // what else is there, under one lock
-        auto more = results_->try_get();
-        if (!more) break;
-        batch.push_back(std::move(*more));
-      }
-      {
-        std::lock_guard lk(m_);
-        for (auto& r : batch) handle_locked(r, outcomes, failures);
-        dispatch_locked(failures);
-      }
-      for (auto& o : outcomes) deliver_outcome(*o.sink, o.ok, o.payload, o.pid);
-      std::size_t done = outcomes.size();
-      outcomes.clear();
-      done += deliver_failures(failures);
-      finished(done);
       posted_.run("shmkit::pool");
       if (stop_thread_.load()) break;
+      if (took) {
+        idle_tries = 0;
+        continue;
+      }
+      // Something is on the queue but could not be taken (being written, or its writer died:
+      // try_get recovers that after a stall): look again shortly.
+      if (!results_->empty() && helpers_.load() == 0) {
+        if (++idle_tries > 64)
+          std::this_thread::sleep_for(1ms);
+        else
+          std::this_thread::yield();
+        continue;
+      }
+      // Sleep until a result is queued or a job posted; look at the supervisor now and then.
+      // No spinning while a waiting thread takes results itself (help()).
+      const bool helped = helpers_.load() > 0;
+      const bool woke = sh->results_wp.wait_until(
+          [&] {
+            return (!results_->empty() && helpers_.load() == 0) || !posted_.empty() ||
+                   stop_thread_.load();
+          },
+          deadline_after(helped ? 10ms : 250ms), helped ? 0ns : spin_budget);
+      if (helped) continue;
+      if (!woke) check_supervisor();
     }
     posted_.close("shmkit::pool");  // later posts run on their caller's thread
   }
@@ -310,7 +411,8 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
           return;
         }
         forget(it->second.slot, m.task);
-        outcomes.push_back({std::move(it->second.sink),
+        drop_stash(it->second.blob);  // normally gone already: the worker removes it
+        outcomes.push_back({std::move(it->second.req.sink),
                             m.kind == static_cast<std::uint32_t>(msg_kind::ok),
                             std::move(m.payload), static_cast<pid_t>(m.pid)});
         if (!m.blob.empty()) outcomes.back().payload = unstash(m.blob);
@@ -320,8 +422,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       case msg_kind::worker_exit:
         worker_ended_locked(m, failures);
         break;
-      case msg_kind::kick:
-        kick_pending_.store(false);
+      case msg_kind::kick:  // no longer sent; kick() notifies results_wp
         break;
       case msg_kind::probe:
         probe_answered_locked(m, failures);
@@ -342,9 +443,10 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
                         std::vector<failure>& failures) {
     auto it = inflight_.find(id);
     if (it == inflight_.end()) return;
-    failures.push_back({std::move(it->second.sink),
+    failures.push_back({std::move(it->second.req.sink),
                         std::make_exception_ptr(worker_lost_error(why))});
     forget(slot, id);
+    drop_stash(it->second.blob);
     inflight_.erase(it);
   }
 
@@ -353,12 +455,16 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     auto& probes = slots_[m.slot].probes;
     auto it = probes.find(m.task);
     if (it == probes.end()) return;
-    for (std::uint64_t id : it->second)
-      fail_lost_locked(m.slot, id,
-                       fmt::format("shmkit::pool: worker {} died while taking a task; the task "
-                                   "was lost with it",
-                                   m.slot),
-                       failures);
+    // Every task queued before the probe has been answered by now, unless the dead worker
+    // took it: those it took but never started go round again, first, in their order.
+    for (auto id = it->second.rbegin(); id != it->second.rend(); ++id) {
+      auto t = inflight_.find(*id);
+      if (t == inflight_.end()) continue;
+      forget(m.slot, *id);
+      drop_stash(t->second.blob);
+      pending_.push_front(std::move(t->second.req));
+      inflight_.erase(t);
+    }
     probes.erase(it);
   }
 
@@ -368,25 +474,33 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     const std::string why =
         fmt::format("shmkit::pool: worker {} (pid {}) {} while running a task", m.slot, m.pid,
                     describe_status(static_cast<int>(m.status)));
-    if (m.task == getting) {
-      if (!book.held.empty()) {
-        // Ask the replacement what is left in the inbox: see the comment at the top.
-        const std::uint64_t probe = next_id_++;
-        task_msg msg;
-        msg.id = probe;
-        bool sent = false;
-        try {
-          sent = inboxes_[m.slot]->try_put(msg);
-        } catch (...) {
-        }
-        if (sent)
-          book.probes.emplace(probe,
-                              std::vector<std::uint64_t>(book.held.begin(), book.held.end()));
-        else  // cannot ask: fail the one most likely taken
-          fail_lost_locked(m.slot, book.held.front(), why, failures);
+    // Results it sent came before this report, and any it had not sent are lost: the task it
+    // ran and those before it that are still held fail now (each may have had effects, and
+    // runs at most once). The ones after it were not started; they are still in the inbox
+    // (the replacement runs them) or the worker took them (workers take everything queued):
+    // a probe sorts them out.
+    if (m.task != getting && m.task != 0) {
+      const auto ran = std::find(book.held.begin(), book.held.end(), m.task);
+      if (ran != book.held.end()) {
+        const std::vector<std::uint64_t> lost(book.held.begin(), std::next(ran));
+        for (std::uint64_t id : lost) fail_lost_locked(m.slot, id, why, failures);
       }
-    } else if (m.task != 0) {
-      fail_lost_locked(m.slot, m.task, why, failures);
+    }
+    if (!book.held.empty()) {
+      // Ask the replacement what is left in the inbox: see the comment at the top.
+      const std::uint64_t probe = next_id_++;
+      task_msg msg;
+      msg.id = probe;
+      bool sent = false;
+      try {
+        sent = inboxes_[m.slot]->try_put(msg);
+      } catch (...) {
+      }
+      if (sent)
+        book.probes.emplace(probe,
+                            std::vector<std::uint64_t>(book.held.begin(), book.held.end()));
+      else  // cannot ask (the inbox is full): fail the one most likely taken
+        fail_lost_locked(m.slot, book.held.front(), why, failures);
     }
     // The replacement inherits the inbox: what is still queued there counts toward it.
     book.assigned = static_cast<long>(book.held.size());
@@ -432,17 +546,14 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         task_msg msg{id, reinterpret_cast<std::uintptr_t>(t.entry), t.fn_word, {}, {}};
         bool sent = false;
         try {
+          // The payload visits the message and comes back: the request keeps it.
           if (t.payload.size() > stash_threshold)
             msg.blob = stash(t.payload, "t");
           else
             msg.payload = std::move(t.payload);
           sent = inboxes_[s]->try_put(msg);
-          if (!sent) {
-            if (msg.blob.empty())
-              t.payload = std::move(msg.payload);
-            else
-              drop_stash(msg.blob);
-          }
+          if (msg.blob.empty()) t.payload = std::move(msg.payload);
+          if (!sent) drop_stash(msg.blob);
         } catch (...) {
           // The task itself cannot be sent (no room for its arguments anywhere).
           drop_stash(msg.blob);
@@ -453,7 +564,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         }
         if (!sent) continue;  // the inbox is full after all: try later
         ++next_id_;
-        inflight_.emplace(id, inflight_task{std::move(t.sink), s});
+        inflight_.emplace(id, inflight_task{std::move(t), s, std::move(msg.blob)});
         pending_.pop_front();
         book.held.push_back(id);
         ++book.assigned;
@@ -495,7 +606,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       std::lock_guard lk(m_);
       for (auto& t : pending_) failures.push_back({std::move(t.sink), e});
       pending_.clear();
-      for (auto& [id, t] : inflight_) failures.push_back({std::move(t.sink), e});
+      for (auto& [id, t] : inflight_) failures.push_back({std::move(t.req.sink), e});
       inflight_.clear();
       for (auto& b : slots_) {
         b.held.clear();
@@ -508,7 +619,6 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   void stop_thread() noexcept {
     if (!thread_.joinable()) return;
     stop_thread_.store(true);
-    kick_pending_.store(false);
     kick();
     if (std::this_thread::get_id() == thread_.get_id())
       thread_.detach();
@@ -611,7 +721,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       ws.current.store(0);
       if (!sh->terminating.load()) {
         try {
-          results_->put(m);
+          send_result(m);
         } catch (...) {
         }
       }
@@ -623,7 +733,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     result_msg done;
     done.kind = static_cast<std::uint32_t>(msg_kind::supervisor_done);
     try {
-      if (!sh->terminating.load()) results_->put(done);
+      if (!sh->terminating.load()) send_result(done);
     } catch (...) {
     }
     std::fflush(nullptr);
@@ -660,67 +770,89 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       }
     }
     long done = 0;
+    const pid_t self = ::getpid();
+    const long max = opts_.maxtasksperchild;
+    // Buffers are reused from task to task (the payloads' capacity with them): a worker
+    // running tiny tasks allocates nothing in the steady state.
+    std::vector<task_msg> tasks;
+    std::vector<result_msg> results;  // the first `unsent` are results of tiny tasks held back
+    std::size_t unsent = 0;
     std::vector<std::byte> out;
-    for (;;) {
-      // release: pairs with the supervisor's load after waitpid(); the order of these stores
-      // is what the death report relies on.
-      ws.current.store(getting, std::memory_order_release);
-      task_msg t;
-      try {
-        t = inbox.get();
-      } catch (...) {
-        break;
-      }
-      if (t.id == 0) break;
-      if (t.entry == 0) {  // a probe: answer in order with the results
-        result_msg p;
-        p.kind = static_cast<std::uint32_t>(msg_kind::probe);
-        p.slot = slot;
-        p.task = t.id;
-        try {
-          results_->put(p);
-        } catch (...) {
-          break;
+    auto flush = [&] {
+      if (unsent == 0) return;
+      results_->put_many(std::span<const result_msg>(results.data(), unsent));
+      results_sent();
+      unsent = 0;
+    };
+    try {
+      for (bool leave = false; !leave;) {
+        // release: pairs with the supervisor's load after waitpid(); the order of these
+        // stores is what the death report relies on.
+        ws.current.store(getting, std::memory_order_release);
+        // What is queued for this worker, up to half of the deepest inbox: the rest stays
+        // there to run while the parent, seeing these results, tops the inbox up again.
+        // Never more than the worker may still run.
+        const std::size_t room = max > 0 ? static_cast<std::size_t>(max - done) : max_depth;
+        inbox.get_many(tasks, std::min(room, max_depth / 2));
+        clock::time_point held_since{};
+        for (task_msg& t : tasks) {
+          if (t.id == 0) {  // leave
+            leave = true;
+            break;
+          }
+          if (t.entry == 0) {  // a probe: answered in order, behind the results before it
+            flush();
+            result_msg p;
+            p.kind = static_cast<std::uint32_t>(msg_kind::probe);
+            p.slot = slot;
+            p.task = t.id;
+            send_result(p);
+            continue;
+          }
+          ws.current.store(t.id, std::memory_order_release);
+          const auto began = clock::now();
+          if (results.size() == unsent) results.emplace_back();
+          result_msg& r = results[unsent++];
+          r.blob.clear();
+          r.slot = slot;
+          r.task = t.id;
+          r.pid = self;
+          bool ok = false;
+          try {
+            if (!t.blob.empty()) t.payload = unstash(t.blob);
+            ok = run_task(reinterpret_cast<task_entry>(static_cast<std::uintptr_t>(t.entry)),
+                          t.fn_word, t.payload, out);
+          } catch (const std::exception& e) {  // the arguments' shared_memory was unreadable
+            out = encode(task_failure{"shmkit::error", e.what()});
+          }
+          r.kind = static_cast<std::uint32_t>(ok ? msg_kind::ok : msg_kind::failed);
+          try {
+            if (out.size() > stash_threshold) {
+              r.blob = stash(out, "r");
+              r.payload.clear();
+            } else {
+              std::swap(r.payload, out);  // `out` takes the old buffer back for the next task
+            }
+          } catch (const std::exception& e) {  // no shared memory for a large result
+            r.kind = static_cast<std::uint32_t>(msg_kind::failed);
+            r.payload = encode(task_failure{"shmkit::error", e.what()});
+          }
+          if (out.capacity() > stash_threshold) out = {};  // keep no large buffer
+          // Results wait for company only while tasks are tiny: one that took a while, or
+          // results held for a while, go at once.
+          const auto now = clock::now();
+          if (unsent == 1) held_since = now;
+          if (now - began > batch_window || now - held_since > batch_window) flush();
+          if (max > 0 && ++done >= max) {
+            leave = true;
+            break;
+          }
         }
-        continue;
+        flush();
       }
-      ws.current.store(t.id, std::memory_order_release);
-      result_msg r;
-      r.slot = slot;
-      r.task = t.id;
-      r.pid = ::getpid();
-      bool ok = false;
-      try {
-        if (!t.blob.empty()) t.payload = unstash(t.blob);
-        ok = run_task(reinterpret_cast<task_entry>(static_cast<std::uintptr_t>(t.entry)),
-                      t.fn_word, t.payload, out);
-      } catch (const std::exception& e) {  // the arguments' shared_memory could not be read
-        out = encode(task_failure{"shmkit::error", e.what()});
-      }
-      r.kind = static_cast<std::uint32_t>(ok ? msg_kind::ok : msg_kind::failed);
-      try {
-        if (out.size() > stash_threshold)
-          r.blob = stash(out, "r");
-        else
-          r.payload = std::move(out);
-        out = {};
-        results_->put(r);
-      } catch (const closed_error&) {
-        break;
-      } catch (const std::exception& e) {
-        // The result cannot travel (too large for the result queue): report that instead.
-        drop_stash(r.blob);
-        r.blob.clear();
-        r.kind = static_cast<std::uint32_t>(msg_kind::failed);
-        r.payload = encode(task_failure{"shmkit::error", e.what()});
-        try {
-          results_->put(r);
-        } catch (...) {
-          break;
-        }
-      }
-      ws.current.store(0, std::memory_order_release);
-      if (opts_.maxtasksperchild > 0 && ++done >= opts_.maxtasksperchild) break;
+    } catch (...) {
+      // Closed queues (the pool is ending), or results that cannot be sent: this worker
+      // leaves; what it held is reported lost (see worker_ended_locked).
     }
     ws.current.store(0, std::memory_order_release);
     std::fflush(nullptr);
@@ -748,7 +880,13 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   std::unordered_map<std::uint64_t, inflight_task> inflight_;
   std::vector<slot_book> slots_;
   std::uint64_t next_id_ = 1;
-  std::atomic<bool> kick_pending_{false};
+  // Whoever takes from the result queue holds token_ (the result thread, or a waiting
+  // thread in help()); batch_, outcomes_ and failures_ are its scratch space.
+  std::mutex token_;
+  std::vector<result_msg> batch_;
+  std::vector<outcome> outcomes_;
+  std::vector<failure> failures_;
+  std::atomic<int> helpers_{0};
   std::atomic<bool> stop_thread_{false};
 };
 

@@ -151,6 +151,26 @@ BOOST_AUTO_TEST_CASE(ten_thousand_apply_async_callbacks_each_called_once, *utf::
   BOOST_CHECK(cb_thread != std::this_thread::get_id());
 }
 
+// Payloads of every size class: inline in a slot, in the queues' heaps, and beyond them in
+// shared memory of their own; several at once, so that the heaps fill and drain.
+BOOST_AUTO_TEST_CASE(arguments_and_results_of_any_size_travel_whole, *utf::timeout(300)) {
+  shmkit::pool pool(2);
+  std::vector<std::string> items;
+  for (std::size_t n : {0ul, 1ul, 90ul, 4000ul, 200'000ul, 300'000ul, 1'100'000ul, 5'000'000ul})
+    for (int k = 0; k < 3; ++k) {
+      std::string s(n, '\0');
+      for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + (i * 7 + k) % 26);
+      items.push_back(std::move(s));
+    }
+  std::vector<std::string> want;
+  for (const auto& s : items) want.push_back(shout(s));
+  BOOST_CHECK(pool.map(shout, items, 1) == want);
+  BOOST_CHECK(pool.map(shout, items, 4) == want);
+  std::vector<shmkit::async_result<std::string>> rs;
+  for (const auto& s : items) rs.push_back(pool.apply_async(shout, s));
+  for (std::size_t i = 0; i < rs.size(); ++i) BOOST_CHECK(rs[i].get() == want[i]);
+}
+
 BOOST_AUTO_TEST_CASE(async_result_queries, *utf::timeout(120)) {
   shmkit::pool pool(2);
   auto slow = pool.apply_async(slow_identity, 300);
@@ -237,6 +257,49 @@ BOOST_AUTO_TEST_CASE(a_worker_that_aborts_fails_map_with_worker_lost, *utf::time
   BOOST_CHECK_THROW(pool.map(abort_on_7, items, 1), shmkit::worker_lost_error);
   std::vector<int> safe{1, 2, 3};
   BOOST_CHECK((pool.map(abort_on_7, safe) == safe));
+}
+
+// Workers take many tiny tasks at once and send their results together: a worker dying in
+// the middle of such a batch costs the tasks it took, each failing with worker_lost_error
+// (never hanging, never a wrong value), and the rest complete.
+BOOST_AUTO_TEST_CASE(a_worker_dying_inside_a_batch_loses_only_what_it_held, *utf::timeout(180)) {
+  shmkit::pool pool(2);
+  for (int round = 0; round < 3; ++round) {
+    std::vector<shmkit::async_result<int>> rs;
+    for (int i = 0; i < 400; ++i) rs.push_back(pool.apply_async(abort_on_7, i % 50 == 7 ? 7 : i));
+    int ok = 0, lost = 0;
+    for (int i = 0; i < 400; ++i) {
+      try {
+        const int v = rs[i].get();
+        BOOST_REQUIRE_EQUAL(v, i);
+        ++ok;
+      } catch (const shmkit::worker_lost_error&) {
+        ++lost;
+      }
+    }
+    BOOST_TEST_MESSAGE("round " << round << ": " << ok << " done, " << lost << " lost");
+    for (int i = 7; i < 400; i += 50) BOOST_CHECK_THROW(rs[i].get(), shmkit::worker_lost_error);
+    BOOST_CHECK_EQUAL(ok + lost, 400);
+    BOOST_CHECK_GE(ok, 400 - 8 * 40);  // each death costs at most a batch held and unsent
+  }
+  std::vector<int> safe(1000);
+  std::iota(safe.begin(), safe.end(), 100);
+  BOOST_CHECK(pool.map(abort_on_7, safe, 1) == safe);
+}
+
+// A worker takes everything queued for it; killed while it runs the first, the tasks it took
+// but never started run on its replacement: only the task it ran fails.
+BOOST_AUTO_TEST_CASE(tasks_a_killed_worker_took_but_never_started_still_run, *utf::timeout(180)) {
+  shmkit::pool pool(1);
+  auto stuck = pool.apply_async(sleep_forever, 0);
+  std::vector<shmkit::async_result<int>> after;
+  for (int i = 0; i < 5; ++i) after.push_back(pool.apply_async(add, i, 100));
+  std::this_thread::sleep_for(300ms);  // the worker has taken what its inbox held
+  const auto pids = pool.worker_pids();
+  BOOST_REQUIRE_EQUAL(pids.size(), 1u);
+  ::kill(pids[0], SIGKILL);
+  BOOST_CHECK_THROW(stuck.get(), shmkit::worker_lost_error);
+  for (int i = 0; i < 5; ++i) BOOST_CHECK_EQUAL(after[i].get(), i + 100);
 }
 
 BOOST_AUTO_TEST_CASE(maxtasksperchild_replaces_workers, *utf::timeout(180)) {

@@ -9,6 +9,7 @@
 // on the calling thread.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <exception>
@@ -34,7 +35,21 @@ class callback_executor {
  public:
   virtual ~callback_executor() = default;
   virtual bool post(std::function<void()> job) = 0;
+  // Whether this thread is the one callbacks run on (then they run at once, in order).
+  virtual bool on_callback_thread() const { return true; }
+  // Lends the result thread's work to a thread about to wait: for a short while, as long as
+  // done() is false, it takes results off the pool's queue and hands them out itself, which
+  // saves the hand-over from the result thread to the waiter. Returns done()'s last value.
+  // The default lends nothing.
+  virtual bool help(const std::function<bool()>& done) { return done(); }
 };
+
+// Lets the calling thread help `exec` until done() holds or its help ends.
+inline bool help_executor(const std::weak_ptr<callback_executor>& exec,
+                          const std::function<bool()>& done) {
+  if (auto e = exec.lock()) return e->help(done);
+  return done();
+}
 
 template <class R>
 using stored_t = std::conditional_t<std::is_void_v<R>, bool, R>;
@@ -67,11 +82,13 @@ class async_state : public std::enable_shared_from_this<async_state<R>> {
     return !error_;
   }
   void wait() const {
+    if (done_flag_.load(std::memory_order_acquire) || help()) return;
     std::unique_lock lk(m_);
     cv_.wait(lk, [&] { return done_; });
   }
   template <class Clock, class Duration>
   bool wait_until(std::chrono::time_point<Clock, Duration> t) const {
+    if (done_flag_.load(std::memory_order_acquire) || help()) return true;
     std::unique_lock lk(m_);
     return cv_.wait_until(lk, t, [&] { return done_; });
   }
@@ -99,12 +116,24 @@ class async_state : public std::enable_shared_from_this<async_state<R>> {
   }
 
  private:
+  bool help() const {
+    return help_executor(exec_, [this] { return done_flag_.load(std::memory_order_acquire); });
+  }
   void finish(std::unique_lock<std::mutex>& lk) {
     done_ = true;
+    // release: pairs with the acquire loads in wait() and help(), which then read the value
+    // under m_ (or after it, in the same thread that set it).
+    done_flag_.store(true, std::memory_order_release);
     auto cbs = std::move(callbacks_);
     lk.unlock();
     cv_.notify_all();
-    // Completion happens on the result thread: callbacks attached before it run right here.
+    // Callbacks attached before completion run right here on the result thread; completed by
+    // a thread that helped it, they are posted to it, to keep their one thread and order.
+    auto exec = exec_.lock();
+    if (!cbs.empty() && exec && !exec->on_callback_thread()) {
+      for (auto& cb : cbs) run_callback(std::move(cb));
+      return;
+    }
     for (auto& cb : cbs) cb(*this);
   }
   void run_callback(std::function<void(const async_state&)> fn) {
@@ -122,6 +151,7 @@ class async_state : public std::enable_shared_from_this<async_state<R>> {
   mutable std::mutex m_;
   mutable std::condition_variable cv_;
   bool done_ = false;
+  std::atomic<bool> done_flag_{false};  // done_, readable without m_
   std::optional<stored_t<R>> value_;
   std::exception_ptr error_;
   std::vector<std::function<void(const async_state&)>> callbacks_;

@@ -11,12 +11,16 @@
 // - What can be sent: function pointers, captureless lambdas, and callables whose state the
 //   codec can serialize (a member serialize()); arguments and results are codec values. Any
 //   other callable is a compile error at the call site that says so.
-// - Each worker has its own inbox queue, holding at most two tasks; the result thread refills
-//   it as results come back, so the pool always knows which tasks a worker holds.
+// - Each worker has its own inbox queue, holding two tasks, or up to sixteen while many small
+//   ones wait; it is refilled as results come back, so the pool always knows which tasks a
+//   worker holds. Default map chunks carry at most about 64 KiB of items.
 // - Errors: an exception escaping f in a worker reaches the caller as shmkit::remote_error
 //   (type name and message) from get(), map(), iteration or the error callback, and the pool
-//   stays usable. A worker that dies (crash, kill -9, abort) is replaced, and the task it held
-//   fails with shmkit::worker_lost_error; map() then throws it. If the supervisor itself dies,
+//   stays usable. A worker that dies (crash, kill -9, abort) is replaced, and the task it ran
+//   fails with shmkit::worker_lost_error (map() then throws it), as do the tiny tasks it had
+//   finished in the last 20 microseconds whose results it had not sent yet (workers send
+//   those together). Every task runs at most once: tasks it had taken but not started run on
+//   the replacement. If the supervisor itself dies,
 //   every pending task fails with worker_lost_error and the pool refuses new work. Nothing
 //   waits forever.
 // - Callbacks (async_result::then) run in this process on the pool's one result thread, in
@@ -26,6 +30,7 @@
 //   is pending; the destructor terminates, like Python's `with Pool() as p:`.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <concepts>
 #include <condition_variable>
@@ -173,28 +178,49 @@ class pool_runtime : public task_runtime {
   virtual std::vector<pid_t> worker_pids() const = 0;
 };
 
-// Python's default: chunks of n / (4 * workers), rounded up.
-inline std::size_t default_chunksize(std::size_t n, int workers) {
+// About how many bytes of items a default chunk carries at most.
+inline constexpr std::size_t default_chunk_bytes = 64 * 1024;
+
+// Python's default, chunks of n / (4 * workers) rounded up, but no larger than about
+// default_chunk_bytes of items: a chunk that stays in cache on its way through the codec and the
+// queues costs a fraction of one that streams through memory and faults in fresh pages, and
+// many chunks keep every worker busy while the next ones are encoded.
+inline std::size_t default_chunksize(std::size_t n, int workers, std::size_t item_bytes) {
   if (n == 0) return 1;
-  const std::size_t parts = static_cast<std::size_t>(workers) * 4;
-  return std::max<std::size_t>(1, n / parts + (n % parts != 0 ? 1 : 0));
+  const std::size_t parts = static_cast<std::size_t>(std::max(workers, 1)) * 4;
+  const std::size_t python = n / parts + (n % parts != 0 ? 1 : 0);
+  const std::size_t cap = default_chunk_bytes / std::max<std::size_t>(item_bytes, 1);
+  return std::clamp<std::size_t>(python, 1, std::max<std::size_t>(cap, 1));
 }
 
 template <class Items>
 auto to_chunks(const Items& items, std::size_t chunksize) {
   using Item = std::remove_cvref_t<std::ranges::range_value_t<Items>>;
   std::vector<std::vector<Item>> chunks;
-  std::vector<Item> cur;
-  cur.reserve(chunksize);
-  for (auto&& x : items) {
-    cur.push_back(x);
-    if (cur.size() == chunksize) {
-      chunks.push_back(std::move(cur));
-      cur = {};
-      cur.reserve(chunksize);
+  if constexpr (std::ranges::random_access_range<const Items>) {
+    // Whole slices at once (one copy, a memcpy for trivially copyable items).
+    const std::size_t n = std::ranges::size(items);
+    chunks.reserve(n / chunksize + 1);
+    auto first = std::ranges::begin(items);
+    for (std::size_t at = 0; at < n; at += chunksize) {
+      const auto k = static_cast<std::ranges::range_difference_t<const Items>>(
+          std::min(chunksize, n - at));
+      chunks.emplace_back(first, first + k);
+      first += k;
     }
+  } else {
+    std::vector<Item> cur;
+    cur.reserve(chunksize);
+    for (auto&& x : items) {
+      cur.push_back(x);
+      if (cur.size() == chunksize) {
+        chunks.push_back(std::move(cur));
+        cur = {};
+        cur.reserve(chunksize);
+      }
+    }
+    if (!cur.empty()) chunks.push_back(std::move(cur));
   }
-  if (!cur.empty()) chunks.push_back(std::move(cur));
   return chunks;
 }
 
@@ -260,8 +286,13 @@ class value_sink final : public task_sink {
 template <class R>
 class stream_state {
  public:
-  stream_state(std::size_t chunks, std::size_t items, bool ordered)
-      : ordered_(ordered), slots_(ordered ? chunks : 0), chunks_left_(chunks), items_(items) {}
+  stream_state(std::size_t chunks, std::size_t items, bool ordered,
+               std::weak_ptr<callback_executor> exec = {})
+      : ordered_(ordered),
+        slots_(ordered ? chunks : 0),
+        chunks_left_(chunks),
+        items_(items),
+        exec_(std::move(exec)) {}
 
   void deliver(std::size_t index, std::vector<R>&& results) {
     std::lock_guard lk(m_);
@@ -269,8 +300,7 @@ class stream_state {
       slots_[index].emplace(std::move(results));
     else
       for (auto& r : results) ready_.push_back(std::move(r));
-    --chunks_left_;
-    cv_.notify_all();
+    arrived();
   }
   void fail(std::size_t index, std::exception_ptr e) {
     std::lock_guard lk(m_);
@@ -278,8 +308,7 @@ class stream_state {
       slots_[index].emplace(std::vector<R>{}), errors_.emplace_back(index, e);
     else
       errors_.emplace_back(0, e);
-    --chunks_left_;
-    cv_.notify_all();
+    arrived();
   }
 
   // The next result, or nullopt at the end. Throws a task's failure where it stands in order
@@ -292,7 +321,7 @@ class stream_state {
           return std::optional<R>(std::move(current_[pos_++]));
         }
         if (next_chunk_ == slots_.size()) return std::nullopt;
-        cv_.wait(lk, [&] { return slots_[next_chunk_].has_value(); });
+        wait(lk, [&] { return slots_[next_chunk_].has_value(); });
         for (auto it = errors_.begin(); it != errors_.end(); ++it)
           if (it->first == next_chunk_) {
             auto e = it->second;
@@ -305,7 +334,7 @@ class stream_state {
         ++next_chunk_;
         pos_ = 0;
       } else {
-        cv_.wait(lk, [&] { return !ready_.empty() || !errors_.empty() || chunks_left_ == 0; });
+        wait(lk, [&] { return !ready_.empty() || !errors_.empty() || chunks_left_ == 0; });
         if (!errors_.empty()) {
           auto e = errors_.front().second;
           errors_.erase(errors_.begin());
@@ -322,6 +351,23 @@ class stream_state {
   std::size_t size() const noexcept { return items_; }
 
  private:
+  void arrived() {
+    --chunks_left_;
+    // release: pairs with the acquire load of the thread helping in wait().
+    arrivals_.fetch_add(1, std::memory_order_release);
+    cv_.notify_all();
+  }
+  // Waits for pred() under lk; first helps the pool take results in, as in async_state.
+  template <class Pred>
+  void wait(std::unique_lock<std::mutex>& lk, Pred pred) {
+    if (pred()) return;
+    const std::uint64_t seen = arrivals_.load(std::memory_order_acquire);
+    lk.unlock();
+    help_executor(exec_, [&] { return arrivals_.load(std::memory_order_acquire) != seen; });
+    lk.lock();
+    cv_.wait(lk, pred);
+  }
+
   std::mutex m_;
   std::condition_variable cv_;
   const bool ordered_;
@@ -333,6 +379,8 @@ class stream_state {
   std::size_t next_chunk_ = 0;
   std::vector<R> current_;
   std::size_t pos_ = 0;
+  std::weak_ptr<callback_executor> exec_;
+  std::atomic<std::uint64_t> arrivals_{0};
 };
 
 template <class R>
@@ -518,7 +566,7 @@ class pool_front {
     static_assert(encodable<R>, "shmkit::pool: the result type of f must be a codec type");
     static_assert(encodable<Item>, "shmkit::pool: the items must be codec types");
     const std::size_t n = std::ranges::size(items);
-    if (chunksize == 0) chunksize = detail::default_chunksize(n, processes());
+    if (chunksize == 0) chunksize = detail::default_chunksize(n, processes(), sizeof(Item));
     auto chunks = detail::to_chunks(items, chunksize);
     auto c = std::make_shared<detail::map_collector<R>>();
     c->chunks.resize(chunks.size());
@@ -545,7 +593,7 @@ class pool_front {
     if (chunksize == 0) chunksize = 1;
     auto chunks = detail::to_chunks(items, chunksize);
     auto s = std::make_shared<detail::stream_state<R>>(chunks.size(), std::ranges::size(items),
-                                                       ordered);
+                                                       ordered, rt_);
     if (!chunks.empty())
       rt_->submit(chunk_tasks(f, chunks, &detail::map_entry<Fd, Item>, [&](std::size_t i) {
         return std::make_shared<detail::stream_chunk_sink<R>>(s, i);

@@ -25,6 +25,7 @@ else()
 endif()
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
 run(${WORK_DIR}/build/consumer)
+run(${WORK_DIR}/build/api_contract)
 if(EXISTS ${WORK_DIR}/build/consumer_mpi)  # built where shmkit has the mpi component
   run(${WORK_DIR}/build/consumer_mpi)
 endif()
