@@ -4,12 +4,14 @@
 // the queue's crash, stress and thread tests.
 #pragma once
 
+#include <sys/wait.h>
+#include <chrono>
 #include <csignal>
 #include <cstdint>
 #include <cstring>
 #include <random>
 #include <string>
-#include <sys/wait.h>
+#include <thread>
 #include <vector>
 
 namespace shmkit::test {
@@ -81,6 +83,41 @@ inline std::size_t mixed_size(std::mt19937_64& rng, std::size_t large_max) {
   if (r < 70) return rng() % 72;               // fits a slot with the header
   if (r < 95) return 100 + rng() % 4000;       // out of line, small
   return 16384 + rng() % (large_max - 16384);  // out of line, large
+}
+
+// Puts m into q one of three ways, chosen by `way` (mod 4): polling try_put, repeating
+// put_for, or blocking put (twice as often), so that every path meets what a kill leaves.
+template <class Q, class M>
+void put_some_way(Q& q, const M& m, std::uint64_t way) {
+  switch (way % 4) {
+    case 0:
+      while (!q.try_put(m)) std::this_thread::yield();
+      break;
+    case 1:
+      while (!q.put_for(m, std::chrono::milliseconds(2))) {
+      }
+      break;
+    default:
+      q.put(m);
+  }
+}
+
+// Gets one message from q the same three ways.
+template <class Q>
+auto get_some_way(Q& q, std::uint64_t way) {
+  decltype(q.try_get()) m;
+  switch (way % 4) {
+    case 0:
+      while (!(m = q.try_get())) std::this_thread::yield();
+      break;
+    case 1:
+      while (!(m = q.get_for(std::chrono::milliseconds(2)))) {
+      }
+      break;
+    default:
+      m = q.get();
+  }
+  return std::move(*m);
 }
 
 // Children of one test step: whichever the step did not reap (a check failed and threw

@@ -288,17 +288,7 @@ void produce(exposed_queue<std::string>& q, ledger& l, std::uint64_t round, int 
       std::string m =
           shmkit::test::make_message(tag_of(round, p, seq), shmkit::test::mixed_size(rng, 200000));
       l.attempting[p].store(seq + 1);
-      switch (rng() % 4) {
-        case 0:
-          while (!q.try_put(m)) std::this_thread::yield();
-          break;
-        case 1:
-          while (!q.put_for(m, 2ms)) {
-          }
-          break;
-        default:
-          q.put(m);
-      }
+      shmkit::test::put_some_way(q, m, rng());
       ++seq;
     }
     l.confirmed[p].store(seq);
@@ -326,19 +316,7 @@ void consume(exposed_queue<std::string>& q, ledger& l, int c, std::uint64_t seed
         return;
       }
     } else {
-      std::optional<std::string> m;
-      switch (rng() % 4) {
-        case 0:
-          while (!(m = q.try_get())) std::this_thread::yield();
-          break;
-        case 1:
-          while (!(m = q.get_for(2ms))) {
-          }
-          break;
-        default:
-          m = q.get();
-      }
-      if (!record(*m)) return;
+      if (!record(shmkit::test::get_some_way(q, rng()))) return;
     }
   }
 }
