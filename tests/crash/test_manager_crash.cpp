@@ -16,6 +16,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <sys/wait.h>
 #include <vector>
 
 #include "shmkit/manager.hpp"
@@ -322,11 +323,21 @@ BOOST_AUTO_TEST_CASE(kill_writers_while_others_read) {
     const std::uint64_t start = counter(0).load();
     const pid_t w = spawn([&] { writer(g.name, rng(), counter(0)); });
     // Let it get going (its first calls may wait for the repair of the previous round), then
-    // kill it at a random moment.
+    // kill it at a random moment. A writer that ended on its own (an exception, its message
+    // on stderr) fails the test at once, saying so, rather than after the minute it is given.
     const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (counter(0).load() < start + 20 && std::chrono::steady_clock::now() < give_up)
+    while (counter(0).load() < start + 20 && std::chrono::steady_clock::now() < give_up) {
+      int status = 0;
+      if (::waitpid(w, &status, WNOHANG) == w)
+        BOOST_FAIL("round " << round << ": the writer ended after " << counter(0).load() - start
+                            << " calls (" << (WIFEXITED(status) ? "exit code " : "signal ")
+                            << (WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status))
+                            << ")");
       ::usleep(200);
-    BOOST_REQUIRE(counter(0).load() >= start + 20);
+    }
+    BOOST_REQUIRE_MESSAGE(counter(0).load() >= start + 20,
+                          "round " << round << ": the writer made " << counter(0).load() - start
+                                   << " calls in 60 s");
     ::usleep(static_cast<useconds_t>(rng() % 5000));
     kill_and_reap(w);
     // The parent reads too, and checks the heap (which repairs it first if the writer died in
