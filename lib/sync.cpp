@@ -81,6 +81,28 @@ bool mutex_state::lock_slow(std::optional<time_point> deadline) {
   }
 }
 
+bool mutex_state::try_take_over(std::uint64_t holder) noexcept {
+  // Per thread: which lock refused us, by which holder, since when. Only a refusal by the same
+  // holder for try_lock_liveness makes us look (a busy lock changes hands all the time).
+  struct refusal {
+    const mutex_state* lock = nullptr;
+    std::uint64_t holder = 0;
+    time_point since{};
+  };
+  thread_local refusal last;
+  const time_point now = clock::now();
+  if (last.lock != this || last.holder != holder) {
+    last = {this, holder, now};
+    return false;
+  }
+  if (now - last.since < try_lock_liveness) return false;
+  last.since = now;
+  if (!take_over_if_dead(owner, holder, self_identity())) return false;
+  died.store(1, std::memory_order_relaxed);  // read by ourselves, published by unlock
+  last = {};
+  return true;
+}
+
 void mutex_state::wake_one() noexcept {
   // seq_cst: see unlock_if_owner(). Only the caller that turns 1 into 0 wakes, once.
   if (sleepers.exchange(0, std::memory_order_seq_cst) != 0) futex_wake(&sleepers, 1);

@@ -42,6 +42,9 @@ namespace shmkit::detail {
 // cache line) back and forth and lost throughput, most of all on busy CPUs.
 inline constexpr std::chrono::nanoseconds mutex_spin{1000};
 
+// How often a caller that only polls try_lock() looks whether the holder refusing it lives.
+inline constexpr std::chrono::milliseconds try_lock_liveness{10};
+
 struct mutex_state {
   static constexpr const char* kind = "mutex";
 
@@ -53,14 +56,21 @@ struct mutex_state {
   static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
   static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 
-  // Does not throw. No system call.
+  // Does not throw. No system call, except that a caller the same holder keeps refusing
+  // looks whether that holder still lives (reads /proc) once per try_lock_liveness, and takes
+  // the lock over from a dead one (owner_died() then says so), as lock() does.
   bool try_lock() noexcept {
     std::uint64_t expected = 0;
     // acquire: pairs with the seq_cst (hence release) store of 0 in unlock_if_owner(): the
     // previous holder's writes are visible to us.
-    return owner.compare_exchange_strong(expected, self_identity(), std::memory_order_acquire,
-                                         std::memory_order_relaxed);
+    if (owner.compare_exchange_strong(expected, self_identity(), std::memory_order_acquire,
+                                      std::memory_order_relaxed))
+      return true;
+    return expected != 0 && try_take_over(expected);
   }
+
+  // try_lock()'s refused path (lib/sync.cpp): true when it took the lock from a dead holder.
+  bool try_take_over(std::uint64_t holder) noexcept;
 
   // Blocks until held; takes the lock over from a dead holder (owner_died() then says so).
   // Throws std::system_error (resource_deadlock_would_occur) when the caller already holds it.
