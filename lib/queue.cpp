@@ -16,8 +16,13 @@ namespace shmkit::detail {
 namespace {
 
 // How long an obstacle (the same claim word, the same lock holder) must stay before a waiter
-// asks whether its owner still lives; also the period at which such a waiter wakes up.
+// asks whether its owner still lives; also the longest sleep of such a waiter.
 constexpr std::chrono::milliseconds stall_period{3};
+// The first sleep of a waiter with an obstacle in its way, doubled at each sleep up to the
+// stall period. A claimant that finishes may not wake us (queue_run::sleepers): it may have
+// read the sleepers' count before we counted ourselves, so a live claimant's hand-over is
+// noticed within this.
+constexpr std::chrono::microseconds first_poll{50};
 // A sleeper with nothing to watch still wakes this often to look again: a process killed
 // while asleep on a futex stays queued there until it next runs, and may swallow a wake-up
 // meant for a live sleeper. Costs an idle waiter ten wake-ups a second (a few microseconds
@@ -205,6 +210,7 @@ bool queue_ring::block(waitpoint& wp, Attempt&& attempt, std::optional<time_poin
     while (c != 0 && !wp.waiters.compare_exchange_weak(c, c - 1, std::memory_order_relaxed)) {
     }
   };
+  std::chrono::nanoseconds poll_sleep = first_poll;
   for (;;) {
     wp.waiters.fetch_add(1, std::memory_order_seq_cst);
     // Pairs with the fence in wake(): either the waker sees us counted, or our attempt
@@ -231,7 +237,8 @@ bool queue_ring::block(waitpoint& wp, Attempt&& attempt, std::optional<time_poin
       uncount();
       return false;
     }
-    const time_point next = now + (poll ? stall_period : sweep_period);
+    const time_point next = now + (poll ? poll_sleep : sweep_period);
+    if (poll) poll_sleep = std::min<std::chrono::nanoseconds>(2 * poll_sleep, stall_period);
     // Woken (a waker took a count) or the key was stale: keep the count, a waker took one.
     // Timed out: nobody took it on our behalf, take it back.
     if (!futex_wait(&wp.seq, key, until ? std::min(*until, next) : next)) uncount();

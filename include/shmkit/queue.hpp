@@ -443,9 +443,10 @@ auto queue<T>::receive_with(std::optional<detail::time_point> until, bool try_on
   bool heap = false;
   struct notifier {
     detail::queue_ring& r;
+    const detail::queue_run& run;
     bool& heap;
-    ~notifier() { r.released(1, heap); }
-  } wake{ring_, heap};
+    ~notifier() { r.released(run, heap); }
+  } wake{ring_, run, heap};
   return fn(run.first, heap);
 }
 
@@ -541,7 +542,7 @@ std::uint64_t queue<T>::receive_run(std::size_t n, Fn fn) {
     ~finisher() {
       // After a throw, the rest of the run is released unread (those messages are lost).
       for (std::uint64_t j = k; j < run.count; ++j) r.release(run.first + j);
-      r.released(run.count, heap);
+      r.released(run, heap);
     }
   } done{ring_, run, k, heap};
   while (k < run.count) {

@@ -148,26 +148,35 @@ void queue_check_opened(const queue_state* st, std::size_t payload, bool joinabl
 // count back only when it did not sleep or its sleep timed out; any other miscount is too
 // high, never too low, and costs at most one needless system call.
 //
-// Wakes up to n sleepers (INT_MAX: all), with a system call only when one is counted: when
-// nobody sleeps, a fence and a load. The fence pairs with the fence after the increment of
-// `waiters` in queue_ring::block(): either the sleeper sees our state change, or we see it.
-inline void wake(waitpoint& wp, int n) noexcept {
-#if defined(__SANITIZE_THREAD__)
-  // ThreadSanitizer does not model fences; an RMW gives it the same ordering to see.
-  std::uint32_t counted = wp.waiters.fetch_add(0, std::memory_order_seq_cst);
-#else
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+// Wakes up to n sleepers (INT_MAX: all) that a waker has seen counted (see wake() and
+// queue_run::sleepers for the two ways of seeing them): takes their counts and makes the
+// system call.
+inline void wake_counted(waitpoint& wp, int n) noexcept {
+  // relaxed: the caller's fence or seq_cst load ordered us; seq below carries the wake-up.
   std::uint32_t counted = wp.waiters.load(std::memory_order_relaxed);
-#endif
-  if (counted == 0) return;
   std::uint32_t take;
-  do {  // relaxed: the fence above orders us; seq below carries the wake-up
+  do {
     take = n == INT_MAX ? counted : std::min<std::uint32_t>(counted, static_cast<std::uint32_t>(n));
   } while (take != 0 &&
            !wp.waiters.compare_exchange_weak(counted, counted - take, std::memory_order_relaxed));
   if (take == 0) return;
   wp.seq.fetch_add(1, std::memory_order_seq_cst);
   futex_wake(&wp.seq, n == INT_MAX ? INT_MAX : static_cast<int>(take));
+}
+
+// Wakes up to n sleepers (INT_MAX: all) after any change of state, with a system call only
+// when one is counted: when nobody sleeps, a fence and a load. The fence pairs with the fence
+// after the increment of `waiters` in queue_ring::block(): either the sleeper sees our state
+// change, or we see it. (The claim fast path needs no fence: see queue_run::sleepers.)
+inline void wake(waitpoint& wp, int n) noexcept {
+#if defined(__SANITIZE_THREAD__)
+  // ThreadSanitizer does not model fences; an RMW gives it the same ordering to see.
+  const std::uint32_t counted = wp.waiters.fetch_add(0, std::memory_order_seq_cst);
+#else
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const std::uint32_t counted = wp.waiters.load(std::memory_order_relaxed);
+#endif
+  if (counted != 0) wake_counted(wp, n);
 }
 
 // What stopped a claim: the word seen and, for a claim word, the position it is for
@@ -183,6 +192,15 @@ struct queue_obstacle {
 struct queue_run {
   std::uint64_t first = 0;
   std::uint64_t count = 0;
+  // The other side's sleepers (not_empty's for a producer, not_full's for a consumer), read
+  // with a seq_cst load after the run's last seq_cst claim compare-and-swap. A sleeper
+  // counts itself (seq_cst), then looks at the slot it waits for (seq_cst load in
+  // try_claim()): either it sees our claim word or a later state, or it precedes our claim
+  // in the total order of seq_cst operations and we see its count here (Dekker, with the
+  // claim as our state change). A sleeper that sees a claim word in its way only sleeps
+  // for a poll period (block()): the claimant may have read the count before it. So the
+  // waker after a claim needs no fence: 0 here means nobody needs a wake-up from this run.
+  std::uint32_t sleepers = 0;
 };
 
 // A heap allocation held by a producer until it is in a slot.
@@ -232,7 +250,7 @@ class queue_ring {
       // release: pairs with the consumer's acquire of `seq` in try_claim(): the slot's fields
       // and data written above are visible to whoever claims the message.
       slot(p).seq.store(seqw::full_word(lap(p)), std::memory_order_release);
-    wake(st_->not_empty, static_cast<int>(run.count));
+    if (run.sleepers != 0) wake_counted(st_->not_empty, static_cast<int>(run.count));
   }
   // Consumer: frees one claimed slot for the next lap (no wake-up; see released()).
   void release(std::uint64_t pos) noexcept {
@@ -240,9 +258,10 @@ class queue_ring {
     // overwrites what we read) and by the heap collector (it then frees what we read).
     slot(pos).seq.store(seqw::free_word(lap(pos) + 1), std::memory_order_release);
   }
-  // After releasing `count` slots, `heap` of them with heap blocks.
-  void released(std::uint64_t count, bool heap) noexcept {
-    wake(st_->not_full, static_cast<int>(count));
+  // After releasing the slots of `run` (claimed by a consumer), some with heap blocks
+  // (`heap`).
+  void released(const queue_run& run, bool heap) noexcept {
+    if (run.sleepers != 0) wake_counted(st_->not_full, static_cast<int>(run.count));
     if (heap) wake(st_->heap_space, 1);
   }
 
@@ -360,14 +379,16 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
   for (;;) {
     queue_slot& s = slot(p);
     const std::uint64_t L = lap(p);
-    // acquire: pairs with the release store of the other side (publish(), release()).
-    std::uint64_t w = s.seq.load(std::memory_order_acquire);
+    // seq_cst: acquire pairs with the release store of the other side (publish(),
+    // release()); seq_cst for a sleeper's look (queue_run::sleepers).
+    std::uint64_t w = s.seq.load(std::memory_order_seq_cst);
     const queue_view::kind k = consumer ? queue_view::consumer(w, L) : queue_view::producer(w, L);
     if (k == queue_view::claimable) {
-      // acq_rel: acquire as above; release so that whoever reads our claim word also sees
-      // the counter value we read (the position bound recovery relies on).
+      // seq_cst: acquire as above; release so that whoever reads our claim word also sees
+      // the counter value we read (the position bound recovery relies on); seq_cst as the
+      // state change of queue_run::sleepers.
       if (!s.seq.compare_exchange_strong(w, seqw::claim_word(L, consumer, me),
-                                         std::memory_order_acq_rel, std::memory_order_acquire))
+                                         std::memory_order_seq_cst, std::memory_order_seq_cst))
         continue;  // lost the race for p: look at the slot again
       if (consumer && (w & seqw::skip_bit)) {
         // A message its producer never finished: drop it and carry on at p + 1.
@@ -386,12 +407,12 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
         const std::uint64_t q = p + k2;
         queue_slot& s2 = slot(q);
         const std::uint64_t L2 = lap(q);
-        // acquire / acq_rel: as for the first slot of the run; relaxed on failure: we stop.
+        // acquire / seq_cst: as for the first slot of the run; relaxed on failure: we stop.
         std::uint64_t w2 = s2.seq.load(std::memory_order_acquire);
         const bool ok = consumer ? (w2 == seqw::full_word(L2)) : (w2 == seqw::free_word(L2));
         if (!ok ||
             !s2.seq.compare_exchange_strong(w2, seqw::claim_word(L2, consumer, me),
-                                            std::memory_order_acq_rel, std::memory_order_relaxed))
+                                            std::memory_order_seq_cst, std::memory_order_relaxed))
           break;
       }
       const std::uint64_t end = p + k2;
@@ -399,7 +420,9 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
       std::uint64_t h = counter.load(std::memory_order_acquire);
       while (h < end && !counter.compare_exchange_weak(h, end, std::memory_order_acq_rel)) {
       }
-      run = {p, k2};
+      // seq_cst: after the last claim above; see queue_run::sleepers.
+      const waitpoint& other = consumer ? st_->not_full : st_->not_empty;
+      run = {p, k2, other.waiters.load(std::memory_order_seq_cst)};
       return true;
     }
     if (k == queue_view::passed) {
