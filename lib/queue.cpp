@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <stdexcept>
 #include <vector>
 
@@ -87,18 +88,30 @@ namespace {
 struct layout_offsets {
   std::uint64_t slots, tags, owners, heap, total;
 };
-layout_offsets compute_layout(std::uint64_t capacity, std::uint64_t pages) {
+layout_offsets compute_layout(std::uint64_t capacity, std::uint64_t pages,
+                              std::uint64_t slot_bytes) {
   layout_offsets o{};
   o.slots = sizeof(queue_state);
-  o.tags = o.slots + capacity * queue_slot_bytes;
+  o.tags = o.slots + capacity * slot_bytes;
   o.owners = o.tags + pages * sizeof(std::uint64_t);
   o.heap = round_up(o.owners + pages * sizeof(std::uint64_t), queue_page_bytes);
   o.total = o.heap + pages * queue_page_bytes;
   return o;
 }
+
+// Whether the constants of a queue's state describe a layout of its slot size that fits
+// `payload` bytes.
+bool layout_fits(const queue_state* st, std::size_t payload) {
+  if (st->capacity == 0 || st->capacity > queue_max_capacity || st->slot_bytes < 16 ||
+      st->slot_bytes > queue_slot_bytes || !std::has_single_bit(st->slot_bytes))
+    return false;
+  const layout_offsets o = compute_layout(st->capacity, st->pages, st->slot_bytes);
+  return o.total == st->total_bytes && o.slots == st->slots_offset && o.total <= payload;
+}
 }  // namespace
 
-std::size_t queue_extra_bytes(std::size_t capacity, std::size_t heap_bytes) {
+std::size_t queue_extra_bytes(std::size_t capacity, std::size_t heap_bytes,
+                              std::size_t slot_bytes) {
   if (capacity == 0) throw std::invalid_argument("shmkit: a queue needs a capacity of at least 1");
   if (capacity > queue_max_capacity)
     throw std::invalid_argument(fmt::format(
@@ -106,12 +119,18 @@ std::size_t queue_extra_bytes(std::size_t capacity, std::size_t heap_bytes) {
   if (heap_bytes > (std::size_t(1) << 40))
     throw std::invalid_argument(
         fmt::format("shmkit: a queue heap of {} bytes is beyond the limit of 1 TiB", heap_bytes));
-  return compute_layout(capacity, queue_heap_pages(heap_bytes)).total - sizeof(queue_state);
+  return compute_layout(capacity, queue_heap_pages(heap_bytes), slot_bytes).total -
+         sizeof(queue_state);
 }
 
-queue_state::queue_state(std::uint64_t cap, std::uint64_t heap_pages, bool join) noexcept
-    : layout(queue_layout), joinable(join ? 1 : 0), capacity(cap), pages(heap_pages) {
-  const layout_offsets o = compute_layout(cap, heap_pages);
+queue_state::queue_state(std::uint64_t cap, std::uint64_t heap_pages, bool join,
+                         std::size_t slot) noexcept
+    : layout(queue_layout),
+      joinable(join ? 1 : 0),
+      capacity(cap),
+      pages(heap_pages),
+      slot_bytes(static_cast<std::uint32_t>(slot)) {
+  const layout_offsets o = compute_layout(cap, heap_pages, slot);
   slots_offset = o.slots;
   tags_offset = o.tags;
   owners_offset = o.owners;
@@ -123,7 +142,8 @@ queue_state::queue_state(std::uint64_t cap, std::uint64_t heap_pages, bool join)
 queue_ring::queue_ring(queue_state* state, std::string what) noexcept
     : st_(state), what_(std::move(what)) {
   auto* base = reinterpret_cast<std::byte*>(state);
-  slots_ = reinterpret_cast<queue_slot*>(base + state->slots_offset);
+  slots_ = base + state->slots_offset;
+  while ((std::uint64_t(1) << slot_shift_) < state->slot_bytes) ++slot_shift_;
   tags_ = reinterpret_cast<std::atomic<std::uint64_t>*>(base + state->tags_offset);
   owners_ = reinterpret_cast<std::atomic<std::uint64_t>*>(base + state->owners_offset);
   heap_ = base + state->heap_offset;
@@ -145,14 +165,16 @@ void queue_check_identity() {
 }
 
 void queue_check_opened(const queue_state* st, std::size_t payload, bool joinable,
-                        const std::string& what) {
+                        std::size_t slot_bytes, const std::string& what) {
   if (st->layout != queue_layout)
     throw error(fmt::format("shmkit: {} has queue layout {:#x}, this build expects {:#x}", what,
                             st->layout, queue_layout));
   if ((st->joinable != 0) != joinable)
     throw error(fmt::format("shmkit: {} is {}a joinable_queue", what, joinable ? "not " : ""));
-  if (st->capacity == 0 || st->capacity > queue_max_capacity ||
-      compute_layout(st->capacity, st->pages).total != st->total_bytes || st->total_bytes > payload)
+  if (st->slot_bytes != slot_bytes)
+    throw error(fmt::format("shmkit: {} has slots of {} bytes, this build expects {}", what,
+                            st->slot_bytes, slot_bytes));
+  if (!layout_fits(st, payload))
     throw error(
         fmt::format("shmkit: {} is corrupted: capacity {} and {} heap pages need {} "
                     "bytes, the segment holds {}",
@@ -306,7 +328,7 @@ bool queue_ring::recover(const queue_obstacle& ob) noexcept {
   // acq_rel: release so that the next claimant of the slot is ordered after us; the word is
   // unique (its owner is dead and never claims again), so this succeeds only if the slot
   // still holds that very claim.
-  if (!ob.slot->seq.compare_exchange_strong(expected, next, std::memory_order_acq_rel,
+  if (!ob.slot->compare_exchange_strong(expected, next, std::memory_order_acq_rel,
                                             std::memory_order_relaxed))
     return false;
   wake(st_->not_empty, INT_MAX);
@@ -356,7 +378,7 @@ bool queue_ring::ring_idle() const {
   alive_cache alive;
   for (std::uint64_t k = 0; k < cap_; ++k) {
     // acquire: pairs with release() (gotten was counted before it) and publish().
-    const std::uint64_t w = slots_[k].seq.load(std::memory_order_acquire);
+    const std::uint64_t w = word(k).load(std::memory_order_acquire);
     if (seqw::is_claim(w)) {
       // A dead claimant's message is lost; it is no item of anybody's.
       if (alive(seqw::claimant(w))) return false;
@@ -476,13 +498,14 @@ void queue_ring::collect(bool check_liveness) {
   }
   // 2. Tags that slots still need: a message published, or claimed by a live process.
   std::vector<std::uint64_t> live;
-  if (!candidates.empty()) {
+  // (Compact slots hold no tags: their values never leave them.)
+  if (!candidates.empty() && st_->slot_bytes == queue_slot_bytes) {
     for (std::uint64_t k = 0; k < cap_; ++k) {
       // acquire: pairs with release() (a consumer finished reading before it freed the
       // slot) and with publish().
-      const std::uint64_t w = slots_[k].seq.load(std::memory_order_acquire);
+      const std::uint64_t w = slot(k).seq.load(std::memory_order_acquire);
       // relaxed: ordered after the acquire of the owner in step 1 and of `seq` just above.
-      const std::uint64_t t = slots_[k].tag.load(std::memory_order_relaxed);
+      const std::uint64_t t = slot(k).tag.load(std::memory_order_relaxed);
       if (t == 0) continue;
       const bool needed = seqw::is_claim(w) ? lives(seqw::claimant(w))
                                             : ((w & 1) != 0 && (w & seqw::skip_bit) == 0);

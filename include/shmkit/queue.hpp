@@ -9,7 +9,8 @@
 //   used by several threads at once.
 // - Elements: any T the codec handles (shmkit::encodable<T>). A message of up to 96 bytes
 //   lives in its ring slot (a trivially copyable T of that size is one memcpy, no codec, no
-//   allocation); a larger one lives in the queue's own heap, in the same segment (16 MiB
+//   allocation; one of up to 56 bytes gets slots of its own size, 16 to 64 bytes, several
+//   to a cache line); a larger one lives in the queue's own heap, in the same segment (16 MiB
 //   unless queue_options::heap_bytes says otherwise), so messages far larger than a slot go
 //   through: a 4 MiB std::string through a queue of capacity 16. A message larger than the
 //   whole heap throws shmkit::error from put and leaves the queue unchanged; one that fits
@@ -128,6 +129,12 @@ class queue {
   static_assert(encodable<T>, "shmkit::queue<T> needs a T the codec handles (see codec.hpp)");
   static constexpr bool raw_inline =
       is_raw_encodable_v<T> && sizeof(T) <= detail::queue_inline_bytes;
+  // A small raw T gets slots of its own size (the state word and the value): more messages
+  // per cache line, nothing else to write or check.
+  static constexpr std::size_t compact_bytes =
+      is_raw_encodable_v<T> ? detail::queue_compact_slot_bytes(sizeof(T)) : 0;
+  static constexpr bool compact = compact_bytes != 0;
+  static constexpr std::size_t slot_bytes = compact ? compact_bytes : detail::queue_slot_bytes;
 
  public:
   using value_type = T;
@@ -227,8 +234,9 @@ class queue {
 
  protected:
   queue(detail::object_kind kind, std::size_t capacity, queue_options o)
-      : obj_(spec(kind), detail::queue_extra_bytes(capacity, o.heap_bytes), capacity,
-             detail::queue_heap_pages(o.heap_bytes), kind == detail::object_kind::joinable_queue) {
+      : obj_(spec(kind), detail::queue_extra_bytes(capacity, o.heap_bytes, slot_bytes), capacity,
+             detail::queue_heap_pages(o.heap_bytes), kind == detail::object_kind::joinable_queue,
+             slot_bytes) {
     attach(kind, false);
   }
   // Named creation: create_only_t or open_or_create_t (which may open instead).
@@ -236,9 +244,9 @@ class queue {
   requires std::is_same_v<Tag, create_only_t> || std::is_same_v<Tag, open_or_create_t> queue(
       detail::object_kind kind, Tag tag, std::string_view name, std::size_t capacity,
       queue_options o)
-      : obj_(tag, name, spec(kind), detail::queue_extra_bytes(capacity, o.heap_bytes), o.perms,
-             capacity, detail::queue_heap_pages(o.heap_bytes),
-             kind == detail::object_kind::joinable_queue) {
+      : obj_(tag, name, spec(kind), detail::queue_extra_bytes(capacity, o.heap_bytes, slot_bytes),
+             o.perms, capacity, detail::queue_heap_pages(o.heap_bytes),
+             kind == detail::object_kind::joinable_queue, slot_bytes) {
     attach(kind, std::is_same_v<Tag, open_or_create_t>);
   }
   queue(detail::object_kind kind, open_only_t, std::string_view name)
@@ -257,7 +265,7 @@ class queue {
     detail::queue_check_identity();
     if (check)
       detail::queue_check_opened(obj_.state(), obj_.seg().payload_size(),
-                                 kind == detail::object_kind::joinable_queue, what);
+                                 kind == detail::object_kind::joinable_queue, slot_bytes, what);
     ring_ = detail::queue_ring(obj_.state(), what);
   }
   template <class Clock, class Duration>
@@ -279,6 +287,13 @@ class queue {
     return try_only ? ring_.claim_now(consumer, n, run) : ring_.claim(consumer, n, run, until);
   }
 
+  // Writes a raw value into its claimed slot.
+  void fill_raw(std::uint64_t pos, const T& v) noexcept {
+    if constexpr (compact)
+      std::memcpy(ring_.value(pos), std::addressof(v), sizeof(T));
+    else
+      fill_inline(pos, std::addressof(v), sizeof(T));
+  }
   void fill_inline(std::uint64_t pos, const void* src, std::size_t n) noexcept {
     detail::queue_slot& s = ring_.slot(pos);
     // relaxed: read only by the collector, after its acquire of `seq` (see collect()).
@@ -349,7 +364,7 @@ bool queue<T>::send(const T& v, std::optional<detail::time_point> until, bool tr
   detail::queue_run run;
   if constexpr (raw_inline) {
     if (!claim(false, 1, run, until, try_only)) return false;
-    fill_inline(run.first, std::addressof(v), sizeof(T));
+    fill_raw(run.first, v);
   } else {
     const std::size_t n = encoded_size(v);
     if (n <= detail::queue_inline_bytes) {
@@ -382,28 +397,32 @@ bool queue<T>::send(const T& v, std::optional<detail::time_point> until, bool tr
 template <class T>
 template <class Use>
 auto queue<T>::take_with(std::uint64_t pos, bool& heap, Use use) {
-  detail::queue_slot& s = ring_.slot(pos);
   struct releaser {
     detail::queue_ring& r;
     std::uint64_t pos;
     ~releaser() { r.release(pos); }
   } guard{ring_, pos};
-  const std::uint32_t size = s.size;
   std::span<const std::byte> bytes;
-  if (s.where == 0 && size <= detail::queue_inline_bytes) {
-    bytes = {s.data, size};
-  } else if (s.where == 1 && std::uint64_t(s.page) + s.pages <= ring_.state()->pages &&
-             size <= std::uint64_t(s.pages) * detail::queue_page_bytes) {
-    heap = true;
-    bytes = {ring_.page_data(s.page), size};
+  if constexpr (compact) {
+    bytes = {ring_.value(pos), sizeof(T)};
   } else {
-    throw error(fmt::format("shmkit: {} holds a corrupted message (slot {}: where {}, {} bytes)",
-                            obj_.seg().describe(), ring_.index(pos), s.where, size));
-  }
-  if constexpr (is_raw_encodable_v<T>) {
-    if (bytes.size() != sizeof(T))
-      throw error(fmt::format("shmkit: {} holds a message of {} bytes, not the {} of its type",
-                              obj_.seg().describe(), bytes.size(), sizeof(T)));
+    const detail::queue_slot& s = ring_.slot(pos);
+    const std::uint32_t size = s.size;
+    if (s.where == 0 && size <= detail::queue_inline_bytes) {
+      bytes = {s.data, size};
+    } else if (s.where == 1 && std::uint64_t(s.page) + s.pages <= ring_.state()->pages &&
+               size <= std::uint64_t(s.pages) * detail::queue_page_bytes) {
+      heap = true;
+      bytes = {ring_.page_data(s.page), size};
+    } else {
+      throw error(fmt::format("shmkit: {} holds a corrupted message (slot {}: where {}, {} bytes)",
+                              obj_.seg().describe(), ring_.index(pos), s.where, size));
+    }
+    if constexpr (is_raw_encodable_v<T>) {
+      if (bytes.size() != sizeof(T))
+        throw error(fmt::format("shmkit: {} holds a message of {} bytes, not the {} of its type",
+                                obj_.seg().describe(), bytes.size(), sizeof(T)));
+    }
   }
   auto result = use(bytes);
   ring_.count_gotten();  // before the release above: see the contract, point 6
@@ -466,7 +485,7 @@ void queue<T>::put_many(std::span<const T> vs) {
       if (!claim(false, std::min<std::uint64_t>(vs.size() - i, batch), run, std::nullopt, false))
         continue;
       for (std::uint64_t k = 0; k < run.count; ++k)
-        fill_inline(run.first + k, std::addressof(vs[i + k]), sizeof(T));
+        fill_raw(run.first + k, vs[i + k]);
       ring_.publish(run);
       i += run.count;
     }

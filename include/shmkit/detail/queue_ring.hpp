@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
-// The engine of shmkit::queue: a bounded MPMC ring of 128-byte slots with per-slot state words
+// The engine of shmkit::queue: a bounded MPMC ring of slots with per-slot state words
 // (Vyukov-style), plus an out-of-line heap of 256-byte pages for messages larger than a slot,
-// all in one segment. shmkit/queue.hpp states the contract; this file holds the shared layout,
+// all in one segment. A slot is a 128-byte queue_slot (state word, heap descriptor, 96
+// inline bytes), or for a small trivially copyable T that never leaves its slot, a compact
+// slot: the state word and the value, 16, 32 or 64 bytes (queue_compact_slot_bytes()). shmkit/queue.hpp states the contract; this file holds the shared layout,
 // the claim protocol's fast paths, and (in lib/queue.cpp) the slow paths: waiting, recovery
 // from dead claimants, the heap's allocator and its collector.
 //
@@ -37,7 +39,7 @@ inline constexpr std::size_t queue_slot_bytes = 128;
 inline constexpr std::size_t queue_inline_bytes = 96;  // message bytes stored in the slot
 inline constexpr std::size_t queue_page_bytes = 256;   // heap allocation unit
 inline constexpr std::size_t queue_default_heap_bytes = std::size_t(16) << 20;
-inline constexpr std::uint32_t queue_layout = 0x51550003;  // "QU", layout 3
+inline constexpr std::uint32_t queue_layout = 0x51550004;  // "QU", layout 4
 inline constexpr std::size_t queue_max_capacity = std::size_t(1) << 32;
 inline constexpr std::size_t queue_max_batch = 1024;  // slots one claim takes at most
 
@@ -81,6 +83,18 @@ static_assert(std::is_standard_layout_v<queue_slot>);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 
+// The slot size for values of `value_bytes` that always travel in their slot as raw bytes
+// (no codec, no heap): the state word and the value rounded up to a power of two, so that
+// a slot never straddles a cache line. 0 when the value needs a queue_slot (over 56 bytes).
+constexpr std::size_t queue_compact_slot_bytes(std::size_t value_bytes) noexcept {
+  if (value_bytes > 56) return 0;
+  std::size_t b = 16;
+  while (b < 8 + value_bytes) b *= 2;
+  return b;
+}
+static_assert(queue_compact_slot_bytes(8) == 16 && queue_compact_slot_bytes(9) == 32 &&
+              queue_compact_slot_bytes(56) == 64 && queue_compact_slot_bytes(57) == 0);
+
 // The shared state at the start of the segment's payload; slots, page tags, page owners and
 // heap pages follow it (offsets below, from the start of this struct).
 struct alignas(queue_line) queue_state {
@@ -91,6 +105,7 @@ struct alignas(queue_line) queue_state {
   std::uint64_t pages;  // heap pages (0: no heap; every message must fit a slot)
   std::uint64_t slots_offset, tags_offset, owners_offset, heap_offset, total_bytes;
   std::atomic<std::uint32_t> closed;  // 0 open, 1 closed: set once by close()
+  std::uint32_t slot_bytes;  // queue_slot_bytes, or a compact slot's size
 
   // Producers' next position. Advanced past a claimed position by its claimant or by any
   // producer that sees the claim (helping), so a claimant that dies leaves it movable.
@@ -117,7 +132,7 @@ struct alignas(queue_line) queue_state {
   std::atomic<std::uint64_t> done;
   waitpoint joined;
 
-  queue_state(std::uint64_t cap, std::uint64_t heap_pages, bool join) noexcept;
+  queue_state(std::uint64_t cap, std::uint64_t heap_pages, bool join, std::size_t slot) noexcept;
 };
 static_assert(std::is_standard_layout_v<queue_state>);
 static_assert(offsetof(queue_state, tail) - offsetof(queue_state, head) >= queue_line,
@@ -129,17 +144,19 @@ static_assert(offsetof(queue_state, head) % queue_line == 0,
               "the counters start their own lines, apart from the constants");
 static_assert(sizeof(queue_state) % queue_line == 0);
 
-// Bytes after the state for a queue of `capacity` slots and a heap of `heap_bytes`.
-// Throws std::invalid_argument for a capacity of 0 or above queue_max_capacity, or a heap
-// above 1 TiB.
-std::size_t queue_extra_bytes(std::size_t capacity, std::size_t heap_bytes);
+// Bytes after the state for a queue of `capacity` slots of `slot_bytes` and a heap of
+// `heap_bytes`. Throws std::invalid_argument for a capacity of 0 or above
+// queue_max_capacity, or a heap above 1 TiB.
+std::size_t queue_extra_bytes(std::size_t capacity, std::size_t heap_bytes,
+                              std::size_t slot_bytes);
 std::uint64_t queue_heap_pages(std::size_t heap_bytes);
 // Throws shmkit::error if identities of this system do not fit a claim word (pids above
 // 2^22, never on Linux, whose PID_MAX_LIMIT is 2^22).
 void queue_check_identity();
-// Checks the state of an opened queue; throws shmkit::error naming `what` on a mismatch.
+// Checks the state of an opened queue (slots of `slot_bytes`); throws shmkit::error naming
+// `what` on a mismatch.
 void queue_check_opened(const queue_state* st, std::size_t payload, bool joinable,
-                        const std::string& what);
+                        std::size_t slot_bytes, const std::string& what);
 
 // The queue's protocol on a waitpoint (its fields, not its wait_until/notify): a sleeper
 // counts itself in `waiters` before each sleep and a waker takes the counts it serves, so a
@@ -182,7 +199,7 @@ inline void wake(waitpoint& wp, int n) noexcept {
 // What stopped a claim: the word seen and, for a claim word, the position it is for
 // (validated, so a dead claimant can be recovered exactly).
 struct queue_obstacle {
-  queue_slot* slot = nullptr;
+  std::atomic<std::uint64_t>* slot = nullptr;  // the slot's state word
   std::uint64_t word = 0;
   std::uint64_t pos = 0;
   bool recoverable() const noexcept { return slot != nullptr && seqw::is_claim(word); }
@@ -224,7 +241,17 @@ class queue_ring {
   // acquire: pairs with the seq_cst store in close(); a closer's earlier puts are visible.
   bool closed() const noexcept { return st_->closed.load(std::memory_order_acquire) != 0; }
 
-  queue_slot& slot(std::uint64_t pos) const noexcept { return slots_[index(pos)]; }
+  // The state word of position pos's slot (any slot size); its queue_slot (queue_slot_bytes
+  // slots only); the value of a compact slot.
+  std::atomic<std::uint64_t>& word(std::uint64_t pos) const noexcept {
+    return *reinterpret_cast<std::atomic<std::uint64_t>*>(slot_at(index(pos)));
+  }
+  queue_slot& slot(std::uint64_t pos) const noexcept {
+    return *reinterpret_cast<queue_slot*>(slot_at(index(pos)));
+  }
+  std::byte* value(std::uint64_t pos) const noexcept {
+    return slot_at(index(pos)) + sizeof(std::uint64_t);
+  }
   std::uint64_t lap(std::uint64_t pos) const noexcept { return pow2_ ? pos >> shift_ : pos / cap_; }
   std::uint64_t index(std::uint64_t pos) const noexcept { return pow2_ ? pos & mask_ : pos % cap_; }
   std::byte* page_data(std::uint32_t page) const noexcept {
@@ -249,14 +276,14 @@ class queue_ring {
     for (std::uint64_t p = run.first; p != run.first + run.count; ++p)
       // release: pairs with the consumer's acquire of `seq` in try_claim(): the slot's fields
       // and data written above are visible to whoever claims the message.
-      slot(p).seq.store(seqw::full_word(lap(p)), std::memory_order_release);
+      word(p).store(seqw::full_word(lap(p)), std::memory_order_release);
     if (run.sleepers != 0) wake_counted(st_->not_empty, static_cast<int>(run.count));
   }
   // Consumer: frees one claimed slot for the next lap (no wake-up; see released()).
   void release(std::uint64_t pos) noexcept {
     // release: pairs with the acquire of `seq` by the producer of the next lap (it then
     // overwrites what we read) and by the heap collector (it then frees what we read).
-    slot(pos).seq.store(seqw::free_word(lap(pos) + 1), std::memory_order_release);
+    word(pos).store(seqw::free_word(lap(pos) + 1), std::memory_order_release);
   }
   // After releasing the slots of `run` (claimed by a consumer), some with heap blocks
   // (`heap`).
@@ -309,9 +336,11 @@ class queue_ring {
   // claimants (asks /proc); without it, any owner or claimant counts as alive (cheap).
   void collect(bool check_liveness);
   bool ring_idle() const;
+  std::byte* slot_at(std::uint64_t k) const noexcept { return slots_ + (k << slot_shift_); }
 
   queue_state* st_ = nullptr;
-  queue_slot* slots_ = nullptr;
+  std::byte* slots_ = nullptr;
+  unsigned slot_shift_ = 0;  // log2 of the slot size
   std::atomic<std::uint64_t>* tags_ = nullptr;    // per heap page: allocation tag, 0 free
   std::atomic<std::uint64_t>* owners_ = nullptr;  // per first page: producer holding it
   std::byte* heap_ = nullptr;
@@ -377,17 +406,17 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
   // claim that moved the counter.
   std::uint64_t p = counter.load(std::memory_order_acquire);
   for (;;) {
-    queue_slot& s = slot(p);
+    std::atomic<std::uint64_t>& s = word(p);
     const std::uint64_t L = lap(p);
     // seq_cst: acquire pairs with the release store of the other side (publish(),
     // release()); seq_cst for a sleeper's look (queue_run::sleepers).
-    std::uint64_t w = s.seq.load(std::memory_order_seq_cst);
+    std::uint64_t w = s.load(std::memory_order_seq_cst);
     const queue_view::kind k = consumer ? queue_view::consumer(w, L) : queue_view::producer(w, L);
     if (k == queue_view::claimable) {
       // seq_cst: acquire as above; release so that whoever reads our claim word also sees
       // the counter value we read (the position bound recovery relies on); seq_cst as the
       // state change of queue_run::sleepers.
-      if (!s.seq.compare_exchange_strong(w, seqw::claim_word(L, consumer, me),
+      if (!s.compare_exchange_strong(w, seqw::claim_word(L, consumer, me),
                                          std::memory_order_seq_cst, std::memory_order_seq_cst))
         continue;  // lost the race for p: look at the slot again
       if (consumer && (w & seqw::skip_bit)) {
@@ -405,13 +434,13 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
       std::uint64_t k2 = 1;
       for (; k2 < n; ++k2) {
         const std::uint64_t q = p + k2;
-        queue_slot& s2 = slot(q);
+        std::atomic<std::uint64_t>& s2 = word(q);
         const std::uint64_t L2 = lap(q);
         // acquire / seq_cst: as for the first slot of the run; relaxed on failure: we stop.
-        std::uint64_t w2 = s2.seq.load(std::memory_order_acquire);
+        std::uint64_t w2 = s2.load(std::memory_order_acquire);
         const bool ok = consumer ? (w2 == seqw::full_word(L2)) : (w2 == seqw::free_word(L2));
         if (!ok ||
-            !s2.seq.compare_exchange_strong(w2, seqw::claim_word(L2, consumer, me),
+            !s2.compare_exchange_strong(w2, seqw::claim_word(L2, consumer, me),
                                             std::memory_order_seq_cst, std::memory_order_relaxed))
           break;
       }
