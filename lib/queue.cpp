@@ -153,6 +153,7 @@ queue_ring::queue_ring(queue_state* state, std::string what) noexcept
   shift_ = 0;
   while ((std::uint64_t(1) << shift_) < cap_) ++shift_;
   joinable_ = state->joinable != 0;
+  lazy_ = std::min<std::uint64_t>(cap_, 4);
 }
 
 void queue_check_identity() {
@@ -341,11 +342,24 @@ bool queue_ring::recover(const queue_obstacle& ob) noexcept {
 // ---------------------------------------------------------------------------------------
 // Observers and control
 
+std::uint64_t queue_ring::frontier(bool consumer) const noexcept {
+  // acquire: pairs with the acq_rel counter moves in try_claim().
+  std::uint64_t p = (consumer ? st_->tail : st_->head).load(std::memory_order_acquire);
+  // A counter lags its side's claims by less than two laps (queue.hpp, point 2).
+  for (std::uint64_t k = 0; k <= 2 * cap_; ++k, ++p) {
+    // acquire: pairs with the release stores and claims of both sides.
+    const std::uint64_t w = word(p).load(std::memory_order_acquire);
+    if ((consumer ? queue_view::consumer(w, lap(p)) : queue_view::producer(w, lap(p))) !=
+        queue_view::passed)
+      break;
+  }
+  return p;
+}
+
 std::uint64_t queue_ring::size() const noexcept {
-  // acquire: pair with the acq_rel counter moves in try_claim(); tail first, so that the
-  // head read after it is at least as new.
-  const std::uint64_t t = st_->tail.load(std::memory_order_acquire);
-  const std::uint64_t h = st_->head.load(std::memory_order_acquire);
+  // Consumers first, so that the producers' frontier found after it is at least as new.
+  const std::uint64_t t = frontier(true);
+  const std::uint64_t h = frontier(false);
   return h > t ? std::min(h - t, cap_) : 0;
 }
 
@@ -608,10 +622,16 @@ namespace {
 detail_lines inspect_queue(const segment_header&, std::span<const std::byte> payload) {
   if (payload.size() < sizeof(queue_state)) return {{"state", "truncated"}};
   const auto* st = reinterpret_cast<const queue_state*>(payload.data());
-  // relaxed: a snapshot for display; nothing is read on the strength of it.
-  const std::uint64_t head = st->head.load(std::memory_order_relaxed);
-  const std::uint64_t tail = st->tail.load(std::memory_order_relaxed);
-  const std::uint64_t depth = head >= tail ? head - tail : 0;
+  std::uint64_t depth;
+  if (st->layout == queue_layout && layout_fits(st, payload.size())) {
+    // Counts claims past the counters too (they move lazily); reads only.
+    depth = queue_ring(const_cast<queue_state*>(st), std::string()).size();
+  } else {
+    // relaxed: a snapshot for display; nothing is read on the strength of it.
+    const std::uint64_t head = st->head.load(std::memory_order_relaxed);
+    const std::uint64_t tail = st->tail.load(std::memory_order_relaxed);
+    depth = head >= tail ? head - tail : 0;
+  }
   detail_lines out;
   out.emplace_back("depth", fmt::format("{}", std::min(depth, st->capacity)));
   out.emplace_back("capacity", fmt::format("{}", st->capacity));

@@ -16,8 +16,9 @@
 //   whole heap throws shmkit::error from put and leaves the queue unchanged; one that fits
 //   but not now waits (put) for consumers to free space.
 // - Order: FIFO per the claim order of positions. Each message is received once.
-// - Progress: the fast path takes a slot with one compare-and-swap on the slot's state word
-//   and moves the shared position counter with one more; no locks. A producer that stalls
+// - Progress: the fast path takes a slot with one compare-and-swap on the slot's state word;
+//   a handle alone on its side moves the shared position counter once every four claims,
+//   one contending with others at every claim (point 2); no locks. A producer that stalls
 //   mid-put delays only the consumer of its slot (as in Vyukov's ring). The heap's allocator
 //   takes a short lock (out-of-line messages only); consumers never lock.
 // - Blocking: put/get spin for up to about a futex round trip (shorter while spinning keeps
@@ -25,9 +26,10 @@
 //   waker makes a system call only when somebody sleeps, once per sleep. A sleeper also
 //   looks again every 100 ms (see point 7 below): an idle blocked caller costs ten wake-ups
 //   a second, about 0.1% of a core, measured.
-// - size() is head - tail read one after the other: a snapshot, exact only while nobody
-//   else runs; it counts messages being written (their slot is claimed) and not messages
-//   being read. empty() and full() derive from it.
+// - size() is the producers' first unclaimed position less the consumers' (each side's
+//   counter, plus the claimed slots past it), read one after the other: a snapshot, exact
+//   only while nobody else runs; it counts messages being written (their slot is claimed)
+//   and not messages being read. empty() and full() derive from it.
 // - close(): wakes every blocked caller; put, try_put, put_for and put_many then throw
 //   shmkit::closed_error; get and friends hand out what is left (waiting for a message whose
 //   put was already under way) and then throw shmkit::closed_error (try_get and get_for too:
@@ -48,9 +50,14 @@
 //    so there is no instant at which a slot is taken by nobody known. The claimant writes
 //    or reads the slot and finishes with one store: full(L) (publish) or free(L+1).
 //    Killed before the compare-and-swap, it took nothing; after the final store, it is done.
-// 2. The position counters (head, tail) are only hints: a claimant moves its counter past
-//    its claim right after taking it, and anybody who finds a claimed slot at the counter
-//    moves it too, so a claimant that dies between the two never stops the counter.
+// 2. The position counters (head, tail) are only hints, never past the first unclaimed
+//    position F of their side: a claimant looks from the counter or from the end of its
+//    handle's last claim on that side (also at most F), whichever is further, and walks past
+//    claimed slots, so where it looks is at most F too. It moves the counter past its claim
+//    when it walked past others' claims, or when the counter lags four (at most capacity)
+//    positions behind its claim; a waiter blocked at a position moves the counter up to it.
+//    So the counter lags F by less than four positions plus the claims in flight (fewer than
+//    a lap) while claimants finish, and a claimant that dies, wherever, never stops it.
 // 3. A waiter blocked by the same claim word for a few milliseconds asks whether the owner
 //    lives (identity_alive: /proc, pid + start time, zombies dead). If not, it replaces that
 //    exact word by one compare-and-swap: a dead producer's claim becomes skip(L) (consumers
@@ -58,9 +65,10 @@
 //    consumer's claim becomes free(L+1) (the message it was reading is lost; it never
 //    returned it, so it was not delivered twice). The word is unique (L only grows, a dead
 //    owner never claims again), so a recovery can only hit the claim it inspected. The
-//    position it recovers is exact: the waiter read the counter, the word, and the counter
-//    again unchanged; with the claim published by an acq_rel compare-and-swap this bounds
-//    the claim to within two laps of the waiter's position, which 8 lap bits tell apart.
+//    position it recovers is exact: the waiter, at most F, found the counter at its position,
+//    read the word, and found the counter there again; with the claim published by a
+//    seq_cst compare-and-swap and the lag of point 2 this bounds the claim to within two
+//    laps of the waiter's position, which 8 lap bits tell apart.
 // 4. Out-of-line messages: a producer allocates its heap pages (tagged with a unique
 //    allocation tag; the first page records the producer's identity) before it claims a
 //    slot, so a producer never waits for pages while holding a slot (no deadlock with the

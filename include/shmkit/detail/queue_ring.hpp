@@ -336,11 +336,18 @@ class queue_ring {
   // claimants (asks /proc); without it, any owner or claimant counts as alive (cheap).
   void collect(bool check_liveness);
   bool ring_idle() const;
+  // The first position not yet claimed by that side (consumers: not yet claimed nor passed).
+  std::uint64_t frontier(bool consumer) const noexcept;
   std::byte* slot_at(std::uint64_t k) const noexcept { return slots_ + (k << slot_shift_); }
 
   queue_state* st_ = nullptr;
   std::byte* slots_ = nullptr;
   unsigned slot_shift_ = 0;  // log2 of the slot size
+  // Lone claimants move a counter once every lazy_ claims (min(capacity, 4)).
+  std::uint64_t lazy_ = 1;
+  // Per side (producer, consumer), the end of this handle's last claim: where it looks
+  // first. Process-local, shared by the threads using this handle (atomic_ref, relaxed).
+  alignas(std::atomic_ref<std::uint64_t>::required_alignment) std::uint64_t hints_[2] = {0, 0};
   std::atomic<std::uint64_t>* tags_ = nullptr;    // per heap page: allocation tag, 0 free
   std::atomic<std::uint64_t>* owners_ = nullptr;  // per first page: producer holding it
   std::byte* heap_ = nullptr;
@@ -399,12 +406,17 @@ inline kind consumer(std::uint64_t w, std::uint64_t L) noexcept {
 inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run,
                                   queue_obstacle& ob) noexcept {
   std::atomic<std::uint64_t>& counter = consumer ? st_->tail : st_->head;
+  std::atomic_ref<std::uint64_t> hint(hints_[consumer ? 1 : 0]);
   const std::uint64_t me = self_identity();
-  // The counter only says where to look; the slot word carries every guarantee, and a stale
-  // position is detected by the slot word itself. acquire (free on x86): pairs with the
-  // acq_rel counter moves below, so a slot read after the counter is at least as new as the
-  // claim that moved the counter.
-  std::uint64_t p = counter.load(std::memory_order_acquire);
+  // The counter and this handle's hint (the end of its last claim on this side) only say
+  // where to look, both at most the first unclaimed position (see queue.hpp, point 2); the
+  // slot word carries every guarantee, and a stale position is detected by the slot word
+  // itself. acquire (free on x86): pairs with the acq_rel counter moves below, so a slot
+  // read after the counter is at least as new as the claim that moved the counter.
+  // relaxed: the hint is process-local and only a place to start looking.
+  const std::uint64_t c = counter.load(std::memory_order_acquire);
+  std::uint64_t p = std::max(c, hint.load(std::memory_order_relaxed));
+  bool walked = false;  // past claims of others
   for (;;) {
     std::atomic<std::uint64_t>& s = word(p);
     const std::uint64_t L = lap(p);
@@ -429,8 +441,7 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
         p = std::max(e, p + 1);
         continue;
       }
-      // Extend the run over the following positions while they are claimable, then move
-      // the counter once past all of them.
+      // Extend the run over the following positions while they are claimable.
       std::uint64_t k2 = 1;
       for (; k2 < n; ++k2) {
         const std::uint64_t q = p + k2;
@@ -445,9 +456,14 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
           break;
       }
       const std::uint64_t end = p + k2;
-      // acq_rel: pairs with the acquire loads of the counter at the top of try_claim().
-      std::uint64_t h = counter.load(std::memory_order_acquire);
-      while (h < end && !counter.compare_exchange_weak(h, end, std::memory_order_acq_rel)) {
+      hint.store(end, std::memory_order_relaxed);
+      // Move the counter past the run when others claim on this side too (we walked past
+      // their claims) or when it lags lazy_ positions: alone on its side, a handle moves
+      // it once every lazy_ claims. acq_rel: pairs with the acquire loads of the counter.
+      if (walked || end - c >= lazy_) {
+        std::uint64_t h = counter.load(std::memory_order_acquire);
+        while (h < end && !counter.compare_exchange_weak(h, end, std::memory_order_acq_rel)) {
+        }
       }
       // seq_cst: after the last claim above; see queue_run::sleepers.
       const waitpoint& other = consumer ? st_->not_full : st_->not_empty;
@@ -455,19 +471,26 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
       return true;
     }
     if (k == queue_view::passed) {
-      // p was claimed (perhaps by a claimant that died before moving the counter): help.
-      std::uint64_t e = p;
-      if (counter.compare_exchange_strong(e, p + 1, std::memory_order_acq_rel))
-        p = p + 1;
-      else
-        p = e;
+      // p was claimed (perhaps by a claimant that died before moving the counter): walk on,
+      // or jump to the counter if it is further. acquire: as at the top.
+      walked = true;
+      p = std::max(p + 1, counter.load(std::memory_order_acquire));
       continue;
     }
     // acquire: as at the top; reading the counter again after w is the bracket recovery
     // relies on (see queue.hpp, point 3).
     const std::uint64_t now = counter.load(std::memory_order_acquire);
-    if (now != p) {  // stale, or blocked on an old view: look again
+    if (now > p) {  // stale, or blocked on an old view: look again
       p = now;
+      continue;
+    }
+    if (now < p) {
+      // The counter lags (moved lazily, or we came by the hint): bring it up to p and look
+      // again, so that a blocked view below has read the counter at p before and after w.
+      // acq_rel: as for the moves above.
+      std::uint64_t e = now;
+      while (e < p && !counter.compare_exchange_weak(e, p, std::memory_order_acq_rel)) {
+      }
       continue;
     }
     if (k == queue_view::stale) {
