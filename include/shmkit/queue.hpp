@@ -289,6 +289,7 @@ class queue {
   bool claim(bool consumer, std::uint64_t n, detail::queue_run& run,
              std::optional<detail::time_point> until, bool try_only) {
     if (consumer || !ring_.closed()) {
+      if (n == 1 && ring_.try_claim_one(consumer, run)) return true;
       detail::queue_obstacle ob;
       if (ring_.try_claim(consumer, n, run, ob)) return true;
     }

@@ -262,6 +262,10 @@ class queue_ring {
   // that are free (producer) or full (consumer), or report the obstacle. A consumer's run
   // never contains a skip slot: a skip at the start of a run is released on the way.
   bool try_claim(bool consumer, std::uint64_t n, queue_run& run, queue_obstacle& ob) noexcept;
+  // The common case of one claim, small enough to inline: the slot where this handle looks
+  // first holds just what it wants (free; or a message, not a skip) and nobody takes it
+  // first. False in any other case, which try_claim() then handles.
+  bool try_claim_one(bool consumer, queue_run& run) noexcept;
 
   // Claims at least one position, waiting until `until` (nullopt: no limit). Returns false on
   // timeout. Producers: throws closed_error once closed. Consumers: throws closed_error when
@@ -336,6 +340,17 @@ class queue_ring {
   // claimants (asks /proc); without it, any owner or claimant counts as alive (cheap).
   void collect(bool check_liveness);
   bool ring_idle() const;
+  std::atomic<std::uint64_t>& counter_of(bool consumer) const noexcept {
+    return consumer ? st_->tail : st_->head;
+  }
+  // relaxed: the hint is process-local and only a place to start looking.
+  std::uint64_t hint_of(bool consumer) noexcept {
+    return std::atomic_ref<std::uint64_t>(hints_[consumer ? 1 : 0]).load(std::memory_order_relaxed);
+  }
+  // A claim of [p, end) made with the counter read as c: sets the hint, moves the counter
+  // when due, reads the other side's sleepers, fills `run`.
+  void finish_claim(bool consumer, std::uint64_t c, std::uint64_t p, std::uint64_t end,
+                    bool walked, queue_run& run) noexcept;
   // The first position not yet claimed by that side (consumers: not yet claimed nor passed).
   std::uint64_t frontier(bool consumer) const noexcept;
   std::byte* slot_at(std::uint64_t k) const noexcept { return slots_ + (k << slot_shift_); }
@@ -403,19 +418,52 @@ inline kind consumer(std::uint64_t w, std::uint64_t L) noexcept {
 }
 }  // namespace queue_view
 
+inline void queue_ring::finish_claim(bool consumer, std::uint64_t c, std::uint64_t p,
+                                     std::uint64_t end, bool walked, queue_run& run) noexcept {
+  // relaxed: the hint is process-local and only a place to start looking.
+  std::atomic_ref<std::uint64_t>(hints_[consumer ? 1 : 0]).store(end, std::memory_order_relaxed);
+  // Move the counter past the run when others claim on this side too (we walked past their
+  // claims) or when it lags lazy_ positions: alone on its side, a handle moves it once every
+  // lazy_ claims. acq_rel: pairs with the acquire loads of the counter.
+  if (walked || end - c >= lazy_) {
+    std::atomic<std::uint64_t>& counter = counter_of(consumer);
+    std::uint64_t h = counter.load(std::memory_order_acquire);
+    while (h < end && !counter.compare_exchange_weak(h, end, std::memory_order_acq_rel)) {
+    }
+  }
+  // seq_cst: after the run's last claim; see queue_run::sleepers.
+  const waitpoint& other = consumer ? st_->not_full : st_->not_empty;
+  run = {p, end - p, other.waiters.load(std::memory_order_seq_cst)};
+}
+
+inline bool queue_ring::try_claim_one(bool consumer, queue_run& run) noexcept {
+  // acquire: as in try_claim().
+  const std::uint64_t c = counter_of(consumer).load(std::memory_order_acquire);
+  const std::uint64_t p = std::max(c, hint_of(consumer));
+  const std::uint64_t L = lap(p);
+  std::atomic<std::uint64_t>& s = word(p);
+  std::uint64_t w = consumer ? seqw::full_word(L) : seqw::free_word(L);
+  // acquire: as in try_claim() (only a look before the compare-and-swap, which decides).
+  if (s.load(std::memory_order_acquire) != w) return false;
+  // seq_cst: as in try_claim(); relaxed on failure: try_claim() looks again.
+  if (!s.compare_exchange_strong(w, seqw::claim_word(L, consumer, self_identity()),
+                                 std::memory_order_seq_cst, std::memory_order_relaxed))
+    return false;
+  finish_claim(consumer, c, p, p + 1, false, run);
+  return true;
+}
+
 inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run,
                                   queue_obstacle& ob) noexcept {
-  std::atomic<std::uint64_t>& counter = consumer ? st_->tail : st_->head;
-  std::atomic_ref<std::uint64_t> hint(hints_[consumer ? 1 : 0]);
+  std::atomic<std::uint64_t>& counter = counter_of(consumer);
   const std::uint64_t me = self_identity();
   // The counter and this handle's hint (the end of its last claim on this side) only say
   // where to look, both at most the first unclaimed position (see queue.hpp, point 2); the
   // slot word carries every guarantee, and a stale position is detected by the slot word
-  // itself. acquire (free on x86): pairs with the acq_rel counter moves below, so a slot
-  // read after the counter is at least as new as the claim that moved the counter.
-  // relaxed: the hint is process-local and only a place to start looking.
+  // itself. acquire (free on x86): pairs with the acq_rel counter moves, so a slot read
+  // after the counter is at least as new as the claim that moved the counter.
   const std::uint64_t c = counter.load(std::memory_order_acquire);
-  std::uint64_t p = std::max(c, hint.load(std::memory_order_relaxed));
+  std::uint64_t p = std::max(c, hint_of(consumer));
   bool walked = false;  // past claims of others
   for (;;) {
     std::atomic<std::uint64_t>& s = word(p);
@@ -455,19 +503,7 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
                                             std::memory_order_seq_cst, std::memory_order_relaxed))
           break;
       }
-      const std::uint64_t end = p + k2;
-      hint.store(end, std::memory_order_relaxed);
-      // Move the counter past the run when others claim on this side too (we walked past
-      // their claims) or when it lags lazy_ positions: alone on its side, a handle moves
-      // it once every lazy_ claims. acq_rel: pairs with the acquire loads of the counter.
-      if (walked || end - c >= lazy_) {
-        std::uint64_t h = counter.load(std::memory_order_acquire);
-        while (h < end && !counter.compare_exchange_weak(h, end, std::memory_order_acq_rel)) {
-        }
-      }
-      // seq_cst: after the last claim above; see queue_run::sleepers.
-      const waitpoint& other = consumer ? st_->not_full : st_->not_empty;
-      run = {p, k2, other.waiters.load(std::memory_order_seq_cst)};
+      finish_claim(consumer, c, p, p + k2, walked, run);
       return true;
     }
     if (k == queue_view::passed) {
