@@ -23,9 +23,12 @@
 //   takes a short lock (out-of-line messages only); consumers never lock.
 // - Blocking: put/get spin for up to about a futex round trip (shorter while spinning keeps
 //   failing, as when both sides share one CPU), then sleep on the wait layer's futex; a
-//   waker makes a system call only when somebody sleeps, once per sleep. A sleeper also
-//   looks again every 100 ms (see point 7 below): an idle blocked caller costs ten wake-ups
-//   a second, about 0.1% of a core, measured.
+//   waker makes a system call only when somebody sleeps, once per sleep. A put or get
+//   checks for sleepers with the compare-and-swap that claims its slot, not with a fence
+//   (queue_ring.hpp, queue_run::sleepers), so a caller that would sleep on a slot whose put
+//   or get is under way polls instead (50 us, doubling to 3 ms), never sleeps unbounded. A
+//   sleeper also looks again every 100 ms (see point 7 below): an idle blocked caller costs
+//   ten wake-ups a second, about 0.1% of a core, measured.
 // - size() is the producers' first unclaimed position less the consumers' (each side's
 //   counter, plus the claimed slots past it), read one after the other: a snapshot, exact
 //   only while nobody else runs; it counts messages being written (their slot is claimed)
