@@ -330,7 +330,7 @@ bool queue_ring::recover(const queue_obstacle& ob) noexcept {
   // unique (its owner is dead and never claims again), so this succeeds only if the slot
   // still holds that very claim.
   if (!ob.slot->compare_exchange_strong(expected, next, std::memory_order_acq_rel,
-                                            std::memory_order_relaxed))
+                                        std::memory_order_relaxed))
     return false;
   wake(st_->not_empty, INT_MAX);
   wake(st_->not_full, INT_MAX);

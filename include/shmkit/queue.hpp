@@ -496,8 +496,7 @@ void queue<T>::put_many(std::span<const T> vs) {
       detail::queue_run run;
       if (!claim(false, std::min<std::uint64_t>(vs.size() - i, batch), run, std::nullopt, false))
         continue;
-      for (std::uint64_t k = 0; k < run.count; ++k)
-        fill_raw(run.first + k, vs[i + k]);
+      for (std::uint64_t k = 0; k < run.count; ++k) fill_raw(run.first + k, vs[i + k]);
       ring_.publish(run);
       i += run.count;
     }

@@ -3,8 +3,9 @@
 // (Vyukov-style), plus an out-of-line heap of 256-byte pages for messages larger than a slot,
 // all in one segment. A slot is a 128-byte queue_slot (state word, heap descriptor, 96
 // inline bytes), or for a small trivially copyable T that never leaves its slot, a compact
-// slot: the state word and the value, 16, 32 or 64 bytes (queue_compact_slot_bytes()). shmkit/queue.hpp states the contract; this file holds the shared layout,
-// the claim protocol's fast paths, and (in lib/queue.cpp) the slow paths: waiting, recovery
+// slot: the state word and the value, 16, 32 or 64 bytes (queue_compact_slot_bytes()).
+// shmkit/queue.hpp states the contract; this file holds the shared layout, the claim
+// protocol's fast paths, and (in lib/queue.cpp) the slow paths: waiting, recovery
 // from dead claimants, the heap's allocator and its collector.
 //
 // State word of a slot (`seq`), 64 bits:
@@ -105,10 +106,11 @@ struct alignas(queue_line) queue_state {
   std::uint64_t pages;  // heap pages (0: no heap; every message must fit a slot)
   std::uint64_t slots_offset, tags_offset, owners_offset, heap_offset, total_bytes;
   std::atomic<std::uint32_t> closed;  // 0 open, 1 closed: set once by close()
-  std::uint32_t slot_bytes;  // queue_slot_bytes, or a compact slot's size
+  std::uint32_t slot_bytes;           // queue_slot_bytes, or a compact slot's size
 
-  // Producers' next position. Advanced past a claimed position by its claimant or by any
-  // producer that sees the claim (helping), so a claimant that dies leaves it movable.
+  // Producers' next position, a hint that lags by a few claims: moved past claimed positions
+  // by their claimants, lazily, and by waiters up to where they wait (queue.hpp, point 2),
+  // so a claimant that dies leaves it movable.
   alignas(queue_line) std::atomic<std::uint64_t> head;
   // Consumers' next position, likewise.
   alignas(queue_line) std::atomic<std::uint64_t> tail;
@@ -147,8 +149,7 @@ static_assert(sizeof(queue_state) % queue_line == 0);
 // Bytes after the state for a queue of `capacity` slots of `slot_bytes` and a heap of
 // `heap_bytes`. Throws std::invalid_argument for a capacity of 0 or above
 // queue_max_capacity, or a heap above 1 TiB.
-std::size_t queue_extra_bytes(std::size_t capacity, std::size_t heap_bytes,
-                              std::size_t slot_bytes);
+std::size_t queue_extra_bytes(std::size_t capacity, std::size_t heap_bytes, std::size_t slot_bytes);
 std::uint64_t queue_heap_pages(std::size_t heap_bytes);
 // Throws shmkit::error if identities of this system do not fit a claim word (pids above
 // 2^22, never on Linux, whose PID_MAX_LIMIT is 2^22).
@@ -349,8 +350,8 @@ class queue_ring {
   }
   // A claim of [p, end) made with the counter read as c: sets the hint, moves the counter
   // when due, reads the other side's sleepers, fills `run`.
-  void finish_claim(bool consumer, std::uint64_t c, std::uint64_t p, std::uint64_t end,
-                    bool walked, queue_run& run) noexcept;
+  void finish_claim(bool consumer, std::uint64_t c, std::uint64_t p, std::uint64_t end, bool walked,
+                    queue_run& run) noexcept;
   // The first position not yet claimed by that side (consumers: not yet claimed nor passed).
   std::uint64_t frontier(bool consumer) const noexcept;
   std::byte* slot_at(std::uint64_t k) const noexcept { return slots_ + (k << slot_shift_); }
@@ -477,7 +478,7 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
       // the counter value we read (the position bound recovery relies on); seq_cst as the
       // state change of queue_run::sleepers.
       if (!s.compare_exchange_strong(w, seqw::claim_word(L, consumer, me),
-                                         std::memory_order_seq_cst, std::memory_order_seq_cst))
+                                     std::memory_order_seq_cst, std::memory_order_seq_cst))
         continue;  // lost the race for p: look at the slot again
       if (consumer && (w & seqw::skip_bit)) {
         // A message its producer never finished: drop it and carry on at p + 1.
@@ -500,7 +501,7 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
         const bool ok = consumer ? (w2 == seqw::full_word(L2)) : (w2 == seqw::free_word(L2));
         if (!ok ||
             !s2.compare_exchange_strong(w2, seqw::claim_word(L2, consumer, me),
-                                            std::memory_order_seq_cst, std::memory_order_relaxed))
+                                        std::memory_order_seq_cst, std::memory_order_relaxed))
           break;
       }
       finish_claim(consumer, c, p, p + k2, walked, run);
