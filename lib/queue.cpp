@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <stdexcept>
 #include <vector>
 
@@ -16,8 +17,13 @@ namespace shmkit::detail {
 namespace {
 
 // How long an obstacle (the same claim word, the same lock holder) must stay before a waiter
-// asks whether its owner still lives; also the period at which such a waiter wakes up.
+// asks whether its owner still lives; also the longest sleep of such a waiter.
 constexpr std::chrono::milliseconds stall_period{3};
+// The first sleep of a waiter with an obstacle in its way, doubled at each sleep up to the
+// stall period. A claimant that finishes may not wake us (queue_run::sleepers): it may have
+// read the sleepers' count before we counted ourselves, so a live claimant's hand-over is
+// noticed within this.
+constexpr std::chrono::microseconds first_poll{50};
 // A sleeper with nothing to watch still wakes this often to look again: a process killed
 // while asleep on a futex stays queued there until it next runs, and may swallow a wake-up
 // meant for a live sleeper. Costs an idle waiter ten wake-ups a second (a few microseconds
@@ -82,18 +88,30 @@ namespace {
 struct layout_offsets {
   std::uint64_t slots, tags, owners, heap, total;
 };
-layout_offsets compute_layout(std::uint64_t capacity, std::uint64_t pages) {
+layout_offsets compute_layout(std::uint64_t capacity, std::uint64_t pages,
+                              std::uint64_t slot_bytes) {
   layout_offsets o{};
   o.slots = sizeof(queue_state);
-  o.tags = o.slots + capacity * queue_slot_bytes;
+  o.tags = o.slots + capacity * slot_bytes;
   o.owners = o.tags + pages * sizeof(std::uint64_t);
   o.heap = round_up(o.owners + pages * sizeof(std::uint64_t), queue_page_bytes);
   o.total = o.heap + pages * queue_page_bytes;
   return o;
 }
+
+// Whether the constants of a queue's state describe a layout of its slot size that fits
+// `payload` bytes.
+bool layout_fits(const queue_state* st, std::size_t payload) {
+  if (st->capacity == 0 || st->capacity > queue_max_capacity || st->slot_bytes < 16 ||
+      st->slot_bytes > queue_slot_bytes || !std::has_single_bit(st->slot_bytes))
+    return false;
+  const layout_offsets o = compute_layout(st->capacity, st->pages, st->slot_bytes);
+  return o.total == st->total_bytes && o.slots == st->slots_offset && o.total <= payload;
+}
 }  // namespace
 
-std::size_t queue_extra_bytes(std::size_t capacity, std::size_t heap_bytes) {
+std::size_t queue_extra_bytes(std::size_t capacity, std::size_t heap_bytes,
+                              std::size_t slot_bytes) {
   if (capacity == 0) throw std::invalid_argument("shmkit: a queue needs a capacity of at least 1");
   if (capacity > queue_max_capacity)
     throw std::invalid_argument(fmt::format(
@@ -101,12 +119,18 @@ std::size_t queue_extra_bytes(std::size_t capacity, std::size_t heap_bytes) {
   if (heap_bytes > (std::size_t(1) << 40))
     throw std::invalid_argument(
         fmt::format("shmkit: a queue heap of {} bytes is beyond the limit of 1 TiB", heap_bytes));
-  return compute_layout(capacity, queue_heap_pages(heap_bytes)).total - sizeof(queue_state);
+  return compute_layout(capacity, queue_heap_pages(heap_bytes), slot_bytes).total -
+         sizeof(queue_state);
 }
 
-queue_state::queue_state(std::uint64_t cap, std::uint64_t heap_pages, bool join) noexcept
-    : layout(queue_layout), joinable(join ? 1 : 0), capacity(cap), pages(heap_pages) {
-  const layout_offsets o = compute_layout(cap, heap_pages);
+queue_state::queue_state(std::uint64_t cap, std::uint64_t heap_pages, bool join,
+                         std::size_t slot) noexcept
+    : layout(queue_layout),
+      joinable(join ? 1 : 0),
+      capacity(cap),
+      pages(heap_pages),
+      slot_bytes(static_cast<std::uint32_t>(slot)) {
+  const layout_offsets o = compute_layout(cap, heap_pages, slot);
   slots_offset = o.slots;
   tags_offset = o.tags;
   owners_offset = o.owners;
@@ -118,7 +142,8 @@ queue_state::queue_state(std::uint64_t cap, std::uint64_t heap_pages, bool join)
 queue_ring::queue_ring(queue_state* state, std::string what) noexcept
     : st_(state), what_(std::move(what)) {
   auto* base = reinterpret_cast<std::byte*>(state);
-  slots_ = reinterpret_cast<queue_slot*>(base + state->slots_offset);
+  slots_ = base + state->slots_offset;
+  while ((std::uint64_t(1) << slot_shift_) < state->slot_bytes) ++slot_shift_;
   tags_ = reinterpret_cast<std::atomic<std::uint64_t>*>(base + state->tags_offset);
   owners_ = reinterpret_cast<std::atomic<std::uint64_t>*>(base + state->owners_offset);
   heap_ = base + state->heap_offset;
@@ -128,6 +153,7 @@ queue_ring::queue_ring(queue_state* state, std::string what) noexcept
   shift_ = 0;
   while ((std::uint64_t(1) << shift_) < cap_) ++shift_;
   joinable_ = state->joinable != 0;
+  lazy_ = std::min<std::uint64_t>(cap_, 4);
 }
 
 void queue_check_identity() {
@@ -140,14 +166,16 @@ void queue_check_identity() {
 }
 
 void queue_check_opened(const queue_state* st, std::size_t payload, bool joinable,
-                        const std::string& what) {
+                        std::size_t slot_bytes, const std::string& what) {
   if (st->layout != queue_layout)
     throw error(fmt::format("shmkit: {} has queue layout {:#x}, this build expects {:#x}", what,
                             st->layout, queue_layout));
   if ((st->joinable != 0) != joinable)
     throw error(fmt::format("shmkit: {} is {}a joinable_queue", what, joinable ? "not " : ""));
-  if (st->capacity == 0 || st->capacity > queue_max_capacity ||
-      compute_layout(st->capacity, st->pages).total != st->total_bytes || st->total_bytes > payload)
+  if (st->slot_bytes != slot_bytes)
+    throw error(fmt::format("shmkit: {} has slots of {} bytes, this build expects {}", what,
+                            st->slot_bytes, slot_bytes));
+  if (!layout_fits(st, payload))
     throw error(
         fmt::format("shmkit: {} is corrupted: capacity {} and {} heap pages need {} "
                     "bytes, the segment holds {}",
@@ -205,6 +233,7 @@ bool queue_ring::block(waitpoint& wp, Attempt&& attempt, std::optional<time_poin
     while (c != 0 && !wp.waiters.compare_exchange_weak(c, c - 1, std::memory_order_relaxed)) {
     }
   };
+  std::chrono::nanoseconds poll_sleep = first_poll;
   for (;;) {
     wp.waiters.fetch_add(1, std::memory_order_seq_cst);
     // Pairs with the fence in wake(): either the waker sees us counted, or our attempt
@@ -231,7 +260,8 @@ bool queue_ring::block(waitpoint& wp, Attempt&& attempt, std::optional<time_poin
       uncount();
       return false;
     }
-    const time_point next = now + (poll ? stall_period : sweep_period);
+    const time_point next = now + (poll ? poll_sleep : sweep_period);
+    if (poll) poll_sleep = std::min<std::chrono::nanoseconds>(2 * poll_sleep, stall_period);
     // Woken (a waker took a count) or the key was stale: keep the count, a waker took one.
     // Timed out: nobody took it on our behalf, take it back.
     if (!futex_wait(&wp.seq, key, until ? std::min(*until, next) : next)) uncount();
@@ -299,8 +329,8 @@ bool queue_ring::recover(const queue_obstacle& ob) noexcept {
   // acq_rel: release so that the next claimant of the slot is ordered after us; the word is
   // unique (its owner is dead and never claims again), so this succeeds only if the slot
   // still holds that very claim.
-  if (!ob.slot->seq.compare_exchange_strong(expected, next, std::memory_order_acq_rel,
-                                            std::memory_order_relaxed))
+  if (!ob.slot->compare_exchange_strong(expected, next, std::memory_order_acq_rel,
+                                        std::memory_order_relaxed))
     return false;
   wake(st_->not_empty, INT_MAX);
   wake(st_->not_full, INT_MAX);
@@ -312,11 +342,24 @@ bool queue_ring::recover(const queue_obstacle& ob) noexcept {
 // ---------------------------------------------------------------------------------------
 // Observers and control
 
+std::uint64_t queue_ring::frontier(bool consumer) const noexcept {
+  // acquire: pairs with the acq_rel counter moves in try_claim().
+  std::uint64_t p = (consumer ? st_->tail : st_->head).load(std::memory_order_acquire);
+  // A counter lags its side's claims by less than two laps (queue.hpp, point 2).
+  for (std::uint64_t k = 0; k <= 2 * cap_; ++k, ++p) {
+    // acquire: pairs with the release stores and claims of both sides.
+    const std::uint64_t w = word(p).load(std::memory_order_acquire);
+    if ((consumer ? queue_view::consumer(w, lap(p)) : queue_view::producer(w, lap(p))) !=
+        queue_view::passed)
+      break;
+  }
+  return p;
+}
+
 std::uint64_t queue_ring::size() const noexcept {
-  // acquire: pair with the acq_rel counter moves in try_claim(); tail first, so that the
-  // head read after it is at least as new.
-  const std::uint64_t t = st_->tail.load(std::memory_order_acquire);
-  const std::uint64_t h = st_->head.load(std::memory_order_acquire);
+  // Consumers first, so that the producers' frontier found after it is at least as new.
+  const std::uint64_t t = frontier(true);
+  const std::uint64_t h = frontier(false);
   return h > t ? std::min(h - t, cap_) : 0;
 }
 
@@ -349,7 +392,7 @@ bool queue_ring::ring_idle() const {
   alive_cache alive;
   for (std::uint64_t k = 0; k < cap_; ++k) {
     // acquire: pairs with release() (gotten was counted before it) and publish().
-    const std::uint64_t w = slots_[k].seq.load(std::memory_order_acquire);
+    const std::uint64_t w = word(k).load(std::memory_order_acquire);
     if (seqw::is_claim(w)) {
       // A dead claimant's message is lost; it is no item of anybody's.
       if (alive(seqw::claimant(w))) return false;
@@ -469,13 +512,14 @@ void queue_ring::collect(bool check_liveness) {
   }
   // 2. Tags that slots still need: a message published, or claimed by a live process.
   std::vector<std::uint64_t> live;
-  if (!candidates.empty()) {
+  // (Compact slots hold no tags: their values never leave them.)
+  if (!candidates.empty() && st_->slot_bytes == queue_slot_bytes) {
     for (std::uint64_t k = 0; k < cap_; ++k) {
       // acquire: pairs with release() (a consumer finished reading before it freed the
       // slot) and with publish().
-      const std::uint64_t w = slots_[k].seq.load(std::memory_order_acquire);
+      const std::uint64_t w = slot(k).seq.load(std::memory_order_acquire);
       // relaxed: ordered after the acquire of the owner in step 1 and of `seq` just above.
-      const std::uint64_t t = slots_[k].tag.load(std::memory_order_relaxed);
+      const std::uint64_t t = slot(k).tag.load(std::memory_order_relaxed);
       if (t == 0) continue;
       const bool needed = seqw::is_claim(w) ? lives(seqw::claimant(w))
                                             : ((w & 1) != 0 && (w & seqw::skip_bit) == 0);
@@ -578,10 +622,16 @@ namespace {
 detail_lines inspect_queue(const segment_header&, std::span<const std::byte> payload) {
   if (payload.size() < sizeof(queue_state)) return {{"state", "truncated"}};
   const auto* st = reinterpret_cast<const queue_state*>(payload.data());
-  // relaxed: a snapshot for display; nothing is read on the strength of it.
-  const std::uint64_t head = st->head.load(std::memory_order_relaxed);
-  const std::uint64_t tail = st->tail.load(std::memory_order_relaxed);
-  const std::uint64_t depth = head >= tail ? head - tail : 0;
+  std::uint64_t depth;
+  if (st->layout == queue_layout && layout_fits(st, payload.size())) {
+    // Counts claims past the counters too (they move lazily); reads only.
+    depth = queue_ring(const_cast<queue_state*>(st), std::string()).size();
+  } else {
+    // relaxed: a snapshot for display; nothing is read on the strength of it.
+    const std::uint64_t head = st->head.load(std::memory_order_relaxed);
+    const std::uint64_t tail = st->tail.load(std::memory_order_relaxed);
+    depth = head >= tail ? head - tail : 0;
+  }
   detail_lines out;
   out.emplace_back("depth", fmt::format("{}", std::min(depth, st->capacity)));
   out.emplace_back("capacity", fmt::format("{}", st->capacity));

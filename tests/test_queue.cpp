@@ -31,7 +31,13 @@ using shmkit::test::spawn;
 using shmkit::test::unique_name;
 using shmkit::test::wait_exit;
 
-// A raw type that fills a slot exactly, and one that must go out of line.
+// A raw type that fills a compact slot of 64 bytes, one that fills a slot exactly, and one
+// that must go out of line.
+struct line_sized {
+  std::uint64_t id;
+  std::array<std::uint8_t, 48> fill;
+};
+static_assert(shmkit::detail::queue_compact_slot_bytes(sizeof(line_sized)) == 64);
 struct slot_sized {
   std::uint64_t id;
   std::array<std::uint8_t, 88> fill;
@@ -80,7 +86,8 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 
 }  // namespace
 
-using element_types = boost::mpl::list<int, std::uint64_t, slot_sized, oversized, std::string>;
+using element_types =
+    boost::mpl::list<int, std::uint64_t, line_sized, slot_sized, oversized, std::string>;
 
 BOOST_AUTO_TEST_CASE_TEMPLATE(fifo_within_one_process, T, element_types) {
   for (std::size_t cap : {1u, 3u, 16u}) {
@@ -158,6 +165,27 @@ BOOST_AUTO_TEST_CASE(named_four_ways, *boost::unit_test::timeout(120)) {
   BOOST_TEST(shmkit::remove(name.name));
   BOOST_CHECK_THROW(shmkit::queue<int>(shmkit::open_only, "bad name!"), std::invalid_argument);
   BOOST_CHECK_THROW(shmkit::queue<int>(0), std::invalid_argument);
+}
+
+// Each handle looks first past its own last claim and moves the shared counters lazily:
+// handles that take turns walk past each other's claims, and size() still counts exactly.
+BOOST_AUTO_TEST_CASE(handles_taking_turns_share_positions, *boost::unit_test::timeout(120)) {
+  name_guard name(unique_name("qturns"));
+  shmkit::queue<std::uint64_t> a(shmkit::create_only, name.name, 8);
+  shmkit::queue<std::uint64_t> b(shmkit::open_only, name.name);
+  std::uint64_t next = 0, expect = 0;
+  for (int round = 0; round < 40; ++round) {  // many laps of 8 slots
+    const int puts = 1 + round % 7;
+    for (int i = 0; i < puts; ++i) ((i + round) % 3 == 0 ? a : b).put(next++);
+    BOOST_TEST(a.size() == std::size_t(puts));
+    BOOST_TEST(b.size() == std::size_t(puts));
+    for (int i = 0; i < puts; ++i) BOOST_TEST(((i + round) % 2 == 0 ? b : a).get() == expect++);
+    BOOST_TEST(a.empty());
+    BOOST_TEST(!b.try_get().has_value());
+  }
+  for (std::uint64_t i = 0; i < 8; ++i) a.put(i);
+  BOOST_TEST(b.full());
+  BOOST_TEST(!b.try_put(9));
 }
 
 BOOST_AUTO_TEST_CASE(permissions_are_owner_only_by_default, *boost::unit_test::timeout(120)) {

@@ -9,24 +9,30 @@
 //   used by several threads at once.
 // - Elements: any T the codec handles (shmkit::encodable<T>). A message of up to 96 bytes
 //   lives in its ring slot (a trivially copyable T of that size is one memcpy, no codec, no
-//   allocation); a larger one lives in the queue's own heap, in the same segment (16 MiB
+//   allocation; one of up to 56 bytes gets slots of its own size, 16 to 64 bytes, several
+//   to a cache line); a larger one lives in the queue's own heap, in the same segment (16 MiB
 //   unless queue_options::heap_bytes says otherwise), so messages far larger than a slot go
 //   through: a 4 MiB std::string through a queue of capacity 16. A message larger than the
 //   whole heap throws shmkit::error from put and leaves the queue unchanged; one that fits
 //   but not now waits (put) for consumers to free space.
 // - Order: FIFO per the claim order of positions. Each message is received once.
-// - Progress: the fast path takes a slot with one compare-and-swap on the slot's state word
-//   and moves the shared position counter with one more; no locks. A producer that stalls
+// - Progress: the fast path takes a slot with one compare-and-swap on the slot's state word;
+//   a handle alone on its side moves the shared position counter once every four claims,
+//   one contending with others at every claim (point 2); no locks. A producer that stalls
 //   mid-put delays only the consumer of its slot (as in Vyukov's ring). The heap's allocator
 //   takes a short lock (out-of-line messages only); consumers never lock.
 // - Blocking: put/get spin for up to about a futex round trip (shorter while spinning keeps
 //   failing, as when both sides share one CPU), then sleep on the wait layer's futex; a
-//   waker makes a system call only when somebody sleeps, once per sleep. A sleeper also
-//   looks again every 100 ms (see point 7 below): an idle blocked caller costs ten wake-ups
-//   a second, about 0.1% of a core, measured.
-// - size() is head - tail read one after the other: a snapshot, exact only while nobody
-//   else runs; it counts messages being written (their slot is claimed) and not messages
-//   being read. empty() and full() derive from it.
+//   waker makes a system call only when somebody sleeps, once per sleep. A put or get
+//   checks for sleepers with the compare-and-swap that claims its slot, not with a fence
+//   (queue_ring.hpp, queue_run::sleepers), so a caller that would sleep on a slot whose put
+//   or get is under way polls instead (50 us, doubling to 3 ms), never sleeps unbounded. A
+//   sleeper also looks again every 100 ms (see point 7 below): an idle blocked caller costs
+//   ten wake-ups a second, about 0.1% of a core, measured.
+// - size() is the producers' first unclaimed position less the consumers' (each side's
+//   counter, plus the claimed slots past it), read one after the other: a snapshot, exact
+//   only while nobody else runs; it counts messages being written (their slot is claimed)
+//   and not messages being read. empty() and full() derive from it.
 // - close(): wakes every blocked caller; put, try_put, put_for and put_many then throw
 //   shmkit::closed_error; get and friends hand out what is left (waiting for a message whose
 //   put was already under way) and then throw shmkit::closed_error (try_get and get_for too:
@@ -47,9 +53,14 @@
 //    so there is no instant at which a slot is taken by nobody known. The claimant writes
 //    or reads the slot and finishes with one store: full(L) (publish) or free(L+1).
 //    Killed before the compare-and-swap, it took nothing; after the final store, it is done.
-// 2. The position counters (head, tail) are only hints: a claimant moves its counter past
-//    its claim right after taking it, and anybody who finds a claimed slot at the counter
-//    moves it too, so a claimant that dies between the two never stops the counter.
+// 2. The position counters (head, tail) are only hints, never past the first unclaimed
+//    position F of their side: a claimant looks from the counter or from the end of its
+//    handle's last claim on that side (also at most F), whichever is further, and walks past
+//    claimed slots, so where it looks is at most F too. It moves the counter past its claim
+//    when it walked past others' claims, or when the counter lags four (at most capacity)
+//    positions behind its claim; a waiter blocked at a position moves the counter up to it.
+//    So the counter lags F by less than four positions plus the claims in flight (fewer than
+//    a lap) while claimants finish, and a claimant that dies, wherever, never stops it.
 // 3. A waiter blocked by the same claim word for a few milliseconds asks whether the owner
 //    lives (identity_alive: /proc, pid + start time, zombies dead). If not, it replaces that
 //    exact word by one compare-and-swap: a dead producer's claim becomes skip(L) (consumers
@@ -57,9 +68,10 @@
 //    consumer's claim becomes free(L+1) (the message it was reading is lost; it never
 //    returned it, so it was not delivered twice). The word is unique (L only grows, a dead
 //    owner never claims again), so a recovery can only hit the claim it inspected. The
-//    position it recovers is exact: the waiter read the counter, the word, and the counter
-//    again unchanged; with the claim published by an acq_rel compare-and-swap this bounds
-//    the claim to within two laps of the waiter's position, which 8 lap bits tell apart.
+//    position it recovers is exact: the waiter, at most F, found the counter at its position,
+//    read the word, and found the counter there again; with the claim published by a
+//    seq_cst compare-and-swap and the lag of point 2 this bounds the claim to within two
+//    laps of the waiter's position, which 8 lap bits tell apart.
 // 4. Out-of-line messages: a producer allocates its heap pages (tagged with a unique
 //    allocation tag; the first page records the producer's identity) before it claims a
 //    slot, so a producer never waits for pages while holding a slot (no deadlock with the
@@ -128,6 +140,12 @@ class queue {
   static_assert(encodable<T>, "shmkit::queue<T> needs a T the codec handles (see codec.hpp)");
   static constexpr bool raw_inline =
       is_raw_encodable_v<T> && sizeof(T) <= detail::queue_inline_bytes;
+  // A small raw T gets slots of its own size (the state word and the value): more messages
+  // per cache line, nothing else to write or check.
+  static constexpr std::size_t compact_bytes =
+      is_raw_encodable_v<T> ? detail::queue_compact_slot_bytes(sizeof(T)) : 0;
+  static constexpr bool compact = compact_bytes != 0;
+  static constexpr std::size_t slot_bytes = compact ? compact_bytes : detail::queue_slot_bytes;
 
  public:
   using value_type = T;
@@ -227,8 +245,9 @@ class queue {
 
  protected:
   queue(detail::object_kind kind, std::size_t capacity, queue_options o)
-      : obj_(spec(kind), detail::queue_extra_bytes(capacity, o.heap_bytes), capacity,
-             detail::queue_heap_pages(o.heap_bytes), kind == detail::object_kind::joinable_queue) {
+      : obj_(spec(kind), detail::queue_extra_bytes(capacity, o.heap_bytes, slot_bytes), capacity,
+             detail::queue_heap_pages(o.heap_bytes), kind == detail::object_kind::joinable_queue,
+             slot_bytes) {
     attach(kind, false);
   }
   // Named creation: create_only_t or open_or_create_t (which may open instead).
@@ -236,9 +255,9 @@ class queue {
   requires std::is_same_v<Tag, create_only_t> || std::is_same_v<Tag, open_or_create_t> queue(
       detail::object_kind kind, Tag tag, std::string_view name, std::size_t capacity,
       queue_options o)
-      : obj_(tag, name, spec(kind), detail::queue_extra_bytes(capacity, o.heap_bytes), o.perms,
-             capacity, detail::queue_heap_pages(o.heap_bytes),
-             kind == detail::object_kind::joinable_queue) {
+      : obj_(tag, name, spec(kind), detail::queue_extra_bytes(capacity, o.heap_bytes, slot_bytes),
+             o.perms, capacity, detail::queue_heap_pages(o.heap_bytes),
+             kind == detail::object_kind::joinable_queue, slot_bytes) {
     attach(kind, std::is_same_v<Tag, open_or_create_t>);
   }
   queue(detail::object_kind kind, open_only_t, std::string_view name)
@@ -257,7 +276,7 @@ class queue {
     detail::queue_check_identity();
     if (check)
       detail::queue_check_opened(obj_.state(), obj_.seg().payload_size(),
-                                 kind == detail::object_kind::joinable_queue, what);
+                                 kind == detail::object_kind::joinable_queue, slot_bytes, what);
     ring_ = detail::queue_ring(obj_.state(), what);
   }
   template <class Clock, class Duration>
@@ -273,12 +292,20 @@ class queue {
   bool claim(bool consumer, std::uint64_t n, detail::queue_run& run,
              std::optional<detail::time_point> until, bool try_only) {
     if (consumer || !ring_.closed()) {
+      if (n == 1 && ring_.try_claim_one(consumer, run)) return true;
       detail::queue_obstacle ob;
       if (ring_.try_claim(consumer, n, run, ob)) return true;
     }
     return try_only ? ring_.claim_now(consumer, n, run) : ring_.claim(consumer, n, run, until);
   }
 
+  // Writes a raw value into its claimed slot.
+  void fill_raw(std::uint64_t pos, const T& v) noexcept {
+    if constexpr (compact)
+      std::memcpy(ring_.value(pos), std::addressof(v), sizeof(T));
+    else
+      fill_inline(pos, std::addressof(v), sizeof(T));
+  }
   void fill_inline(std::uint64_t pos, const void* src, std::size_t n) noexcept {
     detail::queue_slot& s = ring_.slot(pos);
     // relaxed: read only by the collector, after its acquire of `seq` (see collect()).
@@ -349,7 +376,7 @@ bool queue<T>::send(const T& v, std::optional<detail::time_point> until, bool tr
   detail::queue_run run;
   if constexpr (raw_inline) {
     if (!claim(false, 1, run, until, try_only)) return false;
-    fill_inline(run.first, std::addressof(v), sizeof(T));
+    fill_raw(run.first, v);
   } else {
     const std::size_t n = encoded_size(v);
     if (n <= detail::queue_inline_bytes) {
@@ -382,28 +409,32 @@ bool queue<T>::send(const T& v, std::optional<detail::time_point> until, bool tr
 template <class T>
 template <class Use>
 auto queue<T>::take_with(std::uint64_t pos, bool& heap, Use use) {
-  detail::queue_slot& s = ring_.slot(pos);
   struct releaser {
     detail::queue_ring& r;
     std::uint64_t pos;
     ~releaser() { r.release(pos); }
   } guard{ring_, pos};
-  const std::uint32_t size = s.size;
   std::span<const std::byte> bytes;
-  if (s.where == 0 && size <= detail::queue_inline_bytes) {
-    bytes = {s.data, size};
-  } else if (s.where == 1 && std::uint64_t(s.page) + s.pages <= ring_.state()->pages &&
-             size <= std::uint64_t(s.pages) * detail::queue_page_bytes) {
-    heap = true;
-    bytes = {ring_.page_data(s.page), size};
+  if constexpr (compact) {
+    bytes = {ring_.value(pos), sizeof(T)};
   } else {
-    throw error(fmt::format("shmkit: {} holds a corrupted message (slot {}: where {}, {} bytes)",
-                            obj_.seg().describe(), ring_.index(pos), s.where, size));
-  }
-  if constexpr (is_raw_encodable_v<T>) {
-    if (bytes.size() != sizeof(T))
-      throw error(fmt::format("shmkit: {} holds a message of {} bytes, not the {} of its type",
-                              obj_.seg().describe(), bytes.size(), sizeof(T)));
+    const detail::queue_slot& s = ring_.slot(pos);
+    const std::uint32_t size = s.size;
+    if (s.where == 0 && size <= detail::queue_inline_bytes) {
+      bytes = {s.data, size};
+    } else if (s.where == 1 && std::uint64_t(s.page) + s.pages <= ring_.state()->pages &&
+               size <= std::uint64_t(s.pages) * detail::queue_page_bytes) {
+      heap = true;
+      bytes = {ring_.page_data(s.page), size};
+    } else {
+      throw error(fmt::format("shmkit: {} holds a corrupted message (slot {}: where {}, {} bytes)",
+                              obj_.seg().describe(), ring_.index(pos), s.where, size));
+    }
+    if constexpr (is_raw_encodable_v<T>) {
+      if (bytes.size() != sizeof(T))
+        throw error(fmt::format("shmkit: {} holds a message of {} bytes, not the {} of its type",
+                                obj_.seg().describe(), bytes.size(), sizeof(T)));
+    }
   }
   auto result = use(bytes);
   ring_.count_gotten();  // before the release above: see the contract, point 6
@@ -443,9 +474,10 @@ auto queue<T>::receive_with(std::optional<detail::time_point> until, bool try_on
   bool heap = false;
   struct notifier {
     detail::queue_ring& r;
+    const detail::queue_run& run;
     bool& heap;
-    ~notifier() { r.released(1, heap); }
-  } wake{ring_, heap};
+    ~notifier() { r.released(run, heap); }
+  } wake{ring_, run, heap};
   return fn(run.first, heap);
 }
 
@@ -464,8 +496,7 @@ void queue<T>::put_many(std::span<const T> vs) {
       detail::queue_run run;
       if (!claim(false, std::min<std::uint64_t>(vs.size() - i, batch), run, std::nullopt, false))
         continue;
-      for (std::uint64_t k = 0; k < run.count; ++k)
-        fill_inline(run.first + k, std::addressof(vs[i + k]), sizeof(T));
+      for (std::uint64_t k = 0; k < run.count; ++k) fill_raw(run.first + k, vs[i + k]);
       ring_.publish(run);
       i += run.count;
     }
@@ -541,7 +572,7 @@ std::uint64_t queue<T>::receive_run(std::size_t n, Fn fn) {
     ~finisher() {
       // After a throw, the rest of the run is released unread (those messages are lost).
       for (std::uint64_t j = k; j < run.count; ++j) r.release(run.first + j);
-      r.released(run.count, heap);
+      r.released(run, heap);
     }
   } done{ring_, run, k, heap};
   while (k < run.count) {

@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: MIT
-// The engine of shmkit::queue: a bounded MPMC ring of 128-byte slots with per-slot state words
+// The engine of shmkit::queue: a bounded MPMC ring of slots with per-slot state words
 // (Vyukov-style), plus an out-of-line heap of 256-byte pages for messages larger than a slot,
-// all in one segment. shmkit/queue.hpp states the contract; this file holds the shared layout,
-// the claim protocol's fast paths, and (in lib/queue.cpp) the slow paths: waiting, recovery
+// all in one segment. A slot is a 128-byte queue_slot (state word, heap descriptor, 96
+// inline bytes), or for a small trivially copyable T that never leaves its slot, a compact
+// slot: the state word and the value, 16, 32 or 64 bytes (queue_compact_slot_bytes()).
+// shmkit/queue.hpp states the contract; this file holds the shared layout, the claim
+// protocol's fast paths, and (in lib/queue.cpp) the slow paths: waiting, recovery
 // from dead claimants, the heap's allocator and its collector.
 //
 // State word of a slot (`seq`), 64 bits:
@@ -37,7 +40,7 @@ inline constexpr std::size_t queue_slot_bytes = 128;
 inline constexpr std::size_t queue_inline_bytes = 96;  // message bytes stored in the slot
 inline constexpr std::size_t queue_page_bytes = 256;   // heap allocation unit
 inline constexpr std::size_t queue_default_heap_bytes = std::size_t(16) << 20;
-inline constexpr std::uint32_t queue_layout = 0x51550003;  // "QU", layout 3
+inline constexpr std::uint32_t queue_layout = 0x51550004;  // "QU", layout 4
 inline constexpr std::size_t queue_max_capacity = std::size_t(1) << 32;
 inline constexpr std::size_t queue_max_batch = 1024;  // slots one claim takes at most
 
@@ -81,6 +84,18 @@ static_assert(std::is_standard_layout_v<queue_slot>);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 
+// The slot size for values of `value_bytes` that always travel in their slot as raw bytes
+// (no codec, no heap): the state word and the value rounded up to a power of two, so that
+// a slot never straddles a cache line. 0 when the value needs a queue_slot (over 56 bytes).
+constexpr std::size_t queue_compact_slot_bytes(std::size_t value_bytes) noexcept {
+  if (value_bytes > 56) return 0;
+  std::size_t b = 16;
+  while (b < 8 + value_bytes) b *= 2;
+  return b;
+}
+static_assert(queue_compact_slot_bytes(8) == 16 && queue_compact_slot_bytes(9) == 32 &&
+              queue_compact_slot_bytes(56) == 64 && queue_compact_slot_bytes(57) == 0);
+
 // The shared state at the start of the segment's payload; slots, page tags, page owners and
 // heap pages follow it (offsets below, from the start of this struct).
 struct alignas(queue_line) queue_state {
@@ -91,9 +106,11 @@ struct alignas(queue_line) queue_state {
   std::uint64_t pages;  // heap pages (0: no heap; every message must fit a slot)
   std::uint64_t slots_offset, tags_offset, owners_offset, heap_offset, total_bytes;
   std::atomic<std::uint32_t> closed;  // 0 open, 1 closed: set once by close()
+  std::uint32_t slot_bytes;           // queue_slot_bytes, or a compact slot's size
 
-  // Producers' next position. Advanced past a claimed position by its claimant or by any
-  // producer that sees the claim (helping), so a claimant that dies leaves it movable.
+  // Producers' next position, a hint that lags by a few claims: moved past claimed positions
+  // by their claimants, lazily, and by waiters up to where they wait (queue.hpp, point 2),
+  // so a claimant that dies leaves it movable.
   alignas(queue_line) std::atomic<std::uint64_t> head;
   // Consumers' next position, likewise.
   alignas(queue_line) std::atomic<std::uint64_t> tail;
@@ -117,7 +134,7 @@ struct alignas(queue_line) queue_state {
   std::atomic<std::uint64_t> done;
   waitpoint joined;
 
-  queue_state(std::uint64_t cap, std::uint64_t heap_pages, bool join) noexcept;
+  queue_state(std::uint64_t cap, std::uint64_t heap_pages, bool join, std::size_t slot) noexcept;
 };
 static_assert(std::is_standard_layout_v<queue_state>);
 static_assert(offsetof(queue_state, tail) - offsetof(queue_state, head) >= queue_line,
@@ -129,17 +146,18 @@ static_assert(offsetof(queue_state, head) % queue_line == 0,
               "the counters start their own lines, apart from the constants");
 static_assert(sizeof(queue_state) % queue_line == 0);
 
-// Bytes after the state for a queue of `capacity` slots and a heap of `heap_bytes`.
-// Throws std::invalid_argument for a capacity of 0 or above queue_max_capacity, or a heap
-// above 1 TiB.
-std::size_t queue_extra_bytes(std::size_t capacity, std::size_t heap_bytes);
+// Bytes after the state for a queue of `capacity` slots of `slot_bytes` and a heap of
+// `heap_bytes`. Throws std::invalid_argument for a capacity of 0 or above
+// queue_max_capacity, or a heap above 1 TiB.
+std::size_t queue_extra_bytes(std::size_t capacity, std::size_t heap_bytes, std::size_t slot_bytes);
 std::uint64_t queue_heap_pages(std::size_t heap_bytes);
 // Throws shmkit::error if identities of this system do not fit a claim word (pids above
 // 2^22, never on Linux, whose PID_MAX_LIMIT is 2^22).
 void queue_check_identity();
-// Checks the state of an opened queue; throws shmkit::error naming `what` on a mismatch.
+// Checks the state of an opened queue (slots of `slot_bytes`); throws shmkit::error naming
+// `what` on a mismatch.
 void queue_check_opened(const queue_state* st, std::size_t payload, bool joinable,
-                        const std::string& what);
+                        std::size_t slot_bytes, const std::string& what);
 
 // The queue's protocol on a waitpoint (its fields, not its wait_until/notify): a sleeper
 // counts itself in `waiters` before each sleep and a waker takes the counts it serves, so a
@@ -148,20 +166,14 @@ void queue_check_opened(const queue_state* st, std::size_t payload, bool joinabl
 // count back only when it did not sleep or its sleep timed out; any other miscount is too
 // high, never too low, and costs at most one needless system call.
 //
-// Wakes up to n sleepers (INT_MAX: all), with a system call only when one is counted: when
-// nobody sleeps, a fence and a load. The fence pairs with the fence after the increment of
-// `waiters` in queue_ring::block(): either the sleeper sees our state change, or we see it.
-inline void wake(waitpoint& wp, int n) noexcept {
-#if defined(__SANITIZE_THREAD__)
-  // ThreadSanitizer does not model fences; an RMW gives it the same ordering to see.
-  std::uint32_t counted = wp.waiters.fetch_add(0, std::memory_order_seq_cst);
-#else
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+// Wakes up to n sleepers (INT_MAX: all) that a waker has seen counted (see wake() and
+// queue_run::sleepers for the two ways of seeing them): takes their counts and makes the
+// system call.
+inline void wake_counted(waitpoint& wp, int n) noexcept {
+  // relaxed: the caller's fence or seq_cst load ordered us; seq below carries the wake-up.
   std::uint32_t counted = wp.waiters.load(std::memory_order_relaxed);
-#endif
-  if (counted == 0) return;
   std::uint32_t take;
-  do {  // relaxed: the fence above orders us; seq below carries the wake-up
+  do {
     take = n == INT_MAX ? counted : std::min<std::uint32_t>(counted, static_cast<std::uint32_t>(n));
   } while (take != 0 &&
            !wp.waiters.compare_exchange_weak(counted, counted - take, std::memory_order_relaxed));
@@ -170,10 +182,25 @@ inline void wake(waitpoint& wp, int n) noexcept {
   futex_wake(&wp.seq, n == INT_MAX ? INT_MAX : static_cast<int>(take));
 }
 
+// Wakes up to n sleepers (INT_MAX: all) after any change of state, with a system call only
+// when one is counted: when nobody sleeps, a fence and a load. The fence pairs with the fence
+// after the increment of `waiters` in queue_ring::block(): either the sleeper sees our state
+// change, or we see it. (The claim fast path needs no fence: see queue_run::sleepers.)
+inline void wake(waitpoint& wp, int n) noexcept {
+#if defined(__SANITIZE_THREAD__)
+  // ThreadSanitizer does not model fences; an RMW gives it the same ordering to see.
+  const std::uint32_t counted = wp.waiters.fetch_add(0, std::memory_order_seq_cst);
+#else
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const std::uint32_t counted = wp.waiters.load(std::memory_order_relaxed);
+#endif
+  if (counted != 0) wake_counted(wp, n);
+}
+
 // What stopped a claim: the word seen and, for a claim word, the position it is for
 // (validated, so a dead claimant can be recovered exactly).
 struct queue_obstacle {
-  queue_slot* slot = nullptr;
+  std::atomic<std::uint64_t>* slot = nullptr;  // the slot's state word
   std::uint64_t word = 0;
   std::uint64_t pos = 0;
   bool recoverable() const noexcept { return slot != nullptr && seqw::is_claim(word); }
@@ -183,6 +210,15 @@ struct queue_obstacle {
 struct queue_run {
   std::uint64_t first = 0;
   std::uint64_t count = 0;
+  // The other side's sleepers (not_empty's for a producer, not_full's for a consumer), read
+  // with a seq_cst load after the run's last seq_cst claim compare-and-swap. A sleeper
+  // counts itself (seq_cst), then looks at the slot it waits for (seq_cst load in
+  // try_claim()): either it sees our claim word or a later state, or it precedes our claim
+  // in the total order of seq_cst operations and we see its count here (Dekker, with the
+  // claim as our state change). A sleeper that sees a claim word in its way only sleeps
+  // for a poll period (block()): the claimant may have read the count before it. So the
+  // waker after a claim needs no fence: 0 here means nobody needs a wake-up from this run.
+  std::uint32_t sleepers = 0;
 };
 
 // A heap allocation held by a producer until it is in a slot.
@@ -206,7 +242,17 @@ class queue_ring {
   // acquire: pairs with the seq_cst store in close(); a closer's earlier puts are visible.
   bool closed() const noexcept { return st_->closed.load(std::memory_order_acquire) != 0; }
 
-  queue_slot& slot(std::uint64_t pos) const noexcept { return slots_[index(pos)]; }
+  // The state word of position pos's slot (any slot size); its queue_slot (queue_slot_bytes
+  // slots only); the value of a compact slot.
+  std::atomic<std::uint64_t>& word(std::uint64_t pos) const noexcept {
+    return *reinterpret_cast<std::atomic<std::uint64_t>*>(slot_at(index(pos)));
+  }
+  queue_slot& slot(std::uint64_t pos) const noexcept {
+    return *reinterpret_cast<queue_slot*>(slot_at(index(pos)));
+  }
+  std::byte* value(std::uint64_t pos) const noexcept {
+    return slot_at(index(pos)) + sizeof(std::uint64_t);
+  }
   std::uint64_t lap(std::uint64_t pos) const noexcept { return pow2_ ? pos >> shift_ : pos / cap_; }
   std::uint64_t index(std::uint64_t pos) const noexcept { return pow2_ ? pos & mask_ : pos % cap_; }
   std::byte* page_data(std::uint32_t page) const noexcept {
@@ -217,6 +263,10 @@ class queue_ring {
   // that are free (producer) or full (consumer), or report the obstacle. A consumer's run
   // never contains a skip slot: a skip at the start of a run is released on the way.
   bool try_claim(bool consumer, std::uint64_t n, queue_run& run, queue_obstacle& ob) noexcept;
+  // The common case of one claim, small enough to inline: the slot where this handle looks
+  // first holds just what it wants (free; or a message, not a skip) and nobody takes it
+  // first. False in any other case, which try_claim() then handles.
+  bool try_claim_one(bool consumer, queue_run& run) noexcept;
 
   // Claims at least one position, waiting until `until` (nullopt: no limit). Returns false on
   // timeout. Producers: throws closed_error once closed. Consumers: throws closed_error when
@@ -231,18 +281,19 @@ class queue_ring {
     for (std::uint64_t p = run.first; p != run.first + run.count; ++p)
       // release: pairs with the consumer's acquire of `seq` in try_claim(): the slot's fields
       // and data written above are visible to whoever claims the message.
-      slot(p).seq.store(seqw::full_word(lap(p)), std::memory_order_release);
-    wake(st_->not_empty, static_cast<int>(run.count));
+      word(p).store(seqw::full_word(lap(p)), std::memory_order_release);
+    if (run.sleepers != 0) wake_counted(st_->not_empty, static_cast<int>(run.count));
   }
   // Consumer: frees one claimed slot for the next lap (no wake-up; see released()).
   void release(std::uint64_t pos) noexcept {
     // release: pairs with the acquire of `seq` by the producer of the next lap (it then
     // overwrites what we read) and by the heap collector (it then frees what we read).
-    slot(pos).seq.store(seqw::free_word(lap(pos) + 1), std::memory_order_release);
+    word(pos).store(seqw::free_word(lap(pos) + 1), std::memory_order_release);
   }
-  // After releasing `count` slots, `heap` of them with heap blocks.
-  void released(std::uint64_t count, bool heap) noexcept {
-    wake(st_->not_full, static_cast<int>(count));
+  // After releasing the slots of `run` (claimed by a consumer), some with heap blocks
+  // (`heap`).
+  void released(const queue_run& run, bool heap) noexcept {
+    if (run.sleepers != 0) wake_counted(st_->not_full, static_cast<int>(run.count));
     if (heap) wake(st_->heap_space, 1);
   }
 
@@ -290,9 +341,29 @@ class queue_ring {
   // claimants (asks /proc); without it, any owner or claimant counts as alive (cheap).
   void collect(bool check_liveness);
   bool ring_idle() const;
+  std::atomic<std::uint64_t>& counter_of(bool consumer) const noexcept {
+    return consumer ? st_->tail : st_->head;
+  }
+  // relaxed: the hint is process-local and only a place to start looking.
+  std::uint64_t hint_of(bool consumer) noexcept {
+    return std::atomic_ref<std::uint64_t>(hints_[consumer ? 1 : 0]).load(std::memory_order_relaxed);
+  }
+  // A claim of [p, end) made with the counter read as c: sets the hint, moves the counter
+  // when due, reads the other side's sleepers, fills `run`.
+  void finish_claim(bool consumer, std::uint64_t c, std::uint64_t p, std::uint64_t end, bool walked,
+                    queue_run& run) noexcept;
+  // The first position not yet claimed by that side (consumers: not yet claimed nor passed).
+  std::uint64_t frontier(bool consumer) const noexcept;
+  std::byte* slot_at(std::uint64_t k) const noexcept { return slots_ + (k << slot_shift_); }
 
   queue_state* st_ = nullptr;
-  queue_slot* slots_ = nullptr;
+  std::byte* slots_ = nullptr;
+  unsigned slot_shift_ = 0;  // log2 of the slot size
+  // Lone claimants move a counter once every lazy_ claims (min(capacity, 4)).
+  std::uint64_t lazy_ = 1;
+  // Per side (producer, consumer), the end of this handle's last claim: where it looks
+  // first. Process-local, shared by the threads using this handle (atomic_ref, relaxed).
+  alignas(std::atomic_ref<std::uint64_t>::required_alignment) std::uint64_t hints_[2] = {0, 0};
   std::atomic<std::uint64_t>* tags_ = nullptr;    // per heap page: allocation tag, 0 free
   std::atomic<std::uint64_t>* owners_ = nullptr;  // per first page: producer holding it
   std::byte* heap_ = nullptr;
@@ -348,26 +419,66 @@ inline kind consumer(std::uint64_t w, std::uint64_t L) noexcept {
 }
 }  // namespace queue_view
 
+inline void queue_ring::finish_claim(bool consumer, std::uint64_t c, std::uint64_t p,
+                                     std::uint64_t end, bool walked, queue_run& run) noexcept {
+  // relaxed: the hint is process-local and only a place to start looking.
+  std::atomic_ref<std::uint64_t>(hints_[consumer ? 1 : 0]).store(end, std::memory_order_relaxed);
+  // Move the counter past the run when others claim on this side too (we walked past their
+  // claims) or when it lags lazy_ positions: alone on its side, a handle moves it once every
+  // lazy_ claims. acq_rel: pairs with the acquire loads of the counter.
+  if (walked || end - c >= lazy_) {
+    std::atomic<std::uint64_t>& counter = counter_of(consumer);
+    std::uint64_t h = counter.load(std::memory_order_acquire);
+    while (h < end && !counter.compare_exchange_weak(h, end, std::memory_order_acq_rel)) {
+    }
+  }
+  // seq_cst: after the run's last claim; see queue_run::sleepers.
+  const waitpoint& other = consumer ? st_->not_full : st_->not_empty;
+  run = {p, end - p, other.waiters.load(std::memory_order_seq_cst)};
+}
+
+inline bool queue_ring::try_claim_one(bool consumer, queue_run& run) noexcept {
+  // acquire: as in try_claim().
+  const std::uint64_t c = counter_of(consumer).load(std::memory_order_acquire);
+  const std::uint64_t p = std::max(c, hint_of(consumer));
+  const std::uint64_t L = lap(p);
+  std::atomic<std::uint64_t>& s = word(p);
+  std::uint64_t w = consumer ? seqw::full_word(L) : seqw::free_word(L);
+  // acquire: as in try_claim() (only a look before the compare-and-swap, which decides).
+  if (s.load(std::memory_order_acquire) != w) return false;
+  // seq_cst: as in try_claim(); relaxed on failure: try_claim() looks again.
+  if (!s.compare_exchange_strong(w, seqw::claim_word(L, consumer, self_identity()),
+                                 std::memory_order_seq_cst, std::memory_order_relaxed))
+    return false;
+  finish_claim(consumer, c, p, p + 1, false, run);
+  return true;
+}
+
 inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run,
                                   queue_obstacle& ob) noexcept {
-  std::atomic<std::uint64_t>& counter = consumer ? st_->tail : st_->head;
+  std::atomic<std::uint64_t>& counter = counter_of(consumer);
   const std::uint64_t me = self_identity();
-  // The counter only says where to look; the slot word carries every guarantee, and a stale
-  // position is detected by the slot word itself. acquire (free on x86): pairs with the
-  // acq_rel counter moves below, so a slot read after the counter is at least as new as the
-  // claim that moved the counter.
-  std::uint64_t p = counter.load(std::memory_order_acquire);
+  // The counter and this handle's hint (the end of its last claim on this side) only say
+  // where to look, both at most the first unclaimed position (see queue.hpp, point 2); the
+  // slot word carries every guarantee, and a stale position is detected by the slot word
+  // itself. acquire (free on x86): pairs with the acq_rel counter moves, so a slot read
+  // after the counter is at least as new as the claim that moved the counter.
+  const std::uint64_t c = counter.load(std::memory_order_acquire);
+  std::uint64_t p = std::max(c, hint_of(consumer));
+  bool walked = false;  // past claims of others
   for (;;) {
-    queue_slot& s = slot(p);
+    std::atomic<std::uint64_t>& s = word(p);
     const std::uint64_t L = lap(p);
-    // acquire: pairs with the release store of the other side (publish(), release()).
-    std::uint64_t w = s.seq.load(std::memory_order_acquire);
+    // seq_cst: acquire pairs with the release store of the other side (publish(),
+    // release()); seq_cst for a sleeper's look (queue_run::sleepers).
+    std::uint64_t w = s.load(std::memory_order_seq_cst);
     const queue_view::kind k = consumer ? queue_view::consumer(w, L) : queue_view::producer(w, L);
     if (k == queue_view::claimable) {
-      // acq_rel: acquire as above; release so that whoever reads our claim word also sees
-      // the counter value we read (the position bound recovery relies on).
-      if (!s.seq.compare_exchange_strong(w, seqw::claim_word(L, consumer, me),
-                                         std::memory_order_acq_rel, std::memory_order_acquire))
+      // seq_cst: acquire as above; release so that whoever reads our claim word also sees
+      // the counter value we read (the position bound recovery relies on); seq_cst as the
+      // state change of queue_run::sleepers.
+      if (!s.compare_exchange_strong(w, seqw::claim_word(L, consumer, me),
+                                     std::memory_order_seq_cst, std::memory_order_seq_cst))
         continue;  // lost the race for p: look at the slot again
       if (consumer && (w & seqw::skip_bit)) {
         // A message its producer never finished: drop it and carry on at p + 1.
@@ -379,43 +490,44 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
         p = std::max(e, p + 1);
         continue;
       }
-      // Extend the run over the following positions while they are claimable, then move
-      // the counter once past all of them.
+      // Extend the run over the following positions while they are claimable.
       std::uint64_t k2 = 1;
       for (; k2 < n; ++k2) {
         const std::uint64_t q = p + k2;
-        queue_slot& s2 = slot(q);
+        std::atomic<std::uint64_t>& s2 = word(q);
         const std::uint64_t L2 = lap(q);
-        // acquire / acq_rel: as for the first slot of the run; relaxed on failure: we stop.
-        std::uint64_t w2 = s2.seq.load(std::memory_order_acquire);
+        // acquire / seq_cst: as for the first slot of the run; relaxed on failure: we stop.
+        std::uint64_t w2 = s2.load(std::memory_order_acquire);
         const bool ok = consumer ? (w2 == seqw::full_word(L2)) : (w2 == seqw::free_word(L2));
         if (!ok ||
-            !s2.seq.compare_exchange_strong(w2, seqw::claim_word(L2, consumer, me),
-                                            std::memory_order_acq_rel, std::memory_order_relaxed))
+            !s2.compare_exchange_strong(w2, seqw::claim_word(L2, consumer, me),
+                                        std::memory_order_seq_cst, std::memory_order_relaxed))
           break;
       }
-      const std::uint64_t end = p + k2;
-      // acq_rel: pairs with the acquire loads of the counter at the top of try_claim().
-      std::uint64_t h = counter.load(std::memory_order_acquire);
-      while (h < end && !counter.compare_exchange_weak(h, end, std::memory_order_acq_rel)) {
-      }
-      run = {p, k2};
+      finish_claim(consumer, c, p, p + k2, walked, run);
       return true;
     }
     if (k == queue_view::passed) {
-      // p was claimed (perhaps by a claimant that died before moving the counter): help.
-      std::uint64_t e = p;
-      if (counter.compare_exchange_strong(e, p + 1, std::memory_order_acq_rel))
-        p = p + 1;
-      else
-        p = e;
+      // p was claimed (perhaps by a claimant that died before moving the counter): walk on,
+      // or jump to the counter if it is further. acquire: as at the top.
+      walked = true;
+      p = std::max(p + 1, counter.load(std::memory_order_acquire));
       continue;
     }
     // acquire: as at the top; reading the counter again after w is the bracket recovery
     // relies on (see queue.hpp, point 3).
     const std::uint64_t now = counter.load(std::memory_order_acquire);
-    if (now != p) {  // stale, or blocked on an old view: look again
+    if (now > p) {  // stale, or blocked on an old view: look again
       p = now;
+      continue;
+    }
+    if (now < p) {
+      // The counter lags (moved lazily, or we came by the hint): bring it up to p and look
+      // again, so that a blocked view below has read the counter at p before and after w.
+      // acq_rel: as for the moves above.
+      std::uint64_t e = now;
+      while (e < p && !counter.compare_exchange_weak(e, p, std::memory_order_acq_rel)) {
+      }
       continue;
     }
     if (k == queue_view::stale) {
