@@ -129,7 +129,9 @@ namespace shmkit {
 // How a queue is made (ignored when opening an existing one).
 struct queue_options {
   // Bytes of shared heap for messages larger than a slot (96 bytes); the largest message
-  // the queue takes. 0: every message must fit a slot. Reserved at creation.
+  // the queue takes. 0: every message must fit a slot. Reserved at creation. A queue of a
+  // small trivially copyable T (up to 56 bytes), whose messages always fit their slot, has
+  // none whatever this says.
   std::size_t heap_bytes = detail::queue_default_heap_bytes;
   // Mode of a named queue's file.
   permissions perms{};
@@ -146,6 +148,8 @@ class queue {
       is_raw_encodable_v<T> ? detail::queue_compact_slot_bytes(sizeof(T)) : 0;
   static constexpr bool compact = compact_bytes != 0;
   static constexpr std::size_t slot_bytes = compact ? compact_bytes : detail::queue_slot_bytes;
+  // The heap the queue reserves: none when no message can need it.
+  static std::size_t heap_for(const queue_options& o) noexcept { return compact ? 0 : o.heap_bytes; }
 
  public:
   using value_type = T;
@@ -245,8 +249,8 @@ class queue {
 
  protected:
   queue(detail::object_kind kind, std::size_t capacity, queue_options o)
-      : obj_(spec(kind), detail::queue_extra_bytes(capacity, o.heap_bytes, slot_bytes), capacity,
-             detail::queue_heap_pages(o.heap_bytes), kind == detail::object_kind::joinable_queue,
+      : obj_(spec(kind), detail::queue_extra_bytes(capacity, heap_for(o), slot_bytes), capacity,
+             detail::queue_heap_pages(heap_for(o)), kind == detail::object_kind::joinable_queue,
              slot_bytes) {
     attach(kind, false);
   }
@@ -255,8 +259,8 @@ class queue {
   requires std::is_same_v<Tag, create_only_t> || std::is_same_v<Tag, open_or_create_t> queue(
       detail::object_kind kind, Tag tag, std::string_view name, std::size_t capacity,
       queue_options o)
-      : obj_(tag, name, spec(kind), detail::queue_extra_bytes(capacity, o.heap_bytes, slot_bytes),
-             o.perms, capacity, detail::queue_heap_pages(o.heap_bytes),
+      : obj_(tag, name, spec(kind), detail::queue_extra_bytes(capacity, heap_for(o), slot_bytes),
+             o.perms, capacity, detail::queue_heap_pages(heap_for(o)),
              kind == detail::object_kind::joinable_queue, slot_bytes) {
     attach(kind, std::is_same_v<Tag, open_or_create_t>);
   }
