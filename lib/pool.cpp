@@ -425,7 +425,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       case msg_kind::kick:  // no longer sent; kick() notifies results_wp
         break;
       case msg_kind::probe:
-        probe_answered_locked(m, failures);
+        probe_answered_locked(m);
         break;
       case msg_kind::supervisor_done:
         break;
@@ -450,7 +450,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     inflight_.erase(it);
   }
 
-  void probe_answered_locked(const result_msg& m, std::vector<failure>& failures) {
+  void probe_answered_locked(const result_msg& m) {
     if (m.slot < 0 || m.slot >= nworkers_) return;
     auto& probes = slots_[m.slot].probes;
     auto it = probes.find(m.task);
