@@ -168,13 +168,17 @@ BOOST_AUTO_TEST_CASE(mutex_view_of_an_embedded_state) {
 
 BOOST_AUTO_TEST_CASE(a_wait_yields_at_most_once_and_not_after_a_lost_yield) {
   namespace sd = shmkit::detail;
-  sd::spin_hint hint;
+  using hint_t = sd::spin_hint;
+  hint_t hint;
   int tests = 0;
   auto never = [&] {
     ++tests;
     return false;
   };
-  hint.note_lost_yield(sd::clock::now() - 10 * sd::spin_hint::yield_pause);  // long ago
+  // Longer ago than the longest pause.
+  const auto long_ago = [] { return sd::clock::now() - 2 * (hint_t::yield_pause * 512); };
+  static_assert(hint_t::max_pause_doublings <= 9);
+  hint.note_lost_yield(long_ago());
   auto before = sd::futex_calls();
   BOOST_CHECK(!hint.yield(never, std::nullopt));
   BOOST_CHECK_EQUAL(sd::futex_calls().yields, before.yields + 1);
@@ -192,8 +196,19 @@ BOOST_AUTO_TEST_CASE(a_wait_yields_at_most_once_and_not_after_a_lost_yield) {
   BOOST_CHECK(!hint.yield(never, std::nullopt));
   BOOST_CHECK_EQUAL(sd::futex_calls().yields, before.yields);
 
+  // Losses with few yields between them double the pause, up to its limit; a loss after
+  // many good yields brings it back to the shortest.
+  hint_t fresh;
+  fresh.note_lost_yield(sd::clock::now());
+  BOOST_CHECK_EQUAL(fresh.pause_doublings.load(), 1u);
+  for (int i = 0; i < 20; ++i) fresh.note_lost_yield(sd::clock::now());
+  BOOST_CHECK_EQUAL(fresh.pause_doublings.load(), hint_t::max_pause_doublings);
+  fresh.yields_since_loss.store(hint_t::yields_per_loss);
+  fresh.note_lost_yield(sd::clock::now());
+  BOOST_CHECK_EQUAL(fresh.pause_doublings.load(), 0u);
+  BOOST_CHECK_EQUAL(fresh.yields_since_loss.load(), 0u);
+
   // A timed wait that times out with nobody answering: one yield per wait, never a loop.
-  hint.note_lost_yield(sd::clock::now() - 10 * sd::spin_hint::yield_pause);
   shmkit::semaphore s(0);
   before = sd::futex_calls();
   BOOST_CHECK(!s.try_acquire_for(30ms));
