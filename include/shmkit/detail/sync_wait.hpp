@@ -60,12 +60,13 @@ bool spin_with_backoff(Pred&& pred, std::chrono::nanoseconds budget) {
 // But when a CPU-bound process shares our CPU, every yield hands it a time slice (measured
 // 1.4 ms per round trip, against 8.5 us when sleeping, whose wake-up the scheduler favours).
 // A yield that takes longer than yield_limit is counted as lost, and the object's waiters
-// then skip the yield for a pause: yield_pause at first, doubled (up to about a second) each
-// time fewer than yields_per_loss yields came between two losses, back to yield_pause when
-// more did. Occasional long yields are not held against it: under a background load (other
-// processes' compile jobs on both CPUs) about 1 wait in 1000 took over a millisecond whether
-// it yielded or slept, and yielding stayed 1.4x faster; a CPU-bound neighbour makes nearly
-// every yield long, so the pause soon reaches a second (about 0.15% lost). Never more than
+// then skip the yield for a pause: yield_pause at first, doubled (up to 64 times, ~134 ms)
+// each time fewer than yields_per_loss yields came between two losses, back to yield_pause
+// when more did. Occasional long yields are not held against it: under a background load
+// (other processes' compile jobs on both CPUs) about 1 wait in 1000 took over a millisecond
+// whether it yielded or slept, and yielding stayed 1.4x faster; a CPU-bound neighbour makes
+// nearly every yield long, so the pause soon reaches its longest (about 1% lost), short
+// enough to notice within a fraction of a second when the neighbour goes. Never more than
 // one yield per wait: yielding in a loop is what makes some libraries take milliseconds per
 // hop on busy machines.
 //
@@ -73,9 +74,9 @@ bool spin_with_backoff(Pred&& pred, std::chrono::nanoseconds budget) {
 struct spin_hint {
   static constexpr std::chrono::nanoseconds probe_budget{1000};
   static constexpr std::chrono::nanoseconds yield_limit{200000};
-  static constexpr std::chrono::nanoseconds yield_pause{std::int64_t{1} << 23};  // ~8.4 ms
-  static constexpr std::uint32_t max_pause_doublings = 7;                        // ~1.07 s
-  static constexpr std::uint32_t yields_per_loss = 4096;
+  static constexpr std::chrono::nanoseconds yield_pause{std::int64_t{1} << 21};  // ~2.1 ms
+  static constexpr std::uint32_t max_pause_doublings = 6;                        // ~134 ms
+  static constexpr std::uint32_t yields_per_loss = 64;
   // Counts this thread's waits with a zero budget, to pick the probes (process-local).
   static inline thread_local unsigned waits_of_this_thread = 0;
 
