@@ -237,8 +237,9 @@ int main() {
 
   auto* c = shared_new<counter>();
   const long n = scaled(500000);
-  std::vector<placement> places{placement::unpinned};
-  if (can_pin) places.insert(places.begin(), placement::pinned);
+  const std::vector<placement> places =
+      can_pin ? std::vector{placement::pinned, placement::same_cpu, placement::unpinned}
+              : std::vector{placement::unpinned};
   for (placement where : places) {
     auto r = interleaved({[&] { return contended_rate(sm, c, n, where); },
                           [&] { return contended_rate(*bm, c, n, where); },
@@ -251,7 +252,6 @@ int main() {
   semaphore_pairs sp;
   condition_pairs cp;
   const long p = scaled(20000);
-  if (can_pin) places.insert(places.begin() + 1, placement::same_cpu);
   for (placement where : places) {
     auto s = interleaved({[&] { return sp.shmkit_rtt(p, where); },
                           [&] { return sp.boost_rtt(p, where); },

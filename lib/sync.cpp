@@ -54,8 +54,9 @@ bool mutex_state::lock_slow(std::optional<time_point> deadline) {
            owner.compare_exchange_strong(expected, self, std::memory_order_acquire,
                                          std::memory_order_relaxed);
   };
-  // A short spin with exponential backoff (see mutex_spin), then sleep.
-  if (spin.spin(acquired, mutex_spin, /*backoff=*/true)) return true;
+  // A short spin with exponential backoff (see mutex_spin), one yield (which lets a holder
+  // preempted on our CPU finish and let go), then sleep.
+  if (spin.spin_then_yield(acquired, deadline, mutex_spin, /*backoff=*/true)) return true;
   time_point slice_end = slice_deadline(deadline);
   for (;;) {
     // seq_cst: the store half of the handshake with unlock_if_owner(). Set before every try,

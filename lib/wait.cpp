@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: MIT
 #include "shmkit/detail/wait.hpp"
 
-#include <cerrno>
-#include <ctime>
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <cerrno>
+#include <ctime>
 
 namespace shmkit::detail {
 
@@ -15,10 +16,17 @@ namespace {
 // Process-local statistics; relaxed, they order nothing.
 std::atomic<std::uint64_t> wait_calls{0};
 std::atomic<std::uint64_t> wake_calls{0};
+std::atomic<std::uint64_t> yield_calls{0};
 }  // namespace
 
 futex_counts futex_calls() noexcept {
-  return {wait_calls.load(std::memory_order_relaxed), wake_calls.load(std::memory_order_relaxed)};
+  return {wait_calls.load(std::memory_order_relaxed), wake_calls.load(std::memory_order_relaxed),
+          yield_calls.load(std::memory_order_relaxed)};
+}
+
+void yield_cpu() noexcept {
+  yield_calls.fetch_add(1, std::memory_order_relaxed);
+  ::sched_yield();  // cannot fail on Linux
 }
 
 bool futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected,
@@ -36,8 +44,8 @@ bool futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected,
   // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, so a retry after EINTR
   // does not stretch the wait. Not FUTEX_PRIVATE_FLAG: the word is shared between processes.
   wait_calls.fetch_add(1, std::memory_order_relaxed);
-  long r = ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAIT_BITSET,
-                     expected, tsp, nullptr, FUTEX_BITSET_MATCH_ANY);
+  long r = ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAIT_BITSET, expected,
+                     tsp, nullptr, FUTEX_BITSET_MATCH_ANY);
   if (r == 0) return true;
   switch (errno) {
     case EAGAIN:  // the word had changed already

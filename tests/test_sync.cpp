@@ -4,6 +4,7 @@
 #define BOOST_TEST_MODULE sync
 #include <boost/test/unit_test.hpp>
 
+#include <sched.h>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -161,6 +162,96 @@ BOOST_AUTO_TEST_CASE(mutex_view_of_an_embedded_state) {
   BOOST_CHECK(view.try_lock());
   BOOST_CHECK(e->lock.held_by_caller());
   view.unlock();
+}
+
+// --- waiting: spin, one yield, sleep -------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(a_wait_yields_at_most_once_and_not_after_a_lost_yield) {
+  namespace sd = shmkit::detail;
+  using hint_t = sd::spin_hint;
+  hint_t hint;
+  int tests = 0;
+  auto never = [&] {
+    ++tests;
+    return false;
+  };
+  // Longer ago than the longest pause.
+  const auto long_ago = [] { return sd::clock::now() - 2 * (hint_t::yield_pause * 512); };
+  static_assert(hint_t::max_pause_doublings <= 9);
+  hint.note_lost_yield(long_ago());
+  auto before = sd::futex_calls();
+  BOOST_CHECK(!hint.yield(never, std::nullopt));
+  BOOST_CHECK_EQUAL(sd::futex_calls().yields, before.yields + 1);
+  BOOST_CHECK_EQUAL(tests, 1);  // tested once, after the yield
+
+  // A passed deadline (a zero timeout) does not yield, nor test.
+  before = sd::futex_calls();
+  BOOST_CHECK(!hint.yield(never, sd::clock::now() - 1ms));
+  BOOST_CHECK_EQUAL(sd::futex_calls().yields, before.yields);
+  BOOST_CHECK_EQUAL(tests, 1);
+
+  // A yield that lost the CPU lately (to a busy process on ours): no yield for a while.
+  hint.note_lost_yield(sd::clock::now());
+  before = sd::futex_calls();
+  BOOST_CHECK(!hint.yield(never, std::nullopt));
+  BOOST_CHECK_EQUAL(sd::futex_calls().yields, before.yields);
+
+  // Losses with few yields between them double the pause, up to its limit; a loss after
+  // many good yields brings it back to the shortest.
+  hint_t fresh;
+  fresh.note_lost_yield(sd::clock::now());
+  BOOST_CHECK_EQUAL(fresh.pause_doublings.load(), 1u);
+  for (int i = 0; i < 20; ++i) fresh.note_lost_yield(sd::clock::now());
+  BOOST_CHECK_EQUAL(fresh.pause_doublings.load(), hint_t::max_pause_doublings);
+  fresh.yields_since_loss.store(hint_t::yields_per_loss);
+  fresh.note_lost_yield(sd::clock::now());
+  BOOST_CHECK_EQUAL(fresh.pause_doublings.load(), 0u);
+  BOOST_CHECK_EQUAL(fresh.yields_since_loss.load(), 0u);
+
+  // A timed wait that times out with nobody answering: one yield per wait, never a loop.
+  shmkit::semaphore s(0);
+  before = sd::futex_calls();
+  BOOST_CHECK(!s.try_acquire_for(30ms));
+  BOOST_CHECK_LE(sd::futex_calls().yields, before.yields + 1);
+}
+
+BOOST_AUTO_TEST_CASE(ping_pong_on_one_cpu_uses_the_yield, *utf::timeout(240)) {
+  // Both processes on one CPU, where spinning cannot catch the peer: every round trip still
+  // completes, and waits took the yield path (at least the first one, before any learning).
+  cpu_set_t mine;
+  BOOST_REQUIRE(::sched_getaffinity(0, sizeof mine, &mine) == 0);
+  int cpu = 0;
+  while (!CPU_ISSET(cpu, &mine)) ++cpu;
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  constexpr int rounds = 20000;
+  shmkit::semaphore ping(0), pong(0);
+  struct tally {
+    std::atomic<long> seen;
+  };
+  in_shm<tally> t;
+  BOOST_REQUIRE(::sched_setaffinity(0, sizeof one, &one) == 0);
+  const auto before = shmkit::detail::futex_calls();
+  children kids;
+  kids.spawn([&] {
+    for (int i = 0; i < rounds; ++i) {
+      ping.acquire();
+      t->seen.fetch_add(1);
+      pong.release();
+    }
+  });
+  for (int i = 0; i < rounds; ++i) {
+    ping.release();
+    pong.acquire();
+  }
+  const auto after = shmkit::detail::futex_calls();
+  ::sched_setaffinity(0, sizeof mine, &mine);
+  BOOST_CHECK(kids.all_ok());
+  BOOST_CHECK_EQUAL(t->seen.load(), rounds);
+  BOOST_CHECK_GT(after.yields, before.yields);
+  BOOST_TEST_MESSAGE("one CPU, " << rounds << " round trips: " << after.yields - before.yields
+                                 << " yields, " << after.waits - before.waits << " futex waits");
 }
 
 // --- timeouts ------------------------------------------------------------------------------------

@@ -9,9 +9,10 @@
 //   when the object is created. Any number of processes and threads use one object at once.
 //   Handles are move-only; a moved-from handle may only be destroyed or assigned to.
 // - Blocking: the uncontended lock/unlock, acquire/release, set and notify without sleepers
-//   make no system call. A blocked caller spins for a few microseconds, then sleeps in the
-//   kernel (futex): an idle waiter costs no CPU. Not fair: a running caller may overtake a
-//   sleeping one.
+//   make no system call. A blocked caller spins for a few microseconds (less, down to none,
+//   while spinning has not been catching the answer), yields the CPU once (so that a peer on
+//   the same CPU answers without a futex call), then sleeps in the kernel (futex): an idle
+//   waiter costs no CPU. Not fair: a running caller may overtake a sleeping one.
 // - kill -9 at any instruction: a mutex or recursive_mutex whose holder died is taken over by
 //   the next locker (waiters check the holder's pid and start time every 150 ms), and
 //   owner_died() tells that locker until mark_consistent() or unlock(); a barrier whose party

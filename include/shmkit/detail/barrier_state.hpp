@@ -46,7 +46,6 @@ struct barrier_state {
   std::uint32_t seats;
   waitpoint wp;
   spin_hint spin;
-  std::uint32_t reserved = 0;
 
   static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
   static_assert(std::atomic<std::uint32_t>::is_always_lock_free);

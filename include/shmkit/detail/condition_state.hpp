@@ -23,7 +23,6 @@ namespace shmkit::detail {
 struct condition_state {
   waitpoint wp;
   spin_hint spin;
-  std::uint32_t reserved = 0;
 
   void notify_one() noexcept { wp.notify_one(); }
   void notify_all() noexcept { wp.notify_all(); }

@@ -6,11 +6,13 @@
 // Lock word: the 64-bit identity (tid << 32 | start ticks) of the holding thread, 0 when free.
 // Uncontended lock and unlock are one compare-and-swap and one exchange: no system call (the
 // identity is cached per thread). Contended lockers spin briefly (at most mutex_spin, less when
-// the spin_hint says spinning has not been paying), then sleep on the futex word `sleepers` in
-// slices of liveness_slice; after each slice they check whether the holder still lives (reads
-// /proc) and, if it does not, take the lock over with a compare-and-swap from the dead
-// identity (only one taker can win it) and raise the owner-died flag, which stays up until
-// mark_consistent() or unlock(). Not fair: a running locker may overtake a sleeping one.
+// the spin_hint says spinning has not been paying), yield the CPU once (which lets a holder
+// preempted on their CPU run and let go; skipped while the hint says yields lose the CPU to
+// other processes), then sleep on the futex word `sleepers` in slices of liveness_slice;
+// after each slice they check whether the holder still lives (reads /proc) and, if it does
+// not, take the lock over with a compare-and-swap from the dead identity (only one taker can
+// win it) and raise the owner-died flag, which stays up until mark_consistent() or unlock().
+// Not fair: a running locker may overtake a sleeping one.
 //
 // `sleepers` is Drepper's "contended" state beside the lock word: a locker sets it to 1 before
 // its last check and sleep; an unlocker that finds it 1 clears it and wakes one sleeper, which

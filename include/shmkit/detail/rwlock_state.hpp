@@ -37,7 +37,6 @@ struct rwlock_state {
   std::atomic<std::uint32_t> writing{0};  // 1 once the writer has drained the readers
   waitpoint wp;                           // readers, writers and slot seekers sleep here
   spin_hint spin;
-  std::uint32_t reserved = 0;
   std::atomic<std::uint64_t> readers[reader_slots]{};  // identities of readers, 0 = free
 
   static_assert(std::atomic<std::uint64_t>::is_always_lock_free);

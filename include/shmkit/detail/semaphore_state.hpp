@@ -26,7 +26,6 @@ struct semaphore_state {
   std::int64_t max;  // release never takes count above this; written once, before publication
   waitpoint wp;
   spin_hint spin;
-  std::uint32_t reserved = 0;
 
   static_assert(std::atomic<std::int64_t>::is_always_lock_free);
 

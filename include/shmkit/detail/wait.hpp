@@ -45,11 +45,18 @@ bool futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected,
 // Wakes up to n sleepers on `word`; returns how many were woken.
 int futex_wake(std::atomic<std::uint32_t>* word, int n = INT_MAX) noexcept;
 
-// How many futex system calls (waits, wakes) this process has made: lets tests check that the
-// paths where nobody sleeps make none.
+// Gives this CPU to another runnable thread, if there is one, and returns when the scheduler
+// comes back to us (at once when nobody else is runnable here). One call before a sleep lets a
+// peer on the same CPU answer with neither side making a futex call; never call it in a loop:
+// each call may hand a whole time slice to an unrelated busy process (spin_hint decides).
+void yield_cpu() noexcept;
+
+// How many system calls of the wait layer (futex waits, wakes, yields) this process has made:
+// lets tests check that the paths where nobody waits make none.
 struct futex_counts {
   std::uint64_t waits;
   std::uint64_t wakes;
+  std::uint64_t yields;
 };
 futex_counts futex_calls() noexcept;
 
