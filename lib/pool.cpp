@@ -7,8 +7,8 @@
 // possibly multithreaded parent after start. Each worker has an inbox (a shmkit::queue of at
 // most `depth` tasks) and all share one result queue back to the parent.
 //
-// Workers take everything queued in their inbox at once and send the results of tiny tasks
-// together (held no longer than batch_window), so a stream of tiny tasks costs one claim and
+// Workers take what is queued in their inbox (up to half the deepest inbox) at once and send
+// the results of tiny tasks together (held no longer than batch_window), so a stream of tiny tasks costs one claim and
 // one wake-up per batch, not per task.
 //
 // Knowing which tasks a dead worker held: every worker writes, in its slot of a shared table,
@@ -61,7 +61,7 @@ struct task_msg {
   }
 };
 
-enum class msg_kind : std::uint32_t { ok = 1, failed, worker_exit, kick, supervisor_done, probe };
+enum class msg_kind : std::uint32_t { ok = 1, failed, worker_exit, supervisor_done, probe };
 
 struct result_msg {
   std::uint32_t kind = 0;
@@ -203,7 +203,6 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     if (on_callback_thread()) return false;
     thread_local std::chrono::nanoseconds budget = max_help;
     auto* sh = shared_.state();
-    helpers_.fetch_add(1);
     sh->polling.fetch_add(1, std::memory_order_seq_cst);
     const auto end = clock::now() + budget;
     bool ok = false;
@@ -226,8 +225,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     }
     // Senders may have skipped the wake-up while we polled: the last poller out hands what
     // is left to the result thread (Dekker with results_sent()).
-    sh->polling.fetch_sub(1, std::memory_order_seq_cst);
-    if (helpers_.fetch_sub(1) == 1 && !results_->empty()) kick();
+    if (sh->polling.fetch_sub(1, std::memory_order_seq_cst) == 1 && !results_->empty()) kick();
     budget = ok ? std::min(budget * 2, max_help) : std::max(budget / 2, min_help);
     return ok;
   }
@@ -314,6 +312,9 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     std::exception_ptr error;
   };
 
+  // Parent threads taking results in help() right now.
+  std::uint32_t helping() const noexcept { return shared_.state()->polling.load(); }
+
   // Wakes the result thread (posted callbacks, stop).
   void kick() noexcept { shared_.state()->results_wp.notify_all(); }
 
@@ -363,7 +364,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         // While a waiting thread takes results (help()), leave them to it: it hands the
         // queue back by kick() if it leaves something there.
         std::unique_lock tok(token_, std::defer_lock);
-        if (helpers_.load() == 0) {
+        if (helping() == 0) {
           tok.lock();
           took = take_results();
         }
@@ -378,7 +379,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       }
       // Something is on the queue but could not be taken (being written, or its writer died:
       // try_get recovers that after a stall): look again shortly.
-      if (!results_->empty() && helpers_.load() == 0) {
+      if (!results_->empty() && helping() == 0) {
         if (++idle_tries > 64)
           std::this_thread::sleep_for(1ms);
         else
@@ -387,10 +388,10 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       }
       // Sleep until a result is queued or a job posted; look at the supervisor now and then.
       // No spinning while a waiting thread takes results itself (help()).
-      const bool helped = helpers_.load() > 0;
+      const bool helped = helping() > 0;
       const bool woke = sh->results_wp.wait_until(
           [&] {
-            return (!results_->empty() && helpers_.load() == 0) || !posted_.empty() ||
+            return (!results_->empty() && helping() == 0) || !posted_.empty() ||
                    stop_thread_.load();
           },
           deadline_after(helped ? 10ms : 250ms), helped ? 0ns : spin_budget);
@@ -421,8 +422,6 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       }
       case msg_kind::worker_exit:
         worker_ended_locked(m, failures);
-        break;
-      case msg_kind::kick:  // no longer sent; kick() notifies results_wp
         break;
       case msg_kind::probe:
         probe_answered_locked(m);
@@ -477,7 +476,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     // Results it sent came before this report, and any it had not sent are lost: the task it
     // ran and those before it that are still held fail now (each may have had effects, and
     // runs at most once). The ones after it were not started; they are still in the inbox
-    // (the replacement runs them) or the worker took them (workers take everything queued):
+    // (the replacement runs them) or the worker took them (workers take a batch at a time):
     // a probe sorts them out.
     if (m.task != getting && m.task != 0) {
       const auto ran = std::find(book.held.begin(), book.held.end(), m.task);
@@ -775,12 +774,12 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     // Buffers are reused from task to task (the payloads' capacity with them): a worker
     // running tiny tasks allocates nothing in the steady state.
     std::vector<task_msg> tasks;
-    std::vector<result_msg> results;  // the first `unsent` are results of tiny tasks held back
+    std::vector<result_msg> replies;  // the first `unsent` are results of tiny tasks held back
     std::size_t unsent = 0;
     std::vector<std::byte> out;
     auto flush = [&] {
       if (unsent == 0) return;
-      results_->put_many(std::span<const result_msg>(results.data(), unsent));
+      results_->put_many(std::span<const result_msg>(replies.data(), unsent));
       results_sent();
       unsent = 0;
     };
@@ -811,8 +810,8 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
           }
           ws.current.store(t.id, std::memory_order_release);
           const auto began = clock::now();
-          if (results.size() == unsent) results.emplace_back();
-          result_msg& r = results[unsent++];
+          if (replies.size() == unsent) replies.emplace_back();
+          result_msg& r = replies[unsent++];
           r.blob.clear();
           r.slot = slot;
           r.task = t.id;
@@ -886,7 +885,6 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   std::vector<result_msg> batch_;
   std::vector<outcome> outcomes_;
   std::vector<failure> failures_;
-  std::atomic<int> helpers_{0};
   std::atomic<bool> stop_thread_{false};
 };
 

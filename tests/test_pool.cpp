@@ -287,7 +287,7 @@ BOOST_AUTO_TEST_CASE(a_worker_dying_inside_a_batch_loses_only_what_it_held, *utf
   BOOST_CHECK(pool.map(abort_on_7, safe, 1) == safe);
 }
 
-// A worker takes everything queued for it; killed while it runs the first, the tasks it took
+// A worker takes a batch of what is queued for it; killed while it runs the first, the tasks it took
 // but never started run on its replacement: only the task it ran fails.
 BOOST_AUTO_TEST_CASE(tasks_a_killed_worker_took_but_never_started_still_run, *utf::timeout(180)) {
   shmkit::pool pool(1);
