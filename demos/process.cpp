@@ -10,15 +10,12 @@
 #include <unistd.h>
 #include <vector>
 
-namespace {
-
-// A worker that checks its input and fails on bad data, as real workers do.
+// A worker that checks its input and fails on bad data, as real workers do. (Not static: this
+// demo links with ENABLE_EXPORTS, so that a remote traceback names its functions.)
 int parse_record(const std::string& record) {
   if (record.empty()) throw std::invalid_argument("empty record");
   return static_cast<int>(std::stoi(record));  // "abc" throws std::invalid_argument too
 }
-
-}  // namespace
 
 int main() {
   std::printf("parent %d runs on %d CPUs\n", ::getpid(), shmkit::cpu_count());
@@ -53,6 +50,7 @@ int main() {
       std::printf("record '%s': child %d failed (exit code %d) with %s: %s\n",
                   records[i].c_str(), e.pid(), *workers[i].exitcode(), e.type_name().c_str(),
                   e.what());
+      std::printf("%s", e.traceback().c_str());  // where it was thrown, in the child
     }
   }
   //]

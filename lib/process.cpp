@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "shmkit/detail/segment.hpp"
+#include "shmkit/detail/throw_trace.hpp"
 #include "shmkit/detail/type_tag.hpp"
 #include "shmkit/error.hpp"
 
@@ -58,19 +59,21 @@ namespace detail {
 struct alignas(64) result_record {
   static constexpr std::size_t type_capacity = 256;
   static constexpr std::size_t message_capacity = 4096 - 16 - type_capacity;
+  static constexpr std::size_t trace_capacity = 4096;
 
   // 0 until the child finished writing the fields below, then 1. The parent resets it (by
   // constructing the record anew) before each fork.
   std::atomic<std::uint32_t> written;
   std::uint32_t type_len;
   std::uint32_t message_len;
-  std::uint32_t unused;
+  std::uint32_t trace_len;
   char type_name[type_capacity];
   char message[message_capacity];
+  char trace[trace_capacity];  // the stack of the throw (detail/throw_trace.hpp), or empty
 };
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 static_assert(std::is_standard_layout_v<result_record>);
-static_assert(sizeof(result_record) == 4096);
+static_assert(sizeof(result_record) == 8192);
 
 // A block of records in one anonymous segment, made lazily by the first start() of each
 // process and kept for the life of the program: one memfd and mapping serves 64 children at
@@ -165,14 +168,6 @@ std::uint32_t put_bounded(char* dst, std::size_t cap, std::string_view s) noexce
   return static_cast<std::uint32_t>(cap);
 }
 
-std::string demangle(const char* mangled) {
-  int status = 0;
-  char* d = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
-  std::string s = (status == 0 && d != nullptr) ? d : mangled;
-  std::free(d);
-  return s;
-}
-
 // The text of a non-std exception in flight: its value for strings and arithmetic types.
 std::string non_std_message(const std::string& type) {
   auto with = [&](const auto& v) {
@@ -215,9 +210,11 @@ std::string non_std_message(const std::string& type) {
   }
 }
 
-void write_record(result_record* r, std::string_view type, std::string_view message) noexcept {
+void write_record(result_record* r, std::string_view type, std::string_view message,
+                  std::string_view trace = {}) noexcept {
   r->type_len = put_bounded(r->type_name, result_record::type_capacity, type);
   r->message_len = put_bounded(r->message, result_record::message_capacity, message);
+  r->trace_len = put_bounded(r->trace, result_record::trace_capacity, trace);
   // release: pairs with the acquire load in process::reap(); the fields above are complete
   // before the parent can see written == 1 (a child killed before this line reports nothing).
   r->written.store(1, std::memory_order_release);
@@ -258,13 +255,14 @@ bool iostreams_buffer_apart() noexcept {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::raise(SIGKILL);
   }
+  enable_throw_traces();
   int code = 0;
   try {
     code = task.run();
   } catch (const std::exception& e) {
     code = 1;
     try {
-      write_record(rec, demangle(typeid(e).name()), e.what());
+      write_record(rec, demangle(typeid(e).name()), e.what(), last_throw_trace());
     } catch (...) {
       write_record(rec, "std::exception", "(the exception's text could not be recorded)");
     }
@@ -273,7 +271,7 @@ bool iostreams_buffer_apart() noexcept {
     try {
       const std::type_info* t = abi::__cxa_current_exception_type();
       const std::string type = t != nullptr ? demangle(t->name()) : "unknown";
-      write_record(rec, type, non_std_message(type));
+      write_record(rec, type, non_std_message(type), last_throw_trace());
     } catch (...) {
       write_record(rec, "unknown", "(a non-std exception that could not be recorded)");
     }
@@ -427,11 +425,13 @@ bool process::reap(bool block) {
     // acquire: pairs with the release store in write_record() in the child.
     if (rec->written.load(std::memory_order_acquire) == 1) {
       try {
-        failure_ = std::make_unique<std::pair<std::string, std::string>>(
-            std::string(rec->type_name,
-                        std::min<std::size_t>(rec->type_len, sizeof rec->type_name)),
-            std::string(rec->message,
-                        std::min<std::size_t>(rec->message_len, sizeof rec->message)));
+        auto field = [](const char* text, std::uint32_t len, std::size_t cap) {
+          return std::string(text, std::min<std::size_t>(len, cap));
+        };
+        failure_ = std::make_unique<remote_error>(
+            field(rec->type_name, rec->type_len, sizeof rec->type_name),
+            field(rec->message, rec->message_len, sizeof rec->message), pid_,
+            field(rec->trace, rec->trace_len, sizeof rec->trace));
       } catch (...) {
         // Out of memory while copying: report what can be reported without allocating more.
         failure_.reset();
@@ -527,7 +527,7 @@ void process::rethrow_if_failed() {
         "shmkit: rethrow_if_failed() on process '{}' (pid {}), which is still running: join() "
         "first",
         name_, pid_));
-  if (failure_) throw remote_error(failure_->first, failure_->second, pid_);
+  if (failure_) throw *failure_;
 }
 
 }  // namespace shmkit

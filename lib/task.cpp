@@ -10,40 +10,29 @@
 #include <typeinfo>
 #include <unistd.h>
 
+#include "shmkit/detail/throw_trace.hpp"
 #include "shmkit/error.hpp"
 
 namespace shmkit::detail {
 
 std::string current_exception_type_name() {
   const std::type_info* t = abi::__cxa_current_exception_type();
-  if (t == nullptr) return "unknown";
-  int status = 0;
-  std::unique_ptr<char, void (*)(void*)> name(
-      abi::__cxa_demangle(t->name(), nullptr, nullptr, &status), std::free);
-  return status == 0 && name ? std::string(name.get()) : std::string(t->name());
+  return t == nullptr ? "unknown" : demangle(t->name());
 }
-
-namespace {
-
-std::string dynamic_type_name(const std::exception& e) {
-  int status = 0;
-  std::unique_ptr<char, void (*)(void*)> name(
-      abi::__cxa_demangle(typeid(e).name(), nullptr, nullptr, &status), std::free);
-  return status == 0 && name ? std::string(name.get()) : std::string(typeid(e).name());
-}
-
-}  // namespace
 
 bool run_task(task_entry entry, std::uint64_t fn_word, std::span<const std::byte> in,
               std::vector<std::byte>& out) noexcept {
   task_failure failure;
+  // Tasks run in processes made to run them (pool workers, MPI ranks): trace their throws.
+  enable_throw_traces();
   try {
     entry(fn_word, in, out);
     return true;
   } catch (const std::exception& e) {
     try {
-      failure.type_name = dynamic_type_name(e);
+      failure.type_name = demangle(typeid(e).name());
       failure.message = e.what();
+      failure.traceback = last_throw_trace();
     } catch (...) {
       failure.type_name = "std::bad_alloc";
     }
@@ -51,6 +40,7 @@ bool run_task(task_entry entry, std::uint64_t fn_word, std::span<const std::byte
     try {
       failure.type_name = current_exception_type_name();
       failure.message = "(not a std::exception)";
+      failure.traceback = last_throw_trace();
     } catch (...) {
       failure.type_name = "unknown";
     }

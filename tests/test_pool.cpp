@@ -199,6 +199,9 @@ BOOST_AUTO_TEST_CASE(a_throwing_task_reaches_the_caller_and_the_pool_stays_usabl
   } catch (const shmkit::remote_error& e) {
     BOOST_CHECK_EQUAL(e.type_name(), "std::invalid_argument");
     BOOST_CHECK_EQUAL(std::string(e.what()), "thirteen is unlucky");
+    // The stack of the throw in the worker comes with it.
+    BOOST_TEST(e.traceback().rfind("Traceback of the throw", 0) == 0, e.traceback());
+    BOOST_TEST(e.traceback().find("  #0 ") != std::string::npos, e.traceback());
   }
   std::atomic<int> err_called{0};
   std::string err_text;

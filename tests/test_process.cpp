@@ -44,6 +44,28 @@ struct not_an_exception {
 };
 }  // namespace user_space
 
+// Named, exported functions (the test program links with ENABLE_EXPORTS) for the traceback
+// tests: dladdr names them in a child's traceback.
+extern "C" [[gnu::noinline]] void shmkit_test_throw_deep(int depth) {
+  if (depth > 0) {
+    shmkit_test_throw_deep(depth - 1);
+    std::atomic_signal_fence(std::memory_order_seq_cst);  // no tail call: keep every frame
+    return;
+  }
+  throw std::runtime_error("deep");
+}
+extern "C" [[gnu::noinline]] void shmkit_test_throw_other() {
+  throw std::logic_error("other");
+}
+
+// How many times `what` occurs in `text`.
+static int occurrences(const std::string& text, const std::string& what) {
+  int n = 0;
+  for (std::size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1))
+    ++n;
+  return n;
+}
+
 namespace {
 
 // A page of anonymous shared memory, seen by every child forked after it.
@@ -265,7 +287,7 @@ BOOST_AUTO_TEST_CASE(runtime_error_comes_back) {
   BOOST_TEST(e.type_name() == "std::runtime_error");
   BOOST_TEST(std::string(e.what()) == "disk on fire");
   BOOST_TEST(e.pid() == p.pid());
-  BOOST_TEST(e.traceback().empty());
+  BOOST_TEST(e.traceback().rfind("Traceback of the throw", 0) == 0, e.traceback());
   // It stays reported.
   BOOST_CHECK_THROW(p.rethrow_if_failed(), shmkit::remote_error);
   BOOST_CHECK_THROW(p.rethrow_if_failed(), shmkit::error);
@@ -282,6 +304,74 @@ BOOST_AUTO_TEST_CASE(out_of_range_comes_back) {
   auto e = expect_remote([&] { p.rethrow_if_failed(); });
   BOOST_TEST(e.type_name() == "std::out_of_range");
   BOOST_TEST(std::string(e.what()).find("vector") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(traceback_runs_from_the_throw_site) {
+  process p([] { shmkit_test_throw_deep(3); });
+  p.start();
+  p.join();
+  auto e = expect_remote([&] { p.rethrow_if_failed(); });
+  const std::string& t = e.traceback();
+  BOOST_TEST_MESSAGE(t);
+  // The throw site first, then the three recursive calls, each named (the throw site itself
+  // may sit in the function's unnamed .cold part); the frames of the parent's stack before
+  // fork() (this test, Boost.Test, main) are not part of it.
+  const std::size_t first = t.find("  #0 ");
+  BOOST_REQUIRE_MESSAGE(first != std::string::npos, t);
+  BOOST_TEST(t.substr(first, t.find('\n', first) - first).find("test_process") !=
+                 std::string::npos,
+             t);
+  BOOST_TEST(occurrences(t, "shmkit_test_throw_deep") >= 3, t);
+  BOOST_TEST(t.find("unit_test_main") == std::string::npos, t);
+}
+
+BOOST_AUTO_TEST_CASE(traceback_of_a_library_throw_names_the_library) {
+  process p([] {
+    std::vector<int> v(3);
+    return v.at(10);
+  });
+  p.start();
+  p.join();
+  auto e = expect_remote([&] { p.rethrow_if_failed(); });
+  // The throw happens inside libstdc++: its own throws are traced too.
+  const std::string& t = e.traceback();
+  BOOST_TEST(t.find("  #0 ") != std::string::npos, t);
+  BOOST_TEST(t.find("libstdc++") < t.find("  #1 "), t);
+}
+
+BOOST_AUTO_TEST_CASE(traceback_is_of_the_exception_that_escaped) {
+  // One exception thrown and caught inside the child, then another escapes: the trace is the
+  // second's. A rethrow (`throw;`) keeps the trace of the original throw.
+  process caught_then_other([] {
+    try {
+      shmkit_test_throw_deep(1);
+    } catch (const std::exception&) {
+    }
+    shmkit_test_throw_other();
+  });
+  process rethrown([] {
+    try {
+      shmkit_test_throw_deep(1);
+    } catch (...) {
+      try {
+        shmkit_test_throw_other();
+      } catch (...) {
+      }
+      throw;
+    }
+  });
+  caught_then_other.start();
+  rethrown.start();
+  caught_then_other.join();
+  rethrown.join();
+  auto a = expect_remote([&] { caught_then_other.rethrow_if_failed(); });
+  BOOST_TEST(a.type_name() == "std::logic_error");
+  BOOST_TEST(a.traceback().find("shmkit_test_throw_other") != std::string::npos, a.traceback());
+  BOOST_TEST(a.traceback().find("shmkit_test_throw_deep") == std::string::npos, a.traceback());
+  auto b = expect_remote([&] { rethrown.rethrow_if_failed(); });
+  BOOST_TEST(b.type_name() == "std::runtime_error");
+  BOOST_TEST(occurrences(b.traceback(), "shmkit_test_throw_deep") >= 1, b.traceback());
+  BOOST_TEST(b.traceback().find("shmkit_test_throw_other") == std::string::npos, b.traceback());
 }
 
 BOOST_AUTO_TEST_CASE(user_exception_comes_back) {

@@ -88,7 +88,7 @@ struct task_request {
 };
 
 // Hands a task's outcome to its sink on the result thread: `payload` is the result (ok) or an
-// encoded task_failure, which becomes remote_error(type name, message, pid). What the sink
+// encoded task_failure, which becomes remote_error(type name, message, pid, traceback). What the sink
 // throws (a result that does not decode) fails it instead.
 inline void deliver_outcome(task_sink& sink, bool ok, std::span<const std::byte> payload,
                             pid_t pid) {
@@ -97,7 +97,8 @@ inline void deliver_outcome(task_sink& sink, bool ok, std::span<const std::byte>
       sink.succeeded(payload);
     } else {
       auto f = decode<task_failure>(payload);
-      sink.failed(std::make_exception_ptr(remote_error(f.type_name, f.message, pid)));
+      sink.failed(std::make_exception_ptr(
+          remote_error(std::move(f.type_name), std::move(f.message), pid, std::move(f.traceback))));
     }
   } catch (...) {
     sink.failed(std::current_exception());

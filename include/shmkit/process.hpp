@@ -16,9 +16,10 @@
 //   shared memory before the child exits; rethrow_if_failed() throws them as
 //   shmkit::remote_error with the child's pid. Non-std exceptions report their type and, for
 //   strings and arithmetic values, the value. A message over 3824 bytes or a type name over
-//   256 bytes is cut, ending with a marker that gives its full length. No stack trace:
-//   traceback() is empty, since by the time the child's catch runs the throw site is unwound
-//   (Boost.Stacktrace captures the throw site only from 1.85, with a library of its own).
+//   256 bytes is cut, ending with a marker that gives its full length. traceback() carries the
+//   stack of the throw site, from the throw down to the child's entry (taken when the
+//   exception is thrown, see detail/throw_trace.hpp for how and for naming frames); it is
+//   empty when none was captured, and cut at 4096 bytes.
 // - Records: one anonymous shared block of 64 records per parent process, made at its first
 //   start() and kept (more blocks chained when more children run at once), so a start() costs
 //   no segment of its own; a record is freed when its child is reaped.
@@ -54,6 +55,8 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+
+#include "shmkit/error.hpp"
 
 namespace shmkit {
 
@@ -188,7 +191,7 @@ class process {
   int pidfd_ = -1;     // opened by join_until when pidfds work; closed when reaped
   detail::result_block* block_ = nullptr;  // the exception record, until reaped
   unsigned slot_ = 0;
-  std::unique_ptr<std::pair<std::string, std::string>> failure_;  // type name, message
+  std::unique_ptr<remote_error> failure_;  // what the child reported, once reaped
 };
 
 }  // namespace shmkit

@@ -135,13 +135,15 @@ using map_result_t = std::invoke_result_t<F&, Item&>;
 template <class F, class Tuple>
 using starmap_result_t = decltype(std::apply(std::declval<F&>(), std::declval<Tuple&>()));
 
-// The error a failed task reports: dynamic type name and message of what escaped the callable.
+// The error a failed task reports: dynamic type name and message of what escaped the callable,
+// and the stack of its throw site when one was captured (detail/throw_trace.hpp).
 struct task_failure {
   std::string type_name;
   std::string message;
+  std::string traceback = {};
   template <class Ar>
   void serialize(Ar& ar) {
-    ar(type_name, message);
+    ar(type_name, message, traceback);
   }
 };
 
