@@ -51,7 +51,7 @@ using u64 = std::uint64_t;
 using u32 = std::uint32_t;
 
 constexpr u64 root_magic = 0x52474e4d4b4d4853ull;  // "SHMKMNGR"
-constexpr u32 root_layout = 1;
+constexpr u32 root_layout = 2;  // 2: fast-setter and scanner slots in the root
 constexpr std::size_t journal_capacity = 6;
 constexpr std::size_t max_name = 200;
 
@@ -202,6 +202,12 @@ struct heap_state {  // touched only by the mutex holder; rebuilt by recovery
   u64 bins[bin_count];
 };
 
+constexpr std::size_t scanner_slots = 16;
+constexpr std::size_t setter_slots = 16;
+struct setter_slot {
+  alignas(64) std::atomic<u64> active{0};
+};
+
 struct manager_root {
   // The writers' lock and the word every reader checks: one cache line, since a writer
   // touches both and a reader only reads it.
@@ -212,10 +218,20 @@ struct manager_root {
   u64 magic = root_magic;
   u32 layout = root_layout;
   u32 reserved = 0;
+  // Bit i: the snapshot claiming scanners[i] is running; fast sets stay off meanwhile. Beside
+  // the lock, so that a fast setter's two gate loads touch one cache line.
+  std::atomic<u64> scanning{0};
+  u64 scanners_checked = 0;  // mutex holder only: when dead scanners were last looked for (ns)
 
   alignas(64) std::atomic<u32> journal_count{0};  // n > 0: the n entries below are committed
   u32 journal_reserved = 0;
   journal_entry journal[journal_capacity]{};
+
+  // Identity of each snapshot in progress (see dict_scan); 0 when the slot is free.
+  alignas(64) std::atomic<u64> scanners[scanner_slots]{};
+  // Identity of the thread inside a fast set (see fast_set), one cache line each so that
+  // setters in different processes do not share one; 0 when idle.
+  setter_slot setters[setter_slots]{};
 
   alignas(64) heap_state heap{};
 };
@@ -614,16 +630,82 @@ std::vector<std::pair<u64, u64>> reachable(const space& s) {
   return live;
 }
 
+// --- the fast-set gate ----------------------------------------------------------------------
+
+// Waits until the thread `id` has left the fast-set slot `word` (it stays there for a few
+// loads and one store), or takes the slot back from it when it died there.
+void wait_for_setter(std::atomic<u64>& word, u64 id) {
+  // acquire: pairs with the release store of 0 that ends a fast set: its value store is
+  // visible to us once we see the slot free.
+  auto gone = [&] { return word.load(std::memory_order_acquire) != id; };
+  if (spin_until(gone)) return;
+  for (;;) {
+    if (!identity_alive(id)) {
+      u64 expected = id;
+      // acq_rel: a dead setter's one value store is done or never happens; either is fine.
+      word.compare_exchange_strong(expected, 0, std::memory_order_acq_rel,
+                                   std::memory_order_acquire);
+      return;
+    }
+    // Alive but descheduled inside its few instructions: sleep in short slices.
+    for (int i = 0; i < 100; ++i) {
+      std::atomic<u32> never{0};
+      futex_wait(&never, 0, clock::now() + std::chrono::milliseconds(1));
+      if (gone()) return;
+    }
+  }
+}
+
+// Waits until no fast set is under way. The caller has made fast sets fail first (it holds
+// the writers' lock, or its bit is up in `scanning`) with a seq_cst store or read-modify-write
+// followed by a seq_cst fence: Dekker-style with fast_set(), which claims its slot (seq_cst)
+// before it loads the lock and `scanning` (seq_cst), either the setter sees the gate closed
+// and stores nothing, or we see its slot taken here and wait until it is done.
+void drain_setters(manager_root* r) {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  for (setter_slot& slot : r->setters) {
+    const u64 id = slot.active.load(std::memory_order_seq_cst);
+    if (id != 0) wait_for_setter(slot.active, id);
+  }
+}
+
+// A scanner killed in its snapshot leaves its bit up, which keeps fast sets off (every set
+// then takes the lock, which is correct, only slower). The lock holder clears such bits; it
+// looks at most every 100 ms, since liveness is read from /proc.
+void reap_dead_scanners(manager_root* r) {
+  // relaxed: a hint; the slots below are read with acquire.
+  if (r->scanning.load(std::memory_order_relaxed) == 0) return;
+  const u64 now = static_cast<u64>(clock::now().time_since_epoch().count());
+  if (r->scanners_checked != 0 && now - r->scanners_checked < 100'000'000) return;
+  r->scanners_checked = now;
+  for (std::size_t i = 0; i < scanner_slots; ++i) {
+    const u64 bit = u64(1) << i;
+    if ((r->scanning.load(std::memory_order_acquire) & bit) == 0) continue;
+    // acquire: pairs with the scanner's claim of its slot (seq_cst). A scanner claims its slot
+    // before it raises its bit and drops the bit before it frees the slot: a raised bit names
+    // a claimed slot.
+    const u64 id = r->scanners[i].load(std::memory_order_acquire);
+    if (id == 0 || identity_alive(id)) continue;
+    r->scanning.fetch_and(~bit, std::memory_order_seq_cst);
+    u64 expected = id;
+    r->scanners[i].compare_exchange_strong(expected, 0, std::memory_order_acq_rel,
+                                           std::memory_order_relaxed);
+  }
+}
+
 // --- writers -------------------------------------------------------------------------------
 
 // Holds the writers' mutex for a scope; repairs what a dead writer left before anything else.
+// Fast sets are off while it is held: it waits for those under way before anything else.
 class write_lock {
  public:
   explicit write_lock(manager_core& core, void (*recover)(manager_core&)) : core_(core) {
     space(core).root()->lock.lock();  // throws system_error if this thread holds it
     try {
-      core.refresh();
       manager_root* r = space(core).root();
+      drain_setters(r);  // the lock word is set: see drain_setters
+      reap_dead_scanners(r);
+      core.refresh();
       // relaxed: we hold the mutex, whose acquire orders us after the last holder that
       // released it; a holder that died released nothing, and then these words are exactly
       // what recovery is for.
@@ -990,6 +1072,88 @@ probe_result probe(const space& s, u64 root, key_ref key) {
   }
   if (insert_at != ~u64(0)) return {table, insert_at, 0, true, {}};
   throw torn{};  // a full table without tombstones: never built so
+}
+
+// --- fast sets -----------------------------------------------------------------------------
+
+// Which setter slot this thread tries first: spread by identity, moved on when taken.
+thread_local std::size_t setter_hint = setter_slots;
+
+// set() of a key already present whose value keeps its size of at most 8 bytes, without the
+// lock: one atomic store into the entry's value word. Returns false when it cannot (the key
+// is absent, the size changes, a writer holds the lock, a snapshot is running, the slot is
+// taken): the caller then takes the writers' lock.
+//
+// Why it is safe: the entry is found by an optimistic probe validated by `version` (as a read
+// is), and the store is made only while this thread's identity sits in a setter slot and
+// the gate is open: the lock free and no snapshot running, both checked after the slot was
+// claimed. Whoever closes the gate (a lock holder, a scanner) then waits for the slots to
+// empty (drain_setters), so no fast store lands while the lock is held or a snapshot reads:
+// an entry is never freed, moved or read for a read-modify-write under a fast store. Killed
+// at any instruction, a fast setter leaves the old value or the new one (one aligned 8-byte
+// store), and at most its slot taken, which the next drainer takes back (identity_alive).
+// Fast sets do not move `version`: a lock-free reader loads the value word atomically, and
+// what version validates (the entry's place and size) fast sets do not change.
+bool fast_set(manager_core& core, u64 root, key_ref key, const value_source& value) {
+  if (value.size > 8) return false;
+  std::byte bytes[8]{};
+  value.fill({bytes, value.size});  // may throw: nothing has changed
+  u64 word;
+  std::memcpy(&word, bytes, 8);
+  const u64 me = self_identity();
+  if (setter_hint >= setter_slots) setter_hint = static_cast<std::size_t>((me >> 32) % setter_slots);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    core.refresh();
+    const space s(core);
+    manager_root* r = s.root();
+    // acquire: pairs with the release store of an even version in txn::commit, as in read().
+    const u64 v = r->version.load(std::memory_order_acquire);
+    if ((v & 1) != 0) return false;
+    u64 where;
+    try {
+      const probe_result p = probe(s, root, key);
+      // Unvalidated yet: a wrong answer here only sends us to the lock.
+      if (p.entry == 0 || p.value.size() != value.size) return false;
+      where = static_cast<u64>(p.value.data() - s.base());
+    } catch (const torn&) {
+      continue;
+    }
+    std::atomic<u64>& slot = r->setters[setter_hint].active;
+    u64 idle = 0;
+    // seq_cst: the store half of the Dekker handshake with drain_setters(), see there.
+    if (!slot.compare_exchange_strong(idle, me, std::memory_order_seq_cst,
+                                      std::memory_order_relaxed)) {
+      setter_hint = (setter_hint + 1) % setter_slots;  // another thread's: try another next time
+      return false;
+    }
+    // seq_cst: the load half of the handshake (the lock word, then the snapshots' bits).
+    const bool closed = r->lock.owner.load(std::memory_order_seq_cst) != 0 ||
+                        r->scanning.load(std::memory_order_seq_cst) != 0;
+    // acquire fence: the probe's loads happen before the re-read of `version`, as in read().
+    std::atomic_thread_fence(std::memory_order_acquire);
+    const bool moved = r->version.load(std::memory_order_relaxed) != v;
+    const bool ok = !closed && !moved && where % 8 == 0;
+    // release: the store stays after the checks above (a gate seen closed stores nothing).
+    if (ok) std::atomic_ref<u64>(*s.at<u64>(where)).store(word, std::memory_order_release);
+    // release: pairs with the acquire load in wait_for_setter(): a drainer that sees the slot
+    // free sees the value store.
+    slot.store(0, std::memory_order_release);
+    if (ok) return true;
+    if (closed) return false;
+  }
+  return false;
+}
+
+// The value of entry `p` into `word` when it is small (a fast set may store it any time, so
+// it is loaded as one atomic word), else a view of it in place.
+bytes_view stable_value(const space& s, const probe_result& p, u64& word) {
+  if (p.value.size() > 8) return p.value;
+  const u64 at = static_cast<u64>(p.value.data() - s.base());
+  if (at % 8 != 0) throw torn{};
+  // relaxed: the word is self-contained (no other data is published with it); a lock-free
+  // read is validated by `version` as every read is.
+  word = std::atomic_ref<u64>(*s.at<u64>(at)).load(std::memory_order_relaxed);
+  return {reinterpret_cast<const std::byte*>(&word), p.value.size()};
 }
 
 bytes_view entry_value(const space& s, u64 e) {
@@ -1474,7 +1638,8 @@ bool manager_core::dict_find(std::uint64_t root, key_ref key,
   return read(*this, [&](const space& s) {
     const probe_result p = probe(s, root, key);
     if (p.entry == 0) return false;
-    on_value(p.value);
+    u64 word;
+    on_value(stable_value(s, p, word));
     return true;
   });
 }
@@ -1484,6 +1649,7 @@ bool manager_core::dict_contains(std::uint64_t root, key_ref key) {
 }
 
 void manager_core::dict_set(std::uint64_t root, key_ref key, value_source value) {
+  if (fast_set(*this, root, key, value)) return;
   write(*this, [&](txn& t) {
     dict_store(t, root, key, probe(t.sp(), root, key), value);
     return 0;
@@ -1539,9 +1705,55 @@ void manager_core::dict_clear(std::uint64_t root) {
   });
 }
 
+namespace {
+
+thread_local std::size_t scanner_hint = 0;
+
+// A snapshot's claim on a scanner slot and its bit in `scanning`, which keep fast sets off
+// while it reads; claimed() is false when all slots are taken (the snapshot then reads under
+// the lock instead). Killed while claimed: see reap_dead_scanners.
+class scan_claim {
+ public:
+  explicit scan_claim(manager_root* r) : r_(r) {
+    const u64 me = self_identity();
+    for (std::size_t n = 0; n < scanner_slots; ++n) {
+      const std::size_t i = (scanner_hint + n) % scanner_slots;
+      u64 idle = 0;
+      // seq_cst: claimed before the bit is raised (see reap_dead_scanners).
+      if (r->scanners[i].compare_exchange_strong(idle, me, std::memory_order_seq_cst,
+                                                 std::memory_order_relaxed)) {
+        index_ = i;
+        scanner_hint = i;
+        // seq_cst: the store half of the handshake with fast_set(), see drain_setters().
+        r->scanning.fetch_or(u64(1) << i, std::memory_order_seq_cst);
+        drain_setters(r);
+        return;
+      }
+    }
+  }
+  scan_claim(const scan_claim&) = delete;
+  scan_claim& operator=(const scan_claim&) = delete;
+  ~scan_claim() {
+    if (!claimed()) return;
+    // release: the snapshot's loads are done before fast sets may store again.
+    r_->scanning.fetch_and(~(u64(1) << index_), std::memory_order_release);
+    r_->scanners[index_].store(0, std::memory_order_release);
+  }
+  bool claimed() const noexcept { return index_ < scanner_slots; }
+
+ private:
+  manager_root* r_;
+  std::size_t index_ = scanner_slots;
+};
+
+}  // namespace
+
 void manager_core::dict_scan(std::uint64_t root, function_ref<void()> restart,
                              function_ref<void(bytes_view, bytes_view)> visit) {
-  read(*this, [&](const space& s) {
+  // Fast sets store without moving `version`: a snapshot shuts them out while it reads (or
+  // reads under the lock, which shuts them out too).
+  const scan_claim claim(space(*this).root());
+  auto pass = [&](const space& s) {
     restart();
     const auto [table, t, cap, slots] = table_of(s, root);
     for (u64 j = 0; j < cap; ++j) {
@@ -1553,7 +1765,12 @@ void manager_core::dict_scan(std::uint64_t root, function_ref<void()> restart,
       visit(k, entry_value(s, e));
     }
     return 0;
-  });
+  };
+  if (claim.claimed()) {
+    read(*this, pass);
+  } else {
+    write(*this, [&](txn& t) { return pass(t.sp()); });
+  }
 }
 
 // --- list ----------------------------------------------------------------------------------
