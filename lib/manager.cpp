@@ -1039,6 +1039,19 @@ table_view table_of(const space& s, u64 root) {
   return {table, t, cap, reinterpret_cast<const u64*>(t + 1)};
 }
 
+// memcmp(a, b, n) == 0, without a library call for the short keys most dicts have.
+inline bool same_bytes(const std::byte* a, const std::byte* b, u64 n) noexcept {
+  if (n >= 8 && n <= 16) {
+    u64 a0, b0, a1, b1;
+    std::memcpy(&a0, a, 8);
+    std::memcpy(&b0, b, 8);
+    std::memcpy(&a1, a + n - 8, 8);
+    std::memcpy(&b1, b + n - 8, 8);
+    return ((a0 ^ b0) | (a1 ^ b1)) == 0;
+  }
+  return n == 0 || std::memcmp(a, b, n) == 0;
+}
+
 probe_result probe(const space& s, u64 root, key_ref key) {
   const auto [table, t, cap, slots] = table_of(s, root);
   const u64 mask = cap - 1;
@@ -1065,7 +1078,8 @@ probe_result probe(const space& s, u64 root, key_ref key) {
     // key_len is the caller's, so small: no overflow below.
     if (value_len > esize || entry_payload(key_len, value_len) > esize - header_bytes)
       throw torn{};
-    if (key_len != 0 && std::memcmp(en + 1, key.data.data(), key_len) != 0) continue;
+    if (!same_bytes(reinterpret_cast<const std::byte*>(en + 1), key.data.data(), key_len))
+      continue;
     return {table, i, e, false,
             {reinterpret_cast<const std::byte*>(en) + entry_value_at(key_len),
              static_cast<std::size_t>(value_len)}};

@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
 #include <optional>
 #include <cstdint>
 #include <random>
@@ -357,5 +358,163 @@ BOOST_AUTO_TEST_CASE(kill_writers_while_others_read) {
   BOOST_TEST(r1 > 0u);
   BOOST_TEST(r2 > 0u);
   BOOST_TEST(st.recoveries > 0u);  // some kills did land in the middle of a write
+  m.verify();
+}
+
+// --- fast sets killed ------------------------------------------------------------------------
+
+namespace {
+
+// Fast setter w owns keys f{w}.0 .. f{w}.15 and sets them in order to round 1, 2, 3, ...: at
+// every moment its keys read r+1, ..., r+1, r, ..., r (a killed setter leaves its key old or
+// new, so that stays true). Each value also names its key, so a store that landed in the
+// wrong place shows. Every 16 sets it also inserts or erases keys of the same dict under the
+// lock (the table grows, fills with tombstones, is rebuilt while the others set).
+constexpr int fast_writers = 4;
+constexpr int fast_keys = 16;
+
+std::string fast_key(int w, int j) { return "f" + std::to_string(w) + "." + std::to_string(j); }
+long fast_value(int w, int j, long r) { return (long(w) << 48) | (long(j) << 40) | r; }
+
+// The rounds of setter w's keys in `get`'s view, or nullopt when one is malformed.
+template <class Get>
+std::optional<std::vector<long>> fast_rounds(int w, Get&& get) {
+  std::vector<long> r(fast_keys);
+  for (int j = 0; j < fast_keys; ++j) {
+    const long v = get(fast_key(w, j));
+    if ((v >> 40) != (fast_value(w, j, 0) >> 40)) return std::nullopt;
+    r[static_cast<std::size_t>(j)] = v & ((long(1) << 40) - 1);
+  }
+  return r;
+}
+
+bool fast_invariant(const std::vector<long>& r) {
+  for (std::size_t j = 1; j < r.size(); ++j)
+    if (r[j] > r[j - 1]) return false;
+  return r.front() - r.back() <= 1;
+}
+
+void fast_writer(const std::string& name, int w, std::uint64_t seed,
+                 std::atomic_ref<std::uint64_t> progress) {
+  shmkit::manager m(shmkit::open_only, name);
+  auto d = m.dict<std::string, long>("fast");
+  std::mt19937_64 rng(seed);
+  // Carry on from where the killed one stopped: finish its round, then go on.
+  const auto r = fast_rounds(w, [&](const std::string& k) { return d.get(k); });
+  CHILD_CHECK(r && fast_invariant(*r));
+  long round = r->front();
+  int j = 0;
+  while (j < fast_keys && (*r)[static_cast<std::size_t>(j)] == round) ++j;
+  if (j == fast_keys) {
+    ++round;
+    j = 0;
+  }
+  for (long n = 0;; ++n) {
+    d.set(fast_key(w, j), fast_value(w, j, round));
+    if (++j == fast_keys) {
+      j = 0;
+      ++round;
+    }
+    if (n % 16 == 0) {
+      const std::string k = "g" + std::to_string(w) + "." + std::to_string(rng() % 300);
+      if (rng() % 3 == 0)
+        d.erase(k);
+      else
+        d.set(k, static_cast<long>(n));
+    }
+    progress.fetch_add(1);
+  }
+}
+
+}  // namespace
+
+// Four fast setters, one of them killed at a random moment in each of 100 rounds (and,
+// every few rounds, a snapshot reader killed in the middle of its snapshots), while a reader
+// checks snapshots and gets all along: no snapshot mixes two moments, no value is torn or
+// lands under another key, and nobody hangs (a setter's slot and a snapshot's claim left by
+// the dead are taken back).
+BOOST_AUTO_TEST_CASE(kill_fast_setters) {
+  const name_guard g(unique_name("fastcrash"));
+  shmkit::manager m(shmkit::create_only, g.name, 64 * 1024);
+  auto d = m.dict<std::string, long>("fast");
+  for (int w = 0; w < fast_writers; ++w)
+    for (int j = 0; j < fast_keys; ++j) d.set(fast_key(w, j), fast_value(w, j, 0));
+  // shared[w]: setter w's calls; [4]: the reader's passes; [5]: stop.
+  shmkit::array<std::uint64_t> shared(6);
+  auto counter = [&](std::size_t i) { return std::atomic_ref<std::uint64_t>(shared[i]); };
+  std::vector<pid_t> setters(fast_writers), others;
+  struct stopper {
+    std::function<void()> fn;
+    ~stopper() { fn(); }
+  } stop_all{[&] {
+    counter(5).store(1);
+    for (pid_t p : setters) kill_and_reap(p);
+    for (pid_t p : others) kill_and_reap(p);
+  }};
+  std::mt19937_64 rng(6789);
+  auto start_setter = [&](int w) {
+    const std::uint64_t seed = rng();
+    setters[static_cast<std::size_t>(w)] = spawn(
+        [&, w, seed] { fast_writer(g.name, w, seed, counter(static_cast<std::size_t>(w))); });
+  };
+  for (int w = 0; w < fast_writers; ++w) start_setter(w);
+  auto snapshot_ok = [&](shmkit::shared_dict<std::string, long>& dd) {
+    std::map<std::string, long> snap;
+    for (auto& [k, v] : dd.items()) snap[k] = v;
+    for (int w = 0; w < fast_writers; ++w) {
+      const auto r = fast_rounds(w, [&](const std::string& k) { return snap.at(k); });
+      if (!r || !fast_invariant(*r)) return false;
+    }
+    return true;
+  };
+  others.push_back(spawn([&] {
+    shmkit::manager mm(shmkit::open_only, g.name);
+    auto dd = mm.dict<std::string, long>("fast");
+    std::vector<long> last(fast_keys * fast_writers, 0);
+    while (counter(5).load() == 0) {
+      CHILD_CHECK(snapshot_ok(dd));
+      for (int w = 0; w < fast_writers; ++w) {
+        const auto r = fast_rounds(w, [&](const std::string& k) { return dd.get(k); });
+        CHILD_CHECK(r.has_value());
+        for (int j = 0; r && j < fast_keys; ++j) {  // a key's round never goes back
+          long& l = last[static_cast<std::size_t>(w * fast_keys + j)];
+          CHILD_CHECK((*r)[static_cast<std::size_t>(j)] >= l);
+          l = (*r)[static_cast<std::size_t>(j)];
+        }
+      }
+      counter(4).fetch_add(1);
+    }
+  }));
+  for (int round = 0; round < 100; ++round) {
+    const int w = static_cast<int>(rng() % fast_writers);
+    const std::uint64_t start = counter(static_cast<std::size_t>(w)).load();
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (counter(static_cast<std::size_t>(w)).load() < start + 50 &&
+           std::chrono::steady_clock::now() < give_up)
+      ::usleep(200);
+    BOOST_REQUIRE_MESSAGE(counter(static_cast<std::size_t>(w)).load() >= start + 50,
+                          "round " << round << ": setter " << w << " hung");
+    if (round % 5 == 0) {  // a snapshot reader killed in the middle of its snapshots
+      const pid_t s = spawn([&] {
+        shmkit::manager mm(shmkit::open_only, g.name);
+        auto dd = mm.dict<std::string, long>("fast");
+        for (;;) dd.items();
+      });
+      ::usleep(static_cast<useconds_t>(1000 + rng() % 3000));
+      kill_and_reap(s);
+    }
+    ::usleep(static_cast<useconds_t>(rng() % 2000));
+    kill_and_reap(setters[static_cast<std::size_t>(w)]);
+    BOOST_REQUIRE(snapshot_ok(d));
+    start_setter(w);
+  }
+  const std::uint64_t passes = counter(4).load();
+  counter(5).store(1);
+  for (pid_t p : setters) kill_and_reap(p);
+  setters.clear();
+  BOOST_TEST(wait_all_ok(others, std::chrono::seconds(120)));
+  others.clear();
+  BOOST_TEST(passes > 0u);
+  BOOST_TEST(snapshot_ok(d));
   m.verify();
 }
