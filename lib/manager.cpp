@@ -1148,7 +1148,10 @@ bool fast_set(manager_core& core, u64 root, key_ref key, const value_source& val
     const bool moved = r->version.load(std::memory_order_relaxed) != v;
     const bool ok = !closed && !moved && where % 8 == 0;
     // release: the store stays after the checks above (a gate seen closed stores nothing).
-    if (ok) std::atomic_ref<u64>(*s.at<u64>(where)).store(word, std::memory_order_release);
+    if (ok) {
+      fault_point(write_step::fast_store);
+      std::atomic_ref<u64>(*s.at<u64>(where)).store(word, std::memory_order_release);
+    }
     // release: pairs with the acquire load in wait_for_setter(): a drainer that sees the slot
     // free sees the value store.
     slot.store(0, std::memory_order_release);

@@ -518,3 +518,45 @@ BOOST_AUTO_TEST_CASE(kill_fast_setters) {
   BOOST_TEST(snapshot_ok(d));
   m.verify();
 }
+
+namespace {
+
+std::atomic<int>* g_fast_phase = nullptr;  // in shared memory: 1 paused, 2 go on
+
+void pause_before_fast_store(write_step s) noexcept {
+  if (s != write_step::fast_store) return;
+  g_fast_phase->store(1);
+  while (g_fast_phase->load() != 2) ::usleep(500);
+}
+
+}  // namespace
+
+// A fast set paused between its checks and its store: a writer that erases the key and
+// inserts another (which would reuse the freed entry's block) must wait for that store, so
+// that it lands in the erased entry before the erase, never in the new key's entry.
+BOOST_AUTO_TEST_CASE(lock_holders_wait_for_a_fast_store_under_way) {
+  shmkit::manager m;
+  auto d = m.dict<std::string, long>("d");
+  d.set("a", 1);
+  shmkit::array<int> words(2);  // [0]: the setter's phase; [1]: the eraser is done
+  g_fast_phase = reinterpret_cast<std::atomic<int>*>(&words[0]);
+  static_assert(sizeof(std::atomic<int>) == sizeof(int));
+  const pid_t setter = spawn([&] {
+    shmkit::detail::manager_fault_hook = pause_before_fast_store;
+    d.set("a", 2);
+  });
+  while (g_fast_phase->load() != 1) ::usleep(500);
+  const pid_t eraser = spawn([&] {
+    d.erase("a");
+    d.set("b", 3);
+    std::atomic_ref<int>(words[1]).store(1);
+  });
+  ::usleep(100 * 1000);
+  // It cannot be done: the store it waits for is not made yet.
+  BOOST_TEST(std::atomic_ref<int>(words[1]).load() == 0);
+  g_fast_phase->store(2);
+  BOOST_TEST(wait_all_ok({setter, eraser}));
+  BOOST_TEST(!d.contains("a"));
+  BOOST_TEST(d.get("b") == 3);
+  m.verify();
+}

@@ -55,6 +55,7 @@ enum class write_step : int {
   before_free,      // all applied, the journal retired, nothing freed yet
   freed,            // one unreachable block returned to the heap
   version_even,     // published; `busy` not yet cleared
+  fast_store,       // a fast set (no lock) passed its checks: its one store is next
 };
 extern void (*manager_fault_hook)(write_step step) noexcept;
 
