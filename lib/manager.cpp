@@ -21,6 +21,14 @@
 // Reads take no lock: read `version` (even), follow offsets checking each against the
 // mapping, re-read `version`; if it moved, retry; after a few tries, or while it is odd, take
 // the mutex and read under it.
+// Fast sets (dict_set of a present key, same value size, at most 8 bytes): no lock, no
+// version change, one atomic store of the entry's value word, made only while the setter's
+// identity sits in a setter slot and it saw the lock free and no snapshot running (claimed,
+// then checked, seq_cst). Whoever shuts fast sets out (the mutex's holder, right after
+// locking; a snapshot, after raising its bit in `scanning`) then waits for the setter slots to
+// empty, so a fast store never lands on an entry being freed or read under the lock; entries
+// never move (a growing table copies offsets), so a store validated by `version` is in place.
+// Lock-free readers load a value word of <= 8 bytes as one atomic word. See fast_set().
 // Recovery: the mutex's next holder finds `version` odd or `busy` set (its holder died in the
 // middle) and repairs before anything else: it re-applies a committed journal, then rebuilds
 // the whole heap from what is reachable (mark and sweep), which returns every block the dead

@@ -11,15 +11,22 @@
 //   sees a container before a write or after it, never between; keys(), values(), items()
 //   and to_vector() are snapshots of one moment. update(key, fn) is an atomic
 //   read-modify-write.
-// - Progress: writers serialise on one robust mutex per manager (all its containers). Readers
-//   take no lock: they read, check a version word, and retry if a write overlapped; after a
-//   few overlaps, or while a write is being published, they wait on the writers' mutex.
-//   Many readers never slow each other down.
+// - Progress: writers serialise on one robust mutex per manager (all its containers), with one
+//   exception: shared_dict::set() of a key already present, when the value's encoding keeps
+//   its size and fits in 8 bytes (long, double, any raw type up to 8 bytes), is lock-free:
+//   one atomic store into the entry, which it makes only while no writer holds the mutex and
+//   no snapshot is being read (it takes the mutex instead otherwise). Readers take no lock:
+//   they read, check a version word, and retry if a write overlapped; after a few overlaps,
+//   or while a write is being published, they wait on the writers' mutex. Many readers never
+//   slow each other down. A snapshot (keys(), values(), items()) holds lock-free sets off
+//   while it reads (they take the mutex meanwhile).
 // - kill -9 at any instruction: a writer killed half-way leaves every container as it was
 //   before the call or as it is after it; the next caller of that manager (reader or writer)
 //   takes the mutex over, re-applies a committed change, and returns every block the dead
-//   writer had allocated to the free memory. Nobody hangs: waiters check the holder's
-//   liveness every 150 ms.
+//   writer had allocated to the free memory. A lock-free set killed leaves the old value or
+//   the new one. Nobody hangs: waiters check the holder's liveness every 150 ms (and a
+//   writer waiting for a lock-free set under way, or a set waiting for a snapshot reader to
+//   finish, checks that it still lives).
 // - Full memory: the segment grows (doubling; every process maps the growth on its next call)
 //   up to manager_options::max_bytes or whatever /dev/shm or the machine holds; past that the
 //   call throws shmkit::error and the container is exactly as before.
@@ -153,7 +160,9 @@ class shared_dict {
   using key_type = K;
   using mapped_type = V;
 
-  // Inserts or replaces. Throws shmkit::error when the memory is full (nothing changes).
+  // Inserts or replaces. Lock-free when the key is present and the value's encoding keeps its
+  // size of at most 8 bytes (see the contract above). Throws shmkit::error when the memory is
+  // full (nothing changes).
   void set(const K& key, const V& value) {
     const detail::encoded k(key);
     const detail::source_of<V> fill{value};

@@ -7,7 +7,9 @@
 // Concurrency: writers serialise on one robust mutex; readers take no lock at all on their
 // fast path (a version word, seqlock style, tells them whether a write overlapped their read,
 // and they retry), and fall back to the mutex after a few failed tries or while a write is in
-// progress. See lib/manager.cpp for the commit protocol and the recovery after a dead writer.
+// progress. dict_set of a present key with a same-size value of at most 8 bytes is one atomic
+// store without the lock (a "fast set"), shut out while the lock is held or a snapshot reads.
+// See lib/manager.cpp for the commit protocol, fast sets and the recovery after a dead writer.
 #pragma once
 
 #include <atomic>
