@@ -226,8 +226,10 @@ struct manager_root {
   u64 magic = root_magic;
   u32 layout = root_layout;
   u32 reserved = 0;
-  // Bit i: the snapshot claiming scanners[i] is running; fast sets stay off meanwhile. Beside
-  // the lock, so that a fast setter's two gate loads touch one cache line.
+  // Bit i: the snapshot claiming scanners[i] is running; fast sets stay off meanwhile. Every
+  // fast set reads it; only snapshots write it, so its line stays in every reader's cache
+  // (the words before it keep their places from layout 1, so that an older build opening
+  // this segment reads its layout number and says so).
   std::atomic<u64> scanning{0};
   u64 scanners_checked = 0;  // mutex holder only: when dead scanners were last looked for (ns)
 
