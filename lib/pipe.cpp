@@ -379,6 +379,15 @@ void connection_base::attach_by_name() {
                             end_, describe(), detail::identity_pid(owner)));
   }
   user_ = me;
+  use_light_fences();
+}
+
+void connection_base::use_light_fences() noexcept {
+  // The peer's sleepers always wait with heavy = true (wait_readable(), wait_writable(),
+  // shmkit::wait()), so the light publication of the rings depends only on this process.
+  const bool light = detail::register_light_fences();
+  if (rx_.valid()) rx_.set_light(light);
+  if (tx_.valid()) tx_.set_light(light);
 }
 
 void connection_base::claim() {
@@ -393,6 +402,7 @@ void connection_base::claim() {
   if (rx_.valid()) rx_.resync();
   if (tx_.valid()) tx_.resync();
   user_ = me;
+  use_light_fences();
 }
 
 bool connection_base::peer_gone() noexcept {
@@ -452,8 +462,10 @@ template <class Pred>
 bool connection_base::spin_first(Pred&& ready) {
   const int cpu = ::sched_getcpu();
   if (cpu >= 0) {
-    // relaxed: a scheduling hint; nothing is read on the strength of it.
-    self_->cpu.store(static_cast<std::uint32_t>(cpu), std::memory_order_relaxed);
+    // relaxed: a scheduling hint; nothing is read on the strength of it. Stored only when it
+    // changed: a store takes the line from the peer, whose every send reads `closed` there.
+    if (self_->cpu.load(std::memory_order_relaxed) != static_cast<std::uint32_t>(cpu))
+      self_->cpu.store(static_cast<std::uint32_t>(cpu), std::memory_order_relaxed);
     if (peer_->cpu.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(cpu))
       return ready();
   }
@@ -475,7 +487,8 @@ connection_base::readiness connection_base::wait_readable(
   for (;;) {
     const auto slice_end = clock::now() + detail::liveness_slice;
     const auto until = deadline ? std::min(*deadline, slice_end) : slice_end;
-    if (rx_.ctl()->readable.wait_until(ready, until, std::chrono::nanoseconds::zero()))
+    // heavy: the sender may publish with a light fence (see detail/spsc_ring.hpp).
+    if (rx_.ctl()->readable.wait_until(ready, until, std::chrono::nanoseconds::zero(), true))
       return data_or_eof();
     if (peer_dead()) return data_or_eof();
     if (deadline && clock::now() >= *deadline) return readiness::timeout;
@@ -492,8 +505,9 @@ void connection_base::wait_writable(std::size_t bytes) {
       if (peer_gone()) throw_peer_gone(true);
       return;
     }
+    // heavy: the receiver may release room with a light fence (see detail/spsc_ring.hpp).
     room = tx_.ctl()->writable.wait_until(ready, clock::now() + detail::liveness_slice,
-                                          std::chrono::nanoseconds::zero());
+                                          std::chrono::nanoseconds::zero(), true);
     if (!room && peer_dead()) throw_peer_gone(true);
   }
 }
@@ -760,8 +774,12 @@ std::vector<std::size_t> wait_connections(std::span<connection_base* const> conn
       wp.waiters.fetch_add(1, std::memory_order_seq_cst);
       words[i] = {&wp.seq, wp.seq.load(std::memory_order_seq_cst)};
     }
+    // The senders may publish with a light fence (see detail/spsc_ring.hpp): one heavy fence
+    // covers every ring; without it, sleep in short slices.
+    const time_point sleep_until =
+        heavy_fence() ? until : *waitpoint::bounded_sleep(until);
     bool got = collect(false);
-    if (!got && futex_wait_any(words, until) == wait_any_result::unsupported) {
+    if (!got && futex_wait_any(words, sleep_until) == wait_any_result::unsupported) {
       // No futex_waitv: poll, sleeping a little longer each time.
       const auto left = until - clock::now();
       if (left > left.zero())

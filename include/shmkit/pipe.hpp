@@ -238,6 +238,8 @@ class connection_base {
   void attach_by_name();
 
   void claim();
+  // Lets the rings publish with light fences when this process can (see spsc_ring.hpp).
+  void use_light_fences() noexcept;
   // The peer closed, or its process is already known to be dead (no system call).
   bool peer_gone() noexcept;
   // Whether the peer's process died (reads /proc; remembers a death it finds).
