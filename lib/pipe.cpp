@@ -209,6 +209,9 @@ constexpr auto liveness_slice = std::chrono::milliseconds(100);
 // How often a poll with no timeout may ask /proc whether the peer lives.
 constexpr auto poll_liveness_every = std::chrono::milliseconds(5);
 
+// Pauses between two looks at an empty ring while the sender streams (see wait_readable()).
+constexpr std::uint32_t stream_pace = 8;
+
 // The shortest spin before sleeping, once spinning has kept failing.
 constexpr std::chrono::nanoseconds min_spin{500};
 
@@ -483,7 +486,19 @@ connection_base::readiness connection_base::wait_readable(
   if (deadline && clock::now() >= *deadline)
     return peer_dead_throttled() ? data_or_eof() : readiness::timeout;
   auto ready = [&] { return rx_.has_data() || peer_gone(); };
-  if (spin_first(ready) || peer_dead_throttled()) return data_or_eof();
+  // The spin looks at head every pace_ pauses (see learn_pace()).
+  int looks = 0;
+  auto paced = [&] {
+    for (std::uint32_t i = 1; i < pace_; ++i) detail::cpu_relax();
+    ++looks;
+    return ready();
+  };
+  if (spin_first(paced)) {
+    learn_pace(looks);
+    return data_or_eof();
+  }
+  pace_ = 1;
+  if (peer_dead_throttled()) return data_or_eof();
   for (;;) {
     const auto slice_end = clock::now() + detail::liveness_slice;
     const auto until = deadline ? std::min(*deadline, slice_end) : slice_end;
@@ -492,6 +507,24 @@ connection_base::readiness connection_base::wait_readable(
       return data_or_eof();
     if (peer_dead()) return data_or_eof();
     if (deadline && clock::now() >= *deadline) return readiness::timeout;
+  }
+}
+
+// While the sender streams, a receiver that looks at an empty ring at every pause takes the
+// line of head from the sender at each message it publishes (and the data lines while the
+// sender still writes them): both sides then pay a cache miss per message. So when a wait
+// ends at the first or second look (the sender publishes about as fast as we read) and this
+// end sent nothing since its previous wait (it only consumes), the next waits look only every
+// stream_pace pauses, letting a batch of frames gather between two looks. As soon as a paced
+// wait finds a single frame (a sender slower than our pace), or this end answers between two
+// waits (request and reply: its latency counts), it looks at every pause again.
+void connection_base::learn_pace(int looks) noexcept {
+  const bool only_consumes = sends_ == sends_at_wait_;
+  sends_at_wait_ = sends_;
+  if (pace_ == 1) {
+    if (looks <= 2 && only_consumes) pace_ = detail::stream_pace;
+  } else if (!only_consumes || !rx_.several_frames()) {
+    pace_ = 1;
   }
 }
 

@@ -260,6 +260,14 @@ class ring_reader {
     return head_ != tail_;
   }
 
+  // True when more than the next frame is published, as far as this view knows (no load of
+  // head): a hint for pacing (see connection_base::wait_readable()).
+  bool several_frames() const noexcept {
+    if (head_ - tail_ <= sizeof(frame_header)) return false;
+    const auto* h = reinterpret_cast<const frame_header*>(data_ + (tail_ & mask_));
+    return head_ - tail_ > frame_bytes(h->size);
+  }
+
   // The next frame that is not a pad frame, or nullptr when none is published. The frame stays
   // in place (and may be read) until consume(frame_bytes(h->size)). A header that breaks the
   // frame rules (only a corrupted segment could hold one) yields `bad`.
