@@ -209,6 +209,9 @@ constexpr auto liveness_slice = std::chrono::milliseconds(100);
 // How often a poll with no timeout may ask /proc whether the peer lives.
 constexpr auto poll_liveness_every = std::chrono::milliseconds(5);
 
+// Pauses between two looks at an empty ring while the sender streams (see wait_readable()).
+constexpr std::uint32_t stream_pace = 8;
+
 // The shortest spin before sleeping, once spinning has kept failing.
 constexpr std::chrono::nanoseconds min_spin{500};
 
@@ -379,6 +382,15 @@ void connection_base::attach_by_name() {
                             end_, describe(), detail::identity_pid(owner)));
   }
   user_ = me;
+  use_light_fences();
+}
+
+void connection_base::use_light_fences() noexcept {
+  // The peer's sleepers always wait with heavy = true (wait_readable(), wait_writable(),
+  // shmkit::wait()), so the light publication of the rings depends only on this process.
+  const bool light = detail::register_light_fences();
+  if (rx_.valid()) rx_.set_light(light);
+  if (tx_.valid()) tx_.set_light(light);
 }
 
 void connection_base::claim() {
@@ -393,6 +405,7 @@ void connection_base::claim() {
   if (rx_.valid()) rx_.resync();
   if (tx_.valid()) tx_.resync();
   user_ = me;
+  use_light_fences();
 }
 
 bool connection_base::peer_gone() noexcept {
@@ -452,8 +465,10 @@ template <class Pred>
 bool connection_base::spin_first(Pred&& ready) {
   const int cpu = ::sched_getcpu();
   if (cpu >= 0) {
-    // relaxed: a scheduling hint; nothing is read on the strength of it.
-    self_->cpu.store(static_cast<std::uint32_t>(cpu), std::memory_order_relaxed);
+    // relaxed: a scheduling hint; nothing is read on the strength of it. Stored only when it
+    // changed: a store takes the line from the peer, whose every send reads `closed` there.
+    if (self_->cpu.load(std::memory_order_relaxed) != static_cast<std::uint32_t>(cpu))
+      self_->cpu.store(static_cast<std::uint32_t>(cpu), std::memory_order_relaxed);
     if (peer_->cpu.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(cpu))
       return ready();
   }
@@ -471,14 +486,45 @@ connection_base::readiness connection_base::wait_readable(
   if (deadline && clock::now() >= *deadline)
     return peer_dead_throttled() ? data_or_eof() : readiness::timeout;
   auto ready = [&] { return rx_.has_data() || peer_gone(); };
-  if (spin_first(ready) || peer_dead_throttled()) return data_or_eof();
+  // The spin looks at head every pace_ pauses (see learn_pace()).
+  int looks = 0;
+  auto paced = [&] {
+    for (std::uint32_t i = 1; i < pace_; ++i) detail::cpu_relax();
+    ++looks;
+    return ready();
+  };
+  if (spin_first(paced)) {
+    learn_pace(looks);
+    return data_or_eof();
+  }
+  pace_ = 1;
+  if (peer_dead_throttled()) return data_or_eof();
   for (;;) {
     const auto slice_end = clock::now() + detail::liveness_slice;
     const auto until = deadline ? std::min(*deadline, slice_end) : slice_end;
-    if (rx_.ctl()->readable.wait_until(ready, until, std::chrono::nanoseconds::zero()))
+    // heavy: the sender may publish with a light fence (see detail/spsc_ring.hpp).
+    if (rx_.ctl()->readable.wait_until(ready, until, std::chrono::nanoseconds::zero(), true))
       return data_or_eof();
     if (peer_dead()) return data_or_eof();
     if (deadline && clock::now() >= *deadline) return readiness::timeout;
+  }
+}
+
+// While the sender streams, a receiver that looks at an empty ring at every pause takes the
+// line of head from the sender at each message it publishes (and the data lines while the
+// sender still writes them): both sides then pay a cache miss per message. So when a wait
+// ends at the first or second look (the sender publishes about as fast as we read) and this
+// end sent nothing since its previous wait (it only consumes), the next waits look only every
+// stream_pace pauses, letting a batch of frames gather between two looks. As soon as a paced
+// wait finds a single frame (a sender slower than our pace), or this end answers between two
+// waits (request and reply: its latency counts), it looks at every pause again.
+void connection_base::learn_pace(int looks) noexcept {
+  const bool only_consumes = sends_ == sends_at_wait_;
+  sends_at_wait_ = sends_;
+  if (pace_ == 1) {
+    if (looks <= 2 && only_consumes) pace_ = detail::stream_pace;
+  } else if (!only_consumes || !rx_.several_frames()) {
+    pace_ = 1;
   }
 }
 
@@ -492,8 +538,9 @@ void connection_base::wait_writable(std::size_t bytes) {
       if (peer_gone()) throw_peer_gone(true);
       return;
     }
+    // heavy: the receiver may release room with a light fence (see detail/spsc_ring.hpp).
     room = tx_.ctl()->writable.wait_until(ready, clock::now() + detail::liveness_slice,
-                                          std::chrono::nanoseconds::zero());
+                                          std::chrono::nanoseconds::zero(), true);
     if (!room && peer_dead()) throw_peer_gone(true);
   }
 }
@@ -760,8 +807,12 @@ std::vector<std::size_t> wait_connections(std::span<connection_base* const> conn
       wp.waiters.fetch_add(1, std::memory_order_seq_cst);
       words[i] = {&wp.seq, wp.seq.load(std::memory_order_seq_cst)};
     }
+    // The senders may publish with a light fence (see detail/spsc_ring.hpp): one heavy fence
+    // covers every ring; without it, sleep in short slices.
+    const time_point sleep_until =
+        heavy_fence() ? until : *waitpoint::bounded_sleep(until);
     bool got = collect(false);
-    if (!got && futex_wait_any(words, until) == wait_any_result::unsupported) {
+    if (!got && futex_wait_any(words, sleep_until) == wait_any_result::unsupported) {
       // No futex_waitv: poll, sleeping a little longer each time.
       const auto left = until - clock::now();
       if (left > left.zero())

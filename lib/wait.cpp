@@ -2,6 +2,7 @@
 #include "shmkit/detail/wait.hpp"
 
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <sched.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -17,11 +18,47 @@ namespace {
 std::atomic<std::uint64_t> wait_calls{0};
 std::atomic<std::uint64_t> wake_calls{0};
 std::atomic<std::uint64_t> yield_calls{0};
+std::atomic<std::uint64_t> fence_calls{0};
+
+long membarrier(int cmd) noexcept { return ::syscall(SYS_membarrier, cmd, 0u, 0); }
+
+// Whether the kernel offers MEMBARRIER_CMD_GLOBAL_EXPEDITED (asked once; a child inherits the
+// answer along with the kernel). Process-local and idempotent: relaxed.
+bool heavy_available() noexcept {
+  static const bool yes = [] {
+    const long cmds = membarrier(MEMBARRIER_CMD_QUERY);
+    return cmds > 0 && (cmds & MEMBARRIER_CMD_GLOBAL_EXPEDITED) != 0 &&
+           (cmds & MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) != 0;
+  }();
+  return yes;
+}
+
+// The process that registered (a child forked later must register itself) and the kernel's
+// answer. Process-local: relaxed (a thread that sees a stale pair registers once more).
+std::atomic<int> registered_pid{0};
+std::atomic<bool> registered_ok{false};
 }  // namespace
+
+bool register_light_fences() noexcept {
+  const int pid = static_cast<int>(::getpid());
+  if (registered_pid.load(std::memory_order_relaxed) == pid)
+    return registered_ok.load(std::memory_order_relaxed);
+  const bool ok =
+      heavy_available() && membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED) == 0;
+  registered_ok.store(ok, std::memory_order_relaxed);
+  registered_pid.store(pid, std::memory_order_relaxed);
+  return ok;
+}
+
+bool heavy_fence() noexcept {
+  if (!heavy_available()) return false;
+  fence_calls.fetch_add(1, std::memory_order_relaxed);
+  return membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED) == 0;
+}
 
 futex_counts futex_calls() noexcept {
   return {wait_calls.load(std::memory_order_relaxed), wake_calls.load(std::memory_order_relaxed),
-          yield_calls.load(std::memory_order_relaxed)};
+          yield_calls.load(std::memory_order_relaxed), fence_calls.load(std::memory_order_relaxed)};
 }
 
 void yield_cpu() noexcept {

@@ -633,6 +633,7 @@ BOOST_AUTO_TEST_CASE(no_futex_call_while_nobody_sleeps) {
   const auto after = shmkit::detail::futex_calls();
   BOOST_CHECK_EQUAL(after.wakes, before.wakes);
   BOOST_CHECK_EQUAL(after.waits, before.waits);
+  BOOST_CHECK_EQUAL(after.heavy_fences, before.heavy_fences);
 }
 
 BOOST_AUTO_TEST_CASE(moved_and_empty_handles) {

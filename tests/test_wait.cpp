@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: MIT
-// The wait layer across real processes: wake one, wake all, timeouts, spurious wake-ups (signals)
-// and no system call on the paths where nobody sleeps.
+// The wait layer across real processes: wake one, wake all, timeouts, spurious wake-ups (signals),
+// no system call on the paths where nobody sleeps, and light/heavy (asymmetric) fences.
 #define BOOST_TEST_MODULE wait
 #include <boost/test/unit_test.hpp>
 
 #include <atomic>
 #include <csignal>
 #include <new>
+#include <sched.h>
 #include <sys/mman.h>
 
 #include "shmkit/detail/wait.hpp"
@@ -155,4 +156,63 @@ BOOST_AUTO_TEST_CASE(deadline_after_saturates) {
   BOOST_CHECK(far == sd::time_point::max());
   auto past = sd::deadline_after(-5s);
   BOOST_CHECK(past <= sd::clock::now());
+}
+
+namespace {
+
+// The store-buffering litmus test, across two processes: in round i the light side stores x = i,
+// light_fence(), loads w; the heavy side stores w = i, heavy_fence(), loads x. At least one of
+// them must see the other's store (without the heavy fence x86 lets both miss).
+constexpr int litmus_rounds = 20000;
+
+struct litmus_block {
+  std::atomic<std::uint64_t> go{0};    // the round both sides may start
+  std::atomic<std::uint64_t> done{0};  // the last round the light side finished
+  alignas(64) std::atomic<std::uint64_t> x{0};
+  alignas(64) std::atomic<std::uint64_t> w{0};
+  std::atomic<std::uint8_t> light_saw[litmus_rounds + 1];
+};
+
+void await(const std::atomic<std::uint64_t>& v, std::uint64_t at_least) {
+  for (int spins = 0; v.load(std::memory_order_acquire) < at_least; ++spins)
+    if (spins % 1024 == 1023) ::sched_yield();  // the other side may share our CPU
+    else sd::cpu_relax();
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(light_and_heavy_fences_order_a_store_before_a_load) {
+  if (!sd::register_light_fences() || !sd::heavy_fence()) {
+    BOOST_TEST_MESSAGE("membarrier(2) global expedited is not available: nothing to test");
+    return;
+  }
+  void* p = ::mmap(nullptr, sizeof(litmus_block), PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  BOOST_REQUIRE(p != MAP_FAILED);
+  auto* b = new (p) litmus_block;
+  const pid_t light = shmkit::test::spawn([&] {
+    CHILD_CHECK(sd::register_light_fences());
+    for (std::uint64_t i = 1; i <= litmus_rounds; ++i) {
+      await(b->go, i);
+      // release: the ring's publication store; relaxed load: as the ring's waiter count.
+      b->x.store(i, std::memory_order_release);
+      sd::light_fence();
+      b->light_saw[i].store(b->w.load(std::memory_order_relaxed) >= i ? 1 : 0,
+                            std::memory_order_relaxed);
+      b->done.store(i, std::memory_order_release);  // release: publishes light_saw[i]
+    }
+  });
+  int both_missed = 0;
+  for (std::uint64_t i = 1; i <= litmus_rounds; ++i) {
+    b->go.store(i, std::memory_order_release);
+    b->w.store(i, std::memory_order_seq_cst);
+    const bool fenced = sd::heavy_fence();
+    const bool heavy_saw = b->x.load(std::memory_order_relaxed) >= i;
+    await(b->done, i);
+    if (!fenced || (!heavy_saw && b->light_saw[i].load(std::memory_order_relaxed) == 0))
+      ++both_missed;
+  }
+  BOOST_CHECK_EQUAL(shmkit::test::wait_exit(light), 0);
+  BOOST_CHECK_EQUAL(both_missed, 0);
+  ::munmap(p, sizeof(litmus_block));
 }

@@ -17,7 +17,9 @@
 // - Each direction is one single-producer single-consumer byte ring in one shared segment (a
 //   duplex pipe has two). The fast path is wait-free: no compare-and-swap, no system call; a
 //   blocked end sleeps in the kernel after a short spin, and a sender makes the wake-up system
-//   call only when the receiver sleeps. Default buffer: 64 KiB per direction.
+//   call only when the receiver sleeps. Where membarrier(2) is available the fast path has no
+//   locked instruction either: an end about to sleep pays one membarrier call instead.
+//   Default buffer: 64 KiB per direction.
 // - Messages are framed. A message larger than half the buffer is streamed through it in
 //   pieces and reassembled by the receiver (100 MiB passes through 64 KiB); smaller ones are
 //   encoded straight into the buffer and decoded straight out of it (no allocation for
@@ -238,6 +240,8 @@ class connection_base {
   void attach_by_name();
 
   void claim();
+  // Lets the rings publish with light fences when this process can (see spsc_ring.hpp).
+  void use_light_fences() noexcept;
   // The peer closed, or its process is already known to be dead (no system call).
   bool peer_gone() noexcept;
   // Whether the peer's process died (reads /proc; remembers a death it finds).
@@ -249,6 +253,7 @@ class connection_base {
   template <class Pred>
   bool spin_first(Pred&& ready);
   readiness wait_readable(std::optional<detail::time_point> deadline);
+  void learn_pace(int looks) noexcept;
   void wait_writable(std::size_t bytes);
   std::byte* reserve_frame_slow(std::size_t bytes);
   const detail::frame_header* next_frame();
@@ -275,6 +280,8 @@ class connection_base {
     std::swap(last_alive_check_, o.last_alive_check_);
     std::swap(known_dead_, o.known_dead_);
     std::swap(spin_, o.spin_);
+    std::swap(pace_, o.pace_);
+    std::swap(sends_at_wait_, o.sends_at_wait_);
     std::swap(end_, o.end_);
   }
 
@@ -287,6 +294,8 @@ class connection_base {
   detail::time_point last_alive_check_{};
   std::uint64_t known_dead_ = 0;  // the peer owner found dead, so that is not asked again
   std::chrono::nanoseconds spin_ = detail::spin_budget;  // adapted: see spin_first()
+  std::uint32_t pace_ = 1;  // pauses per look at an empty ring: see learn_pace()
+  std::uint32_t sends_at_wait_ = 0;  // sends_ when a wait for data last ended
   std::uint8_t end_ = 0;
 };
 

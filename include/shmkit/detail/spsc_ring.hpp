@@ -11,6 +11,14 @@
 // nothing torn behind. Every frame is contiguous: when the end of the ring is too close, the
 // producer first writes a pad frame that the consumer skips. Not thread-safe: one producer
 // thread and one consumer thread at a time.
+//
+// Publication (commit(), consume()) is a store of head or tail followed by a load of the
+// peer's waiter count: the two halves of the Dekker-style handshake with a sleeping peer. In a
+// process registered for light fences (set_light(true), see register_light_fences()) the store
+// is a plain release store and the store-load fence is left to the peer, which pays a
+// heavy_fence() only when it is about to sleep (wait_until(..., heavy = true)): the hot path
+// then neither stalls until the store reaches the other CPU nor locks the bus once per
+// message. Otherwise both are seq_cst.
 #pragma once
 
 #include <algorithm>
@@ -85,12 +93,16 @@ class ring_writer {
   ring_ctl* ctl() const noexcept { return ctl_; }
   std::size_t capacity() const noexcept { return cap_; }
 
+  // Light publication (see the top of this file): only in a process registered for light
+  // fences, and only while every sleeper on ctl->readable waits with heavy = true.
+  void set_light(bool on) noexcept { light_ = on; }
+
   // Reloads both positions from shared memory: after this process takes over the end.
   void resync() noexcept {
-    // acquire: pairs with our own (or a previous producer's) seq_cst store in commit().
+    // acquire: pairs with our own (or a previous producer's) store in commit().
     head_ = ctl_->head.load(std::memory_order_acquire);
     published_ = head_;
-    // acquire: pairs with the consumer's seq_cst store of tail in ring_reader::consume().
+    // acquire: pairs with the consumer's store of tail in ring_reader::consume().
     tail_ = ctl_->tail.load(std::memory_order_acquire);
   }
 
@@ -142,20 +154,28 @@ class ring_writer {
     const std::uint64_t before = published_;
     head_ += bytes;
     published_ = head_;
-    // seq_cst: (1) release: pairs with the consumer's acquire load of head in
-    // ring_reader::resync() and its seq_cst load in has_data(), so the frame's bytes are
-    // visible before the new head; (2) total order with the load of readable.waiters below
-    // versus the waiter's increment of `waiters` in waitpoint::wait_until() before it
-    // re-checks head: either the waiter sees this head, or we see it counted.
-    ctl_->head.store(head_, std::memory_order_seq_cst);
+    // (1) release: pairs with the consumer's acquire loads of head in ring_reader::resync()
+    // and has_data(), so the frame's bytes are visible before the new head. (2) The store
+    // before the load of readable.waiters below, against the waiter's increment of `waiters`
+    // in waitpoint::wait_until() before it re-checks head: either the waiter sees this head,
+    // or we see it counted. Light: our light_fence() with the waiter's heavy_fence(); else
+    // seq_cst on both sides.
+    if (light_) [[likely]] {
+      ctl_->head.store(head_, std::memory_order_release);
+      light_fence();
+    } else {
+      ctl_->head.store(head_, std::memory_order_seq_cst);
+    }
+    // seq_cst: the load half of (2).
     if (ctl_->readable.waiters.load(std::memory_order_seq_cst) != 0) [[unlikely]] {
       // A consumer sleeps or is about to. If it has not consumed all we published before this
       // commit, it saw those frames or was woken for them (by the commit that first published
       // past its tail: that one found tail >= its `before`), and it re-reads head after
-      // consuming them (seq_cst: its tail store follows our load of tail, so its later load
-      // of head follows our store). Then no wake-up is due: this spares a system call per
-      // message while a woken consumer waits for a CPU.
-      // seq_cst: pairs with the consumer's seq_cst store in ring_reader::consume().
+      // consuming them, and before it sleeps again it counts itself, fences (heavy when we are
+      // light) and re-checks: then it sees this head, or this load of tail sees all it
+      // consumed before that fence (>= before) and we wake it. So no wake-up is due: this
+      // spares a system call per message while a woken consumer waits for a CPU.
+      // seq_cst: pairs with the consumer's store in ring_reader::consume(), as above.
       if (ctl_->tail.load(std::memory_order_seq_cst) >= before) ctl_->readable.notify_all();
     }
   }
@@ -185,9 +205,10 @@ class ring_writer {
     return cap_ - (head_ - tail_) >= need;
   }
   void refresh_tail() noexcept {
-    // seq_cst: acquire pairs with the consumer's seq_cst store of tail in consume() (its reads
-    // of the freed bytes happened before, so we may overwrite them); seq_cst for the waiter's
-    // re-check in waitpoint::wait_until() against consume()'s load of writable.waiters.
+    // seq_cst: acquire pairs with the consumer's release (or seq_cst) store of tail in
+    // consume() (its reads of the freed bytes happened before, so we may overwrite them);
+    // seq_cst for the waiter's re-check in waitpoint::wait_until() against consume()'s load of
+    // writable.waiters (after a heavy_fence() when the consumer is light).
     tail_ = ctl_->tail.load(std::memory_order_seq_cst);
   }
   void pad(std::size_t off, std::size_t to_end) noexcept {
@@ -203,6 +224,7 @@ class ring_writer {
   std::uint64_t head_ = 0;       // next byte to write (past any pad not yet published)
   std::uint64_t published_ = 0;  // head as last published
   std::uint64_t tail_ = 0;
+  bool light_ = false;
 };
 
 // The consumer's view. `tail_` mirrors ctl->tail (only we write it); `head_` is a cached copy
@@ -218,10 +240,13 @@ class ring_reader {
   bool valid() const noexcept { return ctl_ != nullptr; }
   ring_ctl* ctl() const noexcept { return ctl_; }
 
+  // Light publication of tail: as ring_writer::set_light(), for sleepers on ctl->writable.
+  void set_light(bool on) noexcept { light_ = on; }
+
   void resync() noexcept {
-    // acquire: pairs with our own (or a previous consumer's) seq_cst store in consume().
+    // acquire: pairs with our own (or a previous consumer's) store in consume().
     tail_ = ctl_->tail.load(std::memory_order_acquire);
-    // acquire: pairs with the producer's seq_cst store of head in ring_writer::commit().
+    // acquire: pairs with the producer's store of head in ring_writer::commit().
     head_ = ctl_->head.load(std::memory_order_acquire);
   }
 
@@ -229,10 +254,18 @@ class ring_reader {
   // waiter makes after counting itself in readable.waiters (see ring_writer::commit()).
   bool has_data() noexcept {
     if (head_ != tail_) return true;
-    // seq_cst: pairs with the producer's seq_cst store in commit() (release/acquire for the
-    // bytes, total order for the sleep/wake handshake).
+    // seq_cst: acquire pairs with the producer's release (or seq_cst) store in commit(), for
+    // the bytes; seq_cst for the sleep/wake handshake.
     head_ = ctl_->head.load(std::memory_order_seq_cst);
     return head_ != tail_;
+  }
+
+  // True when more than the next frame is published, as far as this view knows (no load of
+  // head): a hint for pacing (see connection_base::wait_readable()).
+  bool several_frames() const noexcept {
+    if (head_ - tail_ <= sizeof(frame_header)) return false;
+    const auto* h = reinterpret_cast<const frame_header*>(data_ + (tail_ & mask_));
+    return head_ - tail_ > frame_bytes(h->size);
   }
 
   // The next frame that is not a pad frame, or nullptr when none is published. The frame stays
@@ -260,11 +293,18 @@ class ring_reader {
   void consume(std::size_t bytes) noexcept {
     const std::uint64_t before = tail_;
     tail_ += bytes;
-    // seq_cst: (1) release: pairs with the producer's seq_cst load of tail in
-    // ring_writer::refresh_tail(), so our reads of the frame complete before it may overwrite
-    // them; (2) total order with the load of writable.waiters below versus the producer's
-    // increment of `waiters` before it re-checks the room (waitpoint::wait_until()).
-    ctl_->tail.store(tail_, std::memory_order_seq_cst);
+    // (1) release: pairs with the producer's loads of tail in ring_writer::refresh_tail() and
+    // resync(), so our reads of the frame complete before it may overwrite them; (2) the
+    // store before the load of writable.waiters below, against the producer's increment of
+    // `waiters` before it re-checks the room (waitpoint::wait_until()). Light: our
+    // light_fence() with its heavy_fence(); else seq_cst on both sides.
+    if (light_) [[likely]] {
+      ctl_->tail.store(tail_, std::memory_order_release);
+      light_fence();
+    } else {
+      ctl_->tail.store(tail_, std::memory_order_seq_cst);
+    }
+    // seq_cst: the load half of (2).
     if (ctl_->writable.waiters.load(std::memory_order_seq_cst) != 0) [[unlikely]] {
       // Wake the producer once, when the tail crosses the point it announced: before that it
       // has no room, after that an earlier consume() already woke it (or it saw the room
@@ -286,6 +326,7 @@ class ring_reader {
   std::size_t mask_ = 0;
   std::uint64_t tail_ = 0;
   std::uint64_t head_ = 0;
+  bool light_ = false;
 };
 
 }  // namespace shmkit::detail

@@ -51,14 +51,34 @@ int futex_wake(std::atomic<std::uint32_t>* word, int n = INT_MAX) noexcept;
 // each call may hand a whole time slice to an unrelated busy process (spin_hint decides).
 void yield_cpu() noexcept;
 
-// How many system calls of the wait layer (futex waits, wakes, yields) this process has made:
-// lets tests check that the paths where nobody waits make none.
+// How many system calls of the wait layer (futex waits, wakes, yields, heavy fences) this
+// process has made: lets tests check that the paths where nobody waits make none.
 struct futex_counts {
   std::uint64_t waits;
   std::uint64_t wakes;
   std::uint64_t yields;
+  std::uint64_t heavy_fences;  // heavy_fence() calls
 };
 futex_counts futex_calls() noexcept;
+
+// Asymmetric fences (membarrier(2)): a hot path that publishes with a store and then loads a
+// waiter count may skip the store-load fence (a locked instruction that stalls until the store
+// is globally visible) when its process is registered, provided every sleeper it must wake
+// calls heavy_fence() between counting itself and re-checking. heavy_fence() makes each
+// running thread of every registered process execute a full fence; so for a hot path
+// `store x; light_fence(); load w` and a sleeper `count w; heavy_fence(); load x`, either the
+// sleeper sees the store or the hot path sees the count, as with seq_cst on both sides.
+//
+// Registers this process (idempotent; a forked child registers itself again). True when the
+// kernel accepts: only then may this process's hot paths use light_fence() alone.
+bool register_light_fences() noexcept;
+// Orders the store before it against the load after it for heavy_fence() callers elsewhere;
+// costs nothing at run time (it only stops the compiler).
+inline void light_fence() noexcept { std::atomic_signal_fence(std::memory_order_seq_cst); }
+// A full fence on every CPU that runs a registered process (one system call; an
+// inter-processor interrupt to each CPU that runs one now). False when the kernel has no such
+// call: a sleeper must then bound its sleep, since a light peer may not have seen it counted.
+bool heavy_fence() noexcept;
 
 // How long a waiter spins before it sleeps. About a futex round trip: a peer that answers
 // within it is caught without a system call on either side.
@@ -105,22 +125,33 @@ struct waitpoint {
   }
 
   // Waits until pred() holds (true) or `until` passes (false). Spins for spin_budget first.
+  // `heavy`: some notifier changes the state with light_fence() only (see
+  // register_light_fences()), so each re-check follows a heavy_fence().
   template <class Pred>
   bool wait_until(Pred&& pred, std::optional<time_point> until,
-                  std::chrono::nanoseconds spin = spin_budget) {
+                  std::chrono::nanoseconds spin = spin_budget, bool heavy = false) {
     if (spin_until(pred, spin)) return true;
     for (;;) {
       waiters.fetch_add(1, std::memory_order_seq_cst);
       const std::uint32_t key = seq.load(std::memory_order_seq_cst);
+      std::optional<time_point> sleep_until = until;
+      if (heavy && !heavy_fence()) sleep_until = bounded_sleep(until);
       if (pred()) {
         waiters.fetch_sub(1, std::memory_order_seq_cst);
         return true;
       }
-      futex_wait(&seq, key, until);
+      futex_wait(&seq, key, sleep_until);
       waiters.fetch_sub(1, std::memory_order_seq_cst);
       if (pred()) return true;
       if (until && clock::now() >= *until) return false;
     }
+  }
+
+  // Without heavy_fence(), a light notifier's store may reach us only after our re-check and
+  // its load may miss our count: sleep in short slices, re-checking after each.
+  static std::optional<time_point> bounded_sleep(std::optional<time_point> until) noexcept {
+    const time_point slice = clock::now() + std::chrono::milliseconds(1);
+    return until && *until < slice ? *until : slice;
   }
 };
 
