@@ -154,6 +154,7 @@ queue_ring::queue_ring(queue_state* state, std::string what) noexcept
   while ((std::uint64_t(1) << shift_) < cap_) ++shift_;
   joinable_ = state->joinable != 0;
   lazy_ = std::min<std::uint64_t>(cap_, 4);
+  runs_ = state->slot_bytes != queue_slot_bytes;
 }
 
 void queue_check_identity() {
@@ -191,41 +192,85 @@ namespace {
 // runs on another CPU at the time. A spin that ends in vain halves the next one (down to a
 // few looks); one that succeeds restores the full budget; every 16th wait after a run of
 // misses spins fully again, to notice when the other side has moved to another CPU.
+//
+// A wait soon after this thread woke a sleeper (queue_last_wake) spins longer: in a request
+// and reply exchange, the reply comes only once the woken side has run, which takes longer
+// than the usual spin (a futex wake-up is 5-30 us). Without that, each side sleeps because
+// the other was asleep, and once started, the two sleep in turn at every exchange (measured:
+// 3% of round trips of a ping-pong on two CPUs became 35 us futex round trips). That longer
+// spin is learnt too: 2x the time a reply took (between after_wake_min and after_wake_max);
+// halved by each spin that ends in vain, down to none (when the woken side shares our CPU,
+// or answers slowly), with one wait in 16 probing with after_wake_min again.
+constexpr std::chrono::nanoseconds after_wake_window{50000};
+constexpr std::chrono::nanoseconds after_wake_min{8000};
+constexpr std::chrono::nanoseconds after_wake_max{64000};
 struct spin_record {
   const void* wp = nullptr;
   unsigned misses = 0;
   unsigned waits = 0;
+  unsigned wake_waits = 0;
+  std::chrono::nanoseconds after_wake = after_wake_min;
 };
 thread_local spin_record spin_records[8];
 
 spin_record& spin_record_of(const void* wp) noexcept {
   spin_record& r = spin_records[(reinterpret_cast<std::uintptr_t>(wp) >> 7) % 8];
-  if (r.wp != wp) r = {wp, 0, 0};
+  if (r.wp != wp) r = {.wp = wp};
   return r;
+}
+
+// The spin budget of the next wait and, when it follows a wake-up, notes that (after_wake).
+std::chrono::nanoseconds spin_budget_of(spin_record& rec, std::chrono::nanoseconds spin,
+                                        time_point now, bool& after_wake) noexcept {
+  const bool probe = ++rec.waits % 16 == 0;
+  auto budget = probe ? spin : spin / (1u << std::min(rec.misses, 7u));
+  after_wake = now - queue_last_wake < after_wake_window;
+  if (after_wake) {
+    const bool wake_probe = ++rec.wake_waits % 16 == 0;
+    budget =
+        std::max(budget, wake_probe ? std::max(rec.after_wake, after_wake_min) : rec.after_wake);
+  }
+  return budget;
+}
+
+// Learns from a spin of `budget` that caught (after `took`) or not.
+void learn_spin(spin_record& rec, bool after_wake, bool caught, std::chrono::nanoseconds took) {
+  rec.misses = caught ? 0 : std::min(rec.misses + 1, 16u);
+  if (!after_wake) return;
+  if (caught)
+    rec.after_wake = std::clamp<std::chrono::nanoseconds>(2 * took, after_wake_min, after_wake_max);
+  else
+    rec.after_wake /= 2;
 }
 
 }  // namespace
 
 template <class Attempt>
 bool queue_ring::block(waitpoint& wp, Attempt&& attempt, std::optional<time_point> until,
-                       std::chrono::nanoseconds spin) {
+                       std::chrono::nanoseconds spin, bool backoff) {
   bool poll = false;
   if (spin > spin.zero()) {
     spin_record& rec = spin_record_of(&wp);
-    const bool probe = ++rec.waits % 16 == 0;
-    const auto budget = probe ? spin : spin / (1u << std::min(rec.misses, 7u));
+    const time_point start = clock::now();
+    bool after_wake = false;
+    const auto budget = spin_budget_of(rec, spin, start, after_wake);
     // One pause between looks (a pause is tens of cycles on current x86: more would add
-    // that much to every hand-over caught while spinning); the clock every 16 looks.
-    const auto end = clock::now() + budget;
+    // that much to every hand-over caught while spinning), or with `backoff` 1, 2, 4, ... up
+    // to 64; the clock every 16 looks.
+    const auto end = start + budget;
+    bool caught = false;
+    unsigned pauses = 1;
     for (unsigned i = 1;; ++i) {
       if (attempt(poll)) {
-        rec.misses = 0;
-        return true;
+        caught = true;
+        break;
       }
-      cpu_relax();
+      for (unsigned k = 0; k < pauses; ++k) cpu_relax();
+      if (backoff && pauses < 64) pauses *= 2;
       if (i % 16 == 0 && clock::now() >= end) break;
     }
-    rec.misses = std::min(rec.misses + 1, 16u);
+    learn_spin(rec, after_wake, caught, after_wake ? clock::now() - start : start - start);
+    if (caught) return true;
   }
   // Takes our count back when we did not sleep after all (see wake()).
   auto uncount = [&wp] {
@@ -307,9 +352,15 @@ bool queue_ring::claim(bool consumer, std::uint64_t n, queue_run& run,
                        std::optional<time_point> until) {
   stall_watch watch;
   waitpoint& wp = consumer ? st_->not_empty : st_->not_full;
+  // Producers waiting for room and batches spin with backoff: their looks land on the
+  // lines the other side is working through (the slot it will free or fill next), and
+  // looking at each as soon as it changes hands makes both sides trade every line, one
+  // slot at a time. A lone consumer
+  // waiting for one message looks at once: that is a request's latency.
+  const bool backoff = !consumer || n > 1;
   return block(
       wp, [&](bool& poll) { return attempt_and_recover(*this, consumer, n, run, watch, poll); },
-      until, spin_budget);
+      until, spin_budget, backoff);
 }
 
 bool queue_ring::claim_now(bool consumer, std::uint64_t n, queue_run& run) {
@@ -322,9 +373,22 @@ bool queue_ring::claim_now(bool consumer, std::uint64_t n, queue_run& run) {
 
 bool queue_ring::recover(const queue_obstacle& ob) noexcept {
   if (!ob.recoverable() || identity_alive(seqw::claimant(ob.word))) return false;
+  const bool consumer = (ob.word & seqw::consumer_bit) != 0;
+  // The run's mates first, while its head still stops every walker (see queue_ring.hpp):
+  // a mate a dead producer had not published becomes skip (one it had is a whole message,
+  // delivered), one a dead consumer had not freed is freed (its message is lost). Each
+  // move is a compare-and-swap from the very word the run left there, so a second
+  // recoverer, or one that comes after the head has moved on, changes nothing: words never
+  // repeat. relaxed on failure: nothing to read. acq_rel: as for the head below.
+  const std::uint64_t mates = std::min(seqw::run_of(ob.word), cap_) - 1;
+  for_each_slot(ob.pos + 1, mates, [&](std::byte* m, std::uint64_t Lm) {
+    std::uint64_t e = consumer ? seqw::full_word(Lm) : seqw::free_word(Lm);
+    reinterpret_cast<std::atomic<std::uint64_t>*>(m)->compare_exchange_strong(
+        e, consumer ? seqw::free_word(Lm + 1) : seqw::skip_word(Lm), std::memory_order_acq_rel,
+        std::memory_order_relaxed);
+  });
   const std::uint64_t L = lap(ob.pos);
-  const std::uint64_t next =
-      (ob.word & seqw::consumer_bit) ? seqw::free_word(L + 1) : seqw::skip_word(L);
+  const std::uint64_t next = consumer ? seqw::free_word(L + 1) : seqw::skip_word(L);
   std::uint64_t expected = ob.word;
   // acq_rel: release so that the next claimant of the slot is ordered after us; the word is
   // unique (its owner is dead and never claims again), so this succeeds only if the slot
@@ -346,12 +410,13 @@ std::uint64_t queue_ring::frontier(bool consumer) const noexcept {
   // acquire: pairs with the acq_rel counter moves in try_claim().
   std::uint64_t p = (consumer ? st_->tail : st_->head).load(std::memory_order_acquire);
   // A counter lags its side's claims by less than two laps (queue.hpp, point 2).
-  for (std::uint64_t k = 0; k <= 2 * cap_; ++k, ++p) {
+  for (std::uint64_t k = 0; k <= 2 * cap_; ++k) {
     // acquire: pairs with the release stores and claims of both sides.
     const std::uint64_t w = word(p).load(std::memory_order_acquire);
     if ((consumer ? queue_view::consumer(w, lap(p)) : queue_view::producer(w, lap(p))) !=
         queue_view::passed)
       break;
+    p += queue_view::passed_by(w, lap(p));
   }
   return p;
 }
