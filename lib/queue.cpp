@@ -455,15 +455,34 @@ void queue_ring::task_done() {
 
 bool queue_ring::ring_idle() const {
   alive_cache alive;
+  // The mates of a dead consumer's run still read full(L) (see queue_ring.hpp) until a
+  // waiter recovers the run: their messages are lost with it, no items of anybody's.
+  struct dead_run {
+    std::uint64_t head, mates, lap;  // head's index, mates after it, lap mod 16
+  };
+  std::vector<dead_run> dead_runs;
   for (std::uint64_t k = 0; k < cap_; ++k) {
     // acquire: pairs with release() (gotten was counted before it) and publish().
     const std::uint64_t w = word(k).load(std::memory_order_acquire);
-    if (seqw::is_claim(w)) {
-      // A dead claimant's message is lost; it is no item of anybody's.
-      if (alive(seqw::claimant(w))) return false;
-    } else if ((w & 1) && !(w & seqw::skip_bit)) {
-      return false;
+    if (!seqw::is_claim(w)) continue;
+    // A dead claimant's message is lost; it is no item of anybody's.
+    if (alive(seqw::claimant(w))) return false;
+    if ((w & seqw::consumer_bit) && seqw::run_of(w) > 1)
+      dead_runs.push_back({k, std::min(seqw::run_of(w), cap_) - 1, (w >> seqw::lap_shift) & 0xf});
+  }
+  auto lost_mate = [&](std::uint64_t k, std::uint64_t w) {
+    for (const dead_run& r : dead_runs) {
+      const std::uint64_t off = (k + cap_ - r.head) % cap_;
+      // The mate's own lap: the head's, or the next one past the end of the slots.
+      const std::uint64_t lap = (r.lap + (r.head + off >= cap_ ? 1 : 0)) & 0xf;
+      if (off >= 1 && off <= r.mates && ((w >> 1) & 0xf) == lap) return true;
     }
+    return false;
+  };
+  for (std::uint64_t k = 0; k < cap_; ++k) {
+    // acquire: as above.
+    const std::uint64_t w = word(k).load(std::memory_order_acquire);
+    if (!seqw::is_claim(w) && (w & 1) && !(w & seqw::skip_bit) && !lost_mate(k, w)) return false;
   }
   return true;
 }

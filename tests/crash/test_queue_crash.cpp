@@ -224,6 +224,27 @@ BOOST_AUTO_TEST_CASE(joinable_queue_survives_dead_parties, *boost::unit_test::ti
   BOOST_TEST(q.join_for(30s));
 }
 
+BOOST_AUTO_TEST_CASE(join_passes_a_dead_consumers_run, *boost::unit_test::timeout(60)) {
+  exposed_joinable<int> q(8);
+  for (int i = 0; i < 6; ++i) q.put(i);  // the run below wraps past the end of the slots
+  for (int i = 0; i < 6; ++i) {
+    BOOST_TEST(q.get() == i);
+    q.task_done();
+  }
+  for (int i = 0; i < 3; ++i) q.put(i);
+  die_after([&] {
+    sd::queue_run run;
+    sd::queue_obstacle ob;
+    CHILD_CHECK(q.ring().try_claim(true, 3, run, ob) && run.count == 3);
+  });
+  BOOST_TEST(q.join_for(30s));  // those messages died with their consumer
+  q.put(7);
+  BOOST_TEST(!q.join_for(10ms));
+  BOOST_TEST(q.get() == 7);
+  q.task_done();
+  BOOST_TEST(q.join_for(30s));
+}
+
 BOOST_AUTO_TEST_CASE(a_swallowed_wake_up_does_not_strand_a_sleeper,
                      *boost::unit_test::timeout(60)) {
   // A process killed while asleep stays on the futex queue until it runs again, and can take
