@@ -192,6 +192,11 @@ void queue_check_identity();
 void queue_check_opened(const queue_state* st, std::size_t payload, bool joinable,
                         std::size_t slot_bytes, const std::string& what);
 
+// When this thread last woke a sleeper of a queue with a system call (process-local): a
+// wait that follows soon after spins longer (queue_ring::block()), since an answer from the
+// woken side comes only after its wake-up.
+inline thread_local time_point queue_last_wake{};
+
 // The queue's protocol on a waitpoint (its fields, not its wait_until/notify): a sleeper
 // counts itself in `waiters` before each sleep and a waker takes the counts it serves, so a
 // sleeper that was woken but has not run yet is not woken again by every later waker (with
@@ -202,12 +207,6 @@ void queue_check_opened(const queue_state* st, std::size_t payload, bool joinabl
 // Wakes up to n sleepers (INT_MAX: all) that a waker has seen counted (see wake() and
 // queue_run::sleepers for the two ways of seeing them): takes their counts and makes the
 // system call.
-//
-// When this thread last woke a sleeper of a queue with a system call (process-local): a
-// wait that follows soon after spins longer (queue_ring::block()), since an answer from the
-// woken side comes only after its wake-up.
-inline thread_local time_point queue_last_wake{};
-
 inline void wake_counted(waitpoint& wp, int n) noexcept {
   // relaxed: the caller's fence or seq_cst load ordered us; seq below carries the wake-up.
   std::uint32_t counted = wp.waiters.load(std::memory_order_relaxed);
@@ -346,8 +345,8 @@ class queue_ring {
     publish(run, [](std::byte*) noexcept {});
   }
   // The same, calling fill(slot) for each slot just before making it visible (in one pass:
-  // each line is written while this CPU holds it).
-  // The head of the run last (see the top of this file).
+  // each line is written while this CPU holds it), the head of the run last (see the top of
+  // this file).
   template <class Fill>
   void publish(queue_run run, Fill&& fill) noexcept {
     auto one = [&](std::byte* s, std::uint64_t L) {
@@ -366,8 +365,8 @@ class queue_ring {
     if (run.sleepers != 0) wake_counted(st_->not_empty, static_cast<int>(run.count));
   }
   // Consumer: calls take(slot) for each slot of a claimed run, then frees it for the next lap
-  // as release() does, and wakes producers once (released()). Nothing may throw in between.
-  // The head of the run last (see the top of this file).
+  // as release() does, the head of the run last (see the top of this file), and wakes
+  // producers once (released()). Nothing may throw in between.
   template <class Take>
   void take_run(const queue_run& run, Take&& take) noexcept {
     count_gotten(run.count);  // before the releases: see queue.hpp, point 6
