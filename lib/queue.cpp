@@ -192,85 +192,41 @@ namespace {
 // runs on another CPU at the time. A spin that ends in vain halves the next one (down to a
 // few looks); one that succeeds restores the full budget; every 16th wait after a run of
 // misses spins fully again, to notice when the other side has moved to another CPU.
-//
-// A wait soon after this thread woke a sleeper (queue_last_wake) spins longer: in a request
-// and reply exchange, the reply comes only once the woken side has run, which takes longer
-// than the usual spin (a futex wake-up is 5-30 us). Without that, each side sleeps because
-// the other was asleep, and once started, the two sleep in turn at every exchange (measured:
-// 3% of round trips of a ping-pong on two CPUs became 35 us futex round trips). That longer
-// spin is learnt too: 2x the time a reply took (between after_wake_min and after_wake_max);
-// halved by each spin that ends in vain, down to none (when the woken side shares our CPU,
-// or answers slowly), with one wait in 16 probing with after_wake_min again.
-constexpr std::chrono::nanoseconds after_wake_window{50000};
-constexpr std::chrono::nanoseconds after_wake_min{8000};
-constexpr std::chrono::nanoseconds after_wake_max{64000};
 struct spin_record {
   const void* wp = nullptr;
   unsigned misses = 0;
   unsigned waits = 0;
-  unsigned wake_waits = 0;
-  std::chrono::nanoseconds after_wake = after_wake_min;
 };
 thread_local spin_record spin_records[8];
 
 spin_record& spin_record_of(const void* wp) noexcept {
   spin_record& r = spin_records[(reinterpret_cast<std::uintptr_t>(wp) >> 7) % 8];
-  if (r.wp != wp) r = {.wp = wp};
+  if (r.wp != wp) r = {wp, 0, 0};
   return r;
-}
-
-// The spin budget of the next wait and, when it follows a wake-up, notes that (after_wake).
-std::chrono::nanoseconds spin_budget_of(spin_record& rec, std::chrono::nanoseconds spin,
-                                        time_point now, bool& after_wake) noexcept {
-  const bool probe = ++rec.waits % 16 == 0;
-  auto budget = probe ? spin : spin / (1u << std::min(rec.misses, 7u));
-  after_wake = now - queue_last_wake < after_wake_window;
-  if (after_wake) {
-    const bool wake_probe = ++rec.wake_waits % 16 == 0;
-    budget =
-        std::max(budget, wake_probe ? std::max(rec.after_wake, after_wake_min) : rec.after_wake);
-  }
-  return budget;
-}
-
-// Learns from a spin of `budget` that caught (after `took`) or not.
-void learn_spin(spin_record& rec, bool after_wake, bool caught, std::chrono::nanoseconds took) {
-  rec.misses = caught ? 0 : std::min(rec.misses + 1, 16u);
-  if (!after_wake) return;
-  if (caught)
-    rec.after_wake = std::clamp<std::chrono::nanoseconds>(2 * took, after_wake_min, after_wake_max);
-  else
-    rec.after_wake /= 2;
 }
 
 }  // namespace
 
 template <class Attempt>
 bool queue_ring::block(waitpoint& wp, Attempt&& attempt, std::optional<time_point> until,
-                       std::chrono::nanoseconds spin, bool backoff) {
+                       std::chrono::nanoseconds spin) {
   bool poll = false;
   if (spin > spin.zero()) {
     spin_record& rec = spin_record_of(&wp);
-    const time_point start = clock::now();
-    bool after_wake = false;
-    const auto budget = spin_budget_of(rec, spin, start, after_wake);
+    const bool probe = ++rec.waits % 16 == 0;
+    const auto budget = probe ? spin : spin / (1u << std::min(rec.misses, 7u));
     // One pause between looks (a pause is tens of cycles on current x86: more would add
-    // that much to every hand-over caught while spinning), or with `backoff` 1, 2, 4, ... up
-    // to 64; the clock every 16 looks.
-    const auto end = start + budget;
-    bool caught = false;
-    unsigned pauses = 1;
+    // that much to every hand-over caught while spinning); the clock every 16 looks.
+    const auto end = clock::now() + budget;
     for (unsigned i = 1;; ++i) {
       if (attempt(poll)) {
-        caught = true;
-        break;
+        rec.misses = 0;
+        return true;
       }
-      for (unsigned k = 0; k < pauses; ++k) cpu_relax();
-      if (backoff && pauses < 64) pauses *= 2;
+      cpu_relax();
       if (i % 16 == 0 && clock::now() >= end) break;
     }
-    learn_spin(rec, after_wake, caught, after_wake ? clock::now() - start : start - start);
-    if (caught) return true;
+    rec.misses = std::min(rec.misses + 1, 16u);
   }
   // Takes our count back when we did not sleep after all (see wake()).
   auto uncount = [&wp] {
@@ -352,15 +308,9 @@ bool queue_ring::claim(bool consumer, std::uint64_t n, queue_run& run,
                        std::optional<time_point> until) {
   stall_watch watch;
   waitpoint& wp = consumer ? st_->not_empty : st_->not_full;
-  // Producers waiting for room and batches spin with backoff: their looks land on the
-  // lines the other side is working through (the slot it will free or fill next), and
-  // looking at each as soon as it changes hands makes both sides trade every line, one
-  // slot at a time. A lone consumer
-  // waiting for one message looks at once: that is a request's latency.
-  const bool backoff = !consumer || n > 1;
   return block(
       wp, [&](bool& poll) { return attempt_and_recover(*this, consumer, n, run, watch, poll); },
-      until, spin_budget, backoff);
+      until, spin_budget);
 }
 
 bool queue_ring::claim_now(bool consumer, std::uint64_t n, queue_run& run) {

@@ -22,9 +22,7 @@
 //   mid-put delays only the consumer of its slot (as in Vyukov's ring). The heap's allocator
 //   takes a short lock (out-of-line messages only); consumers never lock.
 // - Blocking: put/get spin for up to about a futex round trip (shorter while spinning keeps
-//   failing, as when both sides share one CPU; longer, up to 64 us as learnt, right after
-//   the caller woke a sleeper, whose answer comes only once it has woken; with backoff for
-//   producers waiting for room and for batches), then sleep on the wait layer's futex; a
+//   failing, as when both sides share one CPU), then sleep on the wait layer's futex; a
 //   waker makes a system call only when somebody sleeps, once per sleep. A put or get
 //   checks for sleepers with the compare-and-swap that claims its slot, not with a fence
 //   (queue_ring.hpp, queue_run::sleepers), so a caller that would sleep on a slot whose put

@@ -192,11 +192,6 @@ void queue_check_identity();
 void queue_check_opened(const queue_state* st, std::size_t payload, bool joinable,
                         std::size_t slot_bytes, const std::string& what);
 
-// When this thread last woke a sleeper of a queue with a system call (process-local): a
-// wait that follows soon after spins longer (queue_ring::block()), since an answer from the
-// woken side comes only after its wake-up.
-inline thread_local time_point queue_last_wake{};
-
 // The queue's protocol on a waitpoint (its fields, not its wait_until/notify): a sleeper
 // counts itself in `waiters` before each sleep and a waker takes the counts it serves, so a
 // sleeper that was woken but has not run yet is not woken again by every later waker (with
@@ -217,8 +212,7 @@ inline void wake_counted(waitpoint& wp, int n) noexcept {
            !wp.waiters.compare_exchange_weak(counted, counted - take, std::memory_order_relaxed));
   if (take == 0) return;
   wp.seq.fetch_add(1, std::memory_order_seq_cst);
-  if (futex_wake(&wp.seq, n == INT_MAX ? INT_MAX : static_cast<int>(take)) > 0)
-    queue_last_wake = clock::now();
+  futex_wake(&wp.seq, n == INT_MAX ? INT_MAX : static_cast<int>(take));
 }
 
 // Wakes up to n sleepers (INT_MAX: all) after any change of state, with a system call only
@@ -430,7 +424,7 @@ class queue_ring {
  private:
   template <class Attempt>
   bool block(waitpoint& wp, Attempt&& attempt, std::optional<time_point> until,
-             std::chrono::nanoseconds spin, bool backoff = false);
+             std::chrono::nanoseconds spin);
   void lock_heap() noexcept;
   void unlock_heap() noexcept;
   std::uint64_t find_run(std::uint64_t n) const noexcept;
