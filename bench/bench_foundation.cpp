@@ -2,13 +2,13 @@
 // Foundation cases: the wait layer's ping-pong round trip between two processes against
 // pipe(2) and a raw spinning ping-pong (the physical floor), and segment create+open+remove
 // against Boost.Interprocess's shared_memory_object doing the same.
+#include <sys/mman.h>
+#include <unistd.h>
 #include <atomic>
 #include <boost/interprocess/mapped_region.hpp>
 #include <boost/interprocess/shared_memory_object.hpp>
 #include <cstdint>
 #include <new>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "harness.hpp"
 #include "shmkit/detail/segment.hpp"
@@ -61,27 +61,8 @@ double futex_rtt(long n, bool pinned) {
 }
 
 double spin_rtt(long n, bool pinned) {
-  auto* turn = new (shared_anon(64)) std::atomic<std::uint32_t>(0);
   std::vector<double> runs;
-  for (int rep = 0; rep < 3; ++rep) {
-    turn->store(0);
-    pid_t child = fork_run([&] {
-      if (pinned) pin_to(1);
-      for (long i = 0; i < n; ++i) {
-        while (turn->load(std::memory_order_acquire) != 1) sd::cpu_relax();
-        turn->store(0, std::memory_order_release);
-      }
-    });
-    if (pinned) pin_to(0);
-    auto t0 = clock::now();
-    for (long i = 0; i < n; ++i) {
-      turn->store(1, std::memory_order_release);
-      while (turn->load(std::memory_order_acquire) != 0) sd::cpu_relax();
-    }
-    runs.push_back(seconds_since(t0) / n * 1e6);
-    reap(child);
-  }
-  ::munmap(turn, 64);
+  for (int rep = 0; rep < 3; ++rep) runs.push_back(spin_round_trip_us(n, pinned));
   return median(runs);
 }
 
@@ -162,6 +143,6 @@ int main() {
           better::lower, f, {{"pipe(2)", p}, {"raw shared-memory spin (floor)", s}});
   }
   const long m = scaled(20000);
-  t.row("segment create+open+remove (4 KiB)", "cycles/s", better::higher,
-        shmkit_segment_cycle(m), {{"boost::interprocess shm object", boost_segment_cycle(m)}});
+  t.row("segment create+open+remove (4 KiB)", "cycles/s", better::higher, shmkit_segment_cycle(m),
+        {{"boost::interprocess shm object", boost_segment_cycle(m)}});
 }

@@ -18,19 +18,25 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <new>
 #include <sched.h>
 #include <string>
 #include <string_view>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <vector>
 
 #include <fmt/format.h>
+
+#include "shmkit/detail/wait.hpp"
 
 namespace shmkit::bench {
 
@@ -163,6 +169,33 @@ class table {
 using clock = std::chrono::steady_clock;
 inline double seconds_since(clock::time_point t) {
   return std::chrono::duration<double>(clock::now() - t).count();
+}
+
+// The physical floor of a ping-pong between two processes: one flag bounced through a cache
+// line by spinning, no copy, no clock read per round trip. Returns the mean round trip in
+// microseconds over n; with `pinned`, the child runs on CPU 1 and the caller stays on CPU 0
+// afterwards.
+inline double spin_round_trip_us(long n, bool pinned) {
+  void* mem = ::mmap(nullptr, 128, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) return std::nan("");
+  auto* turn = new (mem) std::atomic<std::uint32_t>(0);
+  pid_t child = fork_run([&] {
+    if (pinned) pin_to(1);
+    for (long i = 0; i < n; ++i) {
+      while (turn->load(std::memory_order_acquire) != 1) detail::cpu_relax();
+      turn->store(0, std::memory_order_release);
+    }
+  });
+  if (pinned) pin_to(0);
+  const auto t0 = clock::now();
+  for (long i = 0; i < n; ++i) {
+    turn->store(1, std::memory_order_release);
+    while (turn->load(std::memory_order_acquire) != 0) detail::cpu_relax();
+  }
+  const double us = seconds_since(t0) / static_cast<double>(n) * 1e6;
+  reap(child);
+  ::munmap(mem, 128);
+  return us;
 }
 
 }  // namespace shmkit::bench

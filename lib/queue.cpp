@@ -154,6 +154,7 @@ queue_ring::queue_ring(queue_state* state, std::string what) noexcept
   while ((std::uint64_t(1) << shift_) < cap_) ++shift_;
   joinable_ = state->joinable != 0;
   lazy_ = std::min<std::uint64_t>(cap_, 4);
+  runs_ = state->slot_bytes != queue_slot_bytes;
 }
 
 void queue_check_identity() {
@@ -322,9 +323,22 @@ bool queue_ring::claim_now(bool consumer, std::uint64_t n, queue_run& run) {
 
 bool queue_ring::recover(const queue_obstacle& ob) noexcept {
   if (!ob.recoverable() || identity_alive(seqw::claimant(ob.word))) return false;
+  const bool consumer = (ob.word & seqw::consumer_bit) != 0;
+  // The run's mates first, while its head still stops every walker (see queue_ring.hpp):
+  // a mate a dead producer had not published becomes skip (one it had is a whole message,
+  // delivered), one a dead consumer had not freed is freed (its message is lost). Each
+  // move is a compare-and-swap from the very word the run left there, so a second
+  // recoverer, or one that comes after the head has moved on, changes nothing: words never
+  // repeat. relaxed on failure: nothing to read. acq_rel: as for the head below.
+  const std::uint64_t mates = std::min(seqw::run_of(ob.word), cap_) - 1;
+  for_each_slot(ob.pos + 1, mates, [&](std::byte* m, std::uint64_t Lm) {
+    std::uint64_t e = consumer ? seqw::full_word(Lm) : seqw::free_word(Lm);
+    reinterpret_cast<std::atomic<std::uint64_t>*>(m)->compare_exchange_strong(
+        e, consumer ? seqw::free_word(Lm + 1) : seqw::skip_word(Lm), std::memory_order_acq_rel,
+        std::memory_order_relaxed);
+  });
   const std::uint64_t L = lap(ob.pos);
-  const std::uint64_t next =
-      (ob.word & seqw::consumer_bit) ? seqw::free_word(L + 1) : seqw::skip_word(L);
+  const std::uint64_t next = consumer ? seqw::free_word(L + 1) : seqw::skip_word(L);
   std::uint64_t expected = ob.word;
   // acq_rel: release so that the next claimant of the slot is ordered after us; the word is
   // unique (its owner is dead and never claims again), so this succeeds only if the slot
@@ -346,12 +360,13 @@ std::uint64_t queue_ring::frontier(bool consumer) const noexcept {
   // acquire: pairs with the acq_rel counter moves in try_claim().
   std::uint64_t p = (consumer ? st_->tail : st_->head).load(std::memory_order_acquire);
   // A counter lags its side's claims by less than two laps (queue.hpp, point 2).
-  for (std::uint64_t k = 0; k <= 2 * cap_; ++k, ++p) {
+  for (std::uint64_t k = 0; k <= 2 * cap_; ++k) {
     // acquire: pairs with the release stores and claims of both sides.
     const std::uint64_t w = word(p).load(std::memory_order_acquire);
     if ((consumer ? queue_view::consumer(w, lap(p)) : queue_view::producer(w, lap(p))) !=
         queue_view::passed)
       break;
+    p += queue_view::passed_by(w, lap(p));
   }
   return p;
 }
@@ -390,15 +405,34 @@ void queue_ring::task_done() {
 
 bool queue_ring::ring_idle() const {
   alive_cache alive;
+  // The mates of a dead consumer's run still read full(L) (see queue_ring.hpp) until a
+  // waiter recovers the run: their messages are lost with it, no items of anybody's.
+  struct dead_run {
+    std::uint64_t head, mates, lap;  // head's index, mates after it, lap mod 16
+  };
+  std::vector<dead_run> dead_runs;
   for (std::uint64_t k = 0; k < cap_; ++k) {
     // acquire: pairs with release() (gotten was counted before it) and publish().
     const std::uint64_t w = word(k).load(std::memory_order_acquire);
-    if (seqw::is_claim(w)) {
-      // A dead claimant's message is lost; it is no item of anybody's.
-      if (alive(seqw::claimant(w))) return false;
-    } else if ((w & 1) && !(w & seqw::skip_bit)) {
-      return false;
+    if (!seqw::is_claim(w)) continue;
+    // A dead claimant's message is lost; it is no item of anybody's.
+    if (alive(seqw::claimant(w))) return false;
+    if ((w & seqw::consumer_bit) && seqw::run_of(w) > 1)
+      dead_runs.push_back({k, std::min(seqw::run_of(w), cap_) - 1, (w >> seqw::lap_shift) & 0xf});
+  }
+  auto lost_mate = [&](std::uint64_t k, std::uint64_t w) {
+    for (const dead_run& r : dead_runs) {
+      const std::uint64_t off = (k + cap_ - r.head) % cap_;
+      // The mate's own lap: the head's, or the next one past the end of the slots.
+      const std::uint64_t lap = (r.lap + (r.head + off >= cap_ ? 1 : 0)) & 0xf;
+      if (off >= 1 && off <= r.mates && ((w >> 1) & 0xf) == lap) return true;
     }
+    return false;
+  };
+  for (std::uint64_t k = 0; k < cap_; ++k) {
+    // acquire: as above.
+    const std::uint64_t w = word(k).load(std::memory_order_acquire);
+    if (!seqw::is_claim(w) && (w & 1) && !(w & seqw::skip_bit) && !lost_mate(k, w)) return false;
   }
   return true;
 }

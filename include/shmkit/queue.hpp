@@ -47,12 +47,12 @@
 // most the one message it was carrying, which is then delivered whole or not at all, never
 // twice, never torn, and never wedges the queue for the others. The argument:
 // 1. Every slot has one 64-bit state word: free(L) / full(L) / skip(L) for lap L, or a
-//    claim word holding the claimant's identity (pid and start time), its side, and L mod
-//    256. A slot is claimed by one compare-and-swap free(L) -> claim (producer) or
-//    full(L) -> claim (consumer): the claim and its owner are recorded in one instruction,
-//    so there is no instant at which a slot is taken by nobody known. The claimant writes
-//    or reads the slot and finishes with one store: full(L) (publish) or free(L+1).
-//    Killed before the compare-and-swap, it took nothing; after the final store, it is done.
+//    claim word holding the claimant's identity (pid and start time), its side, L mod 16
+//    and the length of its run (point 8). A slot is claimed by one compare-and-swap free(L) ->
+//    claim (producer) or full(L) -> claim (consumer): the claim and its owner are recorded in one
+//    instruction, so there is no instant at which a slot is taken by nobody known. The claimant
+//    writes or reads the slot and finishes with one store: full(L) (publish) or free(L+1). Killed
+//    before the compare-and-swap, it took nothing; after the final store, it is done.
 // 2. The position counters (head, tail) are only hints, never past the first unclaimed
 //    position F of their side: a claimant looks from the counter or from the end of its
 //    handle's last claim on that side (also at most F), whichever is further, and walks past
@@ -71,7 +71,7 @@
 //    position it recovers is exact: the waiter, at most F, found the counter at its position,
 //    read the word, and found the counter there again; with the claim published by a
 //    seq_cst compare-and-swap and the lag of point 2 this bounds the claim to within two
-//    laps of the waiter's position, which 8 lap bits tell apart.
+//    laps of the waiter's position, which 4 lap bits tell apart.
 // 4. Out-of-line messages: a producer allocates its heap pages (tagged with a unique
 //    allocation tag; the first page records the producer's identity) before it claims a
 //    slot, so a producer never waits for pages while holding a slot (no deadlock with the
@@ -96,7 +96,9 @@
 //    again within 100 ms, so the cost is that delay, once. Its count in the waitpoint stays
 //    (later wakers make a needless system call, never miss one).
 // 8. put_many and get_many claim a run of slots at once: a process killed inside one costs
-//    at most that run (each message still whole or lost, never torn or doubled).
+//    at most the messages of that call (each message still whole or lost, never torn or
+//    doubled). With compact slots a run of up to 16 is claimed by its first slot's word
+//    alone (queue_ring.hpp); a dead claimant's run is recovered as a whole, as in point 3.
 #pragma once
 
 #include <fmt/format.h>
@@ -149,7 +151,9 @@ class queue {
   static constexpr bool compact = compact_bytes != 0;
   static constexpr std::size_t slot_bytes = compact ? compact_bytes : detail::queue_slot_bytes;
   // The heap the queue reserves: none when no message can need it.
-  static std::size_t heap_for(const queue_options& o) noexcept { return compact ? 0 : o.heap_bytes; }
+  static std::size_t heap_for(const queue_options& o) noexcept {
+    return compact ? 0 : o.heap_bytes;
+  }
 
  public:
   using value_type = T;
@@ -204,10 +208,16 @@ class queue {
   // saves the allocations of a consumer of large messages. On a throw, `out` is valid but
   // unspecified.
   void get(T& out) {
-    receive_with(std::nullopt, false, [&](std::uint64_t pos, bool& heap) {
-      take_into(pos, heap, out);
-      return true;
-    });
+    if constexpr (compact) {
+      detail::queue_run run;
+      claim(true, 1, run, std::nullopt, false);
+      ring_.take_run(run, [&](const std::byte* s) noexcept { read_compact(s, out); });
+    } else {
+      receive_with(std::nullopt, false, [&](std::uint64_t pos, bool& heap) {
+        take_into(pos, heap, out);
+        return true;
+      });
+    }
   }
   // Never blocks: nullopt when empty. Throws like get().
   std::optional<T> try_get() { return receive(std::nullopt, true); }
@@ -221,10 +231,12 @@ class queue {
   }
 
   // Puts all of vs in order, blocking as needed: each run of free slots is taken with one
-  // claim and woken with one wake-up. Throws like put(); on a throw, a prefix of vs is in.
+  // claim and woken with one wake-up (with compact slots, a run is up to 16 slots). Throws
+  // like put(); on a throw, a prefix of vs is in.
   void put_many(std::span<const T> vs);
   // Blocks until at least one message is there, then returns up to n (one claim, one
-  // wake-up for the producers). Throws like get(); n == 0 returns nothing at once.
+  // wake-up for the producers; with compact slots, one per run of up to 16 of the messages
+  // there). Throws like get(); n == 0 returns nothing at once.
   std::vector<T> get_many(std::size_t n);
   // The same into `out`, resized to the number got, its elements reused as by get(T&).
   // Returns that number. On a throw, `out` is valid but unspecified.
@@ -303,15 +315,32 @@ class queue {
     return try_only ? ring_.claim_now(consumer, n, run) : ring_.claim(consumer, n, run, until);
   }
 
-  // Writes a raw value into its claimed slot.
-  void fill_raw(std::uint64_t pos, const T& v) noexcept {
+  // Writes a raw value into its claimed slot (its start).
+  static void fill_raw(std::byte* slot, const T& v) noexcept {
     if constexpr (compact)
-      std::memcpy(ring_.value(pos), std::addressof(v), sizeof(T));
+      std::memcpy(slot + sizeof(std::uint64_t), std::addressof(v), sizeof(T));
     else
-      fill_inline(pos, std::addressof(v), sizeof(T));
+      fill_inline(*reinterpret_cast<detail::queue_slot*>(slot), std::addressof(v), sizeof(T));
+  }
+  // After a first run of a compact get_many: the next run of up to n messages that are there
+  // now (a claim word covers at most seqw::max_run), without waiting.
+  bool more_compact(std::uint64_t n, detail::queue_run& run) noexcept {
+    detail::queue_obstacle ob;
+    return ring_.try_claim(true, n, run, ob);
+  }
+  // Reads the value of a compact slot (its start).
+  static void read_compact(const std::byte* slot, T& out) noexcept {
+    std::memcpy(static_cast<void*>(std::addressof(out)), slot + sizeof(std::uint64_t), sizeof(T));
+  }
+  static T read_compact(const std::byte* slot) noexcept {
+    std::array<std::byte, sizeof(T)> raw;
+    std::memcpy(raw.data(), slot + sizeof(std::uint64_t), sizeof(T));
+    return std::bit_cast<T>(raw);
   }
   void fill_inline(std::uint64_t pos, const void* src, std::size_t n) noexcept {
-    detail::queue_slot& s = ring_.slot(pos);
+    fill_inline(ring_.slot(pos), src, n);
+  }
+  static void fill_inline(detail::queue_slot& s, const void* src, std::size_t n) noexcept {
     // relaxed: read only by the collector, after its acquire of `seq` (see collect()).
     s.tag.store(0, std::memory_order_relaxed);
     s.size = static_cast<std::uint32_t>(n);
@@ -380,7 +409,8 @@ bool queue<T>::send(const T& v, std::optional<detail::time_point> until, bool tr
   detail::queue_run run;
   if constexpr (raw_inline) {
     if (!claim(false, 1, run, until, try_only)) return false;
-    fill_raw(run.first, v);
+    ring_.publish(run, [&](std::byte* slot) noexcept { fill_raw(slot, v); });
+    return true;
   } else {
     const std::size_t n = encoded_size(v);
     if (n <= detail::queue_inline_bytes) {
@@ -487,6 +517,13 @@ auto queue<T>::receive_with(std::optional<detail::time_point> until, bool try_on
 
 template <class T>
 std::optional<T> queue<T>::receive(std::optional<detail::time_point> until, bool try_only) {
+  if constexpr (compact) {
+    detail::queue_run run;
+    if (!claim(true, 1, run, until, try_only)) return std::nullopt;
+    std::optional<T> v;
+    ring_.take_run(run, [&](const std::byte* s) noexcept { v.emplace(read_compact(s)); });
+    return v;
+  }
   return receive_with(until, try_only,
                       [this](std::uint64_t pos, bool& heap) { return take(pos, heap); });
 }
@@ -500,8 +537,8 @@ void queue<T>::put_many(std::span<const T> vs) {
       detail::queue_run run;
       if (!claim(false, std::min<std::uint64_t>(vs.size() - i, batch), run, std::nullopt, false))
         continue;
-      for (std::uint64_t k = 0; k < run.count; ++k) fill_raw(run.first + k, vs[i + k]);
-      ring_.publish(run);
+      const T* src = vs.data() + i;
+      ring_.publish(run, [&](std::byte* slot) noexcept { fill_raw(slot, *src++); });
       i += run.count;
     }
   } else {
@@ -589,6 +626,21 @@ std::uint64_t queue<T>::receive_run(std::size_t n, Fn fn) {
 template <class T>
 std::vector<T> queue<T>::get_many(std::size_t n) {
   std::vector<T> out;
+  if constexpr (compact) {
+    // Room first (what may throw), then one claim and a pass over the run's slots.
+    const std::uint64_t want =
+        std::min<std::uint64_t>({n, ring_.capacity(), detail::queue_max_batch});
+    if (want == 0) return out;
+    out.reserve(want);
+    detail::queue_run run;
+    claim(true, want, run, std::nullopt, false);
+    do {
+      ring_.take_run(run, [&](const std::byte* s) noexcept {
+        out.push_back(read_compact(s));  // within the capacity reserved: does not throw
+      });
+    } while (out.size() < want && more_compact(want - out.size(), run));
+    return out;
+  }
   receive_run(n, [&](std::uint64_t i, std::uint64_t pos, bool& heap) {
     if (i == 0) out.reserve(std::min<std::size_t>(n, ring_.capacity()));
     out.push_back(take(pos, heap));
@@ -598,6 +650,25 @@ std::vector<T> queue<T>::get_many(std::size_t n) {
 
 template <class T>
 std::size_t queue<T>::get_many(std::vector<T>& out, std::size_t n) {
+  if constexpr (compact) {
+    const std::uint64_t want =
+        std::min<std::uint64_t>({n, ring_.capacity(), detail::queue_max_batch});
+    if (want == 0) {
+      out.clear();
+      return 0;
+    }
+    out.resize(want);
+    detail::queue_run run;
+    claim(true, want, run, std::nullopt, false);
+    T* dst = out.data();
+    std::uint64_t got = 0;
+    do {
+      ring_.take_run(run, [&](const std::byte* s) noexcept { read_compact(s, *dst++); });
+      got += run.count;
+    } while (got < want && more_compact(want - got, run));
+    out.resize(got);  // shrinks: does not throw
+    return got;
+  }
   std::size_t got = 0;
   receive_run(n, [&](std::uint64_t i, std::uint64_t pos, bool& heap) {
     if (out.size() <= i) out.resize(i + 1);

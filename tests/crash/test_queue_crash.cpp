@@ -99,6 +99,21 @@ BOOST_AUTO_TEST_CASE(producer_dies_holding_a_batch_of_claims, *boost::unit_test:
   }
 }
 
+BOOST_AUTO_TEST_CASE(consumer_dies_holding_a_run, *boost::unit_test::timeout(60)) {
+  exposed_queue<int> q(8);  // compact slots: one claim word for the run
+  for (int i = 0; i < 6; ++i) q.put(i);
+  die_after([&] {
+    sd::queue_run run;
+    sd::queue_obstacle ob;
+    CHILD_CHECK(q.ring().try_claim(true, 4, run, ob) && run.count == 4);
+  });
+  BOOST_TEST(q.get() == 4);  // past the dead run
+  // Producers go round onto the dead run's slots: they recover it, all four.
+  for (int i = 6; i < 13; ++i) q.put(i);
+  std::vector<int> got = q.get_many(100);
+  BOOST_TEST(got == (std::vector<int>{5, 6, 7, 8, 9, 10, 11, 12}));
+}
+
 BOOST_AUTO_TEST_CASE(consumer_dies_holding_a_claim_of_a_full_ring, *boost::unit_test::timeout(60)) {
   exposed_queue<int> q(2);
   q.put(1);
@@ -209,6 +224,27 @@ BOOST_AUTO_TEST_CASE(joinable_queue_survives_dead_parties, *boost::unit_test::ti
   BOOST_TEST(q.join_for(30s));
 }
 
+BOOST_AUTO_TEST_CASE(join_passes_a_dead_consumers_run, *boost::unit_test::timeout(60)) {
+  exposed_joinable<int> q(8);
+  for (int i = 0; i < 6; ++i) q.put(i);  // the run below wraps past the end of the slots
+  for (int i = 0; i < 6; ++i) {
+    BOOST_TEST(q.get() == i);
+    q.task_done();
+  }
+  for (int i = 0; i < 3; ++i) q.put(i);
+  die_after([&] {
+    sd::queue_run run;
+    sd::queue_obstacle ob;
+    CHILD_CHECK(q.ring().try_claim(true, 3, run, ob) && run.count == 3);
+  });
+  BOOST_TEST(q.join_for(30s));  // those messages died with their consumer
+  q.put(7);
+  BOOST_TEST(!q.join_for(10ms));
+  BOOST_TEST(q.get() == 7);
+  q.task_done();
+  BOOST_TEST(q.join_for(30s));
+}
+
 BOOST_AUTO_TEST_CASE(a_swallowed_wake_up_does_not_strand_a_sleeper,
                      *boost::unit_test::timeout(60)) {
   // A process killed while asleep stays on the futex queue until it runs again, and can take
@@ -264,6 +300,29 @@ struct ledger {
   std::uint64_t got[consumer_logs][producers * per_producer + 8];
   std::atomic<int> bad[consumer_logs];  // messages that arrived damaged
 };
+
+// Waits until `mark` puts of the round are confirmed (at most 2 s).
+void wait_until_moved(const ledger& l, std::uint64_t mark) {
+  const auto give_up = std::chrono::steady_clock::now() + 2s;
+  for (;;) {
+    std::uint64_t moved = 0;
+    for (int p = 0; p < producers; ++p) moved += l.confirmed[p].load();
+    if (moved >= mark || std::chrono::steady_clock::now() > give_up) return;
+    std::this_thread::sleep_for(20us);
+  }
+}
+
+// Kills party `who` (the producers, then the consumers) and notes it.
+void kill_party(int who, const std::vector<pid_t>& pp, const std::vector<pid_t>& cc,
+                std::vector<bool>& p_killed, std::vector<bool>& c_killed) {
+  if (who < producers) {
+    ::kill(pp[who], SIGKILL);
+    p_killed[who] = true;
+  } else {
+    ::kill(cc[who - producers], SIGKILL);
+    c_killed[who - producers] = true;
+  }
+}
 
 std::uint64_t tag_of(std::uint64_t round, int producer, std::uint64_t seq) {
   return (round << 32) | (std::uint64_t(producer) << 24) | seq;
@@ -382,25 +441,12 @@ BOOST_AUTO_TEST_CASE(two_hundred_rounds_of_kill_9, *boost::unit_test::timeout(24
     // Kill one or two random parties at a random moment: once a random share of the round's
     // messages has moved (so the victims are mid-stream), plus a random few microseconds.
     const std::uint64_t mark = rng() % (producers * per_producer);
-    const auto give_up = std::chrono::steady_clock::now() + 2s;
-    for (;;) {
-      std::uint64_t moved = 0;
-      for (int p = 0; p < producers; ++p) moved += l->confirmed[p].load();
-      if (moved >= mark || std::chrono::steady_clock::now() > give_up) break;
-      std::this_thread::sleep_for(20us);
-    }
+    wait_until_moved(*l, mark);
     std::this_thread::sleep_for(std::chrono::microseconds(rng() % 300));
     std::vector<bool> p_killed(producers, false), c_killed(consumer_logs, false);
     const int victims = rng() % 5 == 0 ? 2 : 1;
     for (int v = 0; v < victims; ++v) {
-      const int who = rng() % (producers + consumers);
-      if (who < producers) {
-        ::kill(pp[who], SIGKILL);
-        p_killed[who] = true;
-      } else {
-        ::kill(cc[who - producers], SIGKILL);
-        c_killed[who - producers] = true;
-      }
+      kill_party(rng() % (producers + consumers), pp, cc, p_killed, c_killed);
       if (v == 0 && victims == 2)
         std::this_thread::sleep_for(std::chrono::microseconds(rng() % 3000));
     }
@@ -492,5 +538,146 @@ BOOST_AUTO_TEST_CASE(two_hundred_rounds_of_kill_9, *boost::unit_test::timeout(24
   BOOST_TEST((q.get() == whole));
   for (int i = 0; i < 64; ++i) BOOST_TEST(q.try_put(std::string(8, 'f')));
   BOOST_TEST(!q.try_put(std::string(8, 'f')));
+  ::munmap(l, sizeof(ledger));
+}
+
+// ---------------------------------------------------------------------------------------
+// Random kill -9 on a queue of compact slots, whose batches claim a run of up to
+// seqw::max_run slots with one word: a killed producer may cost its unconfirmed batch, a
+// killed consumer at most the messages of the call it was in (or had not recorded yet);
+// nothing is received twice or unknown.
+
+namespace {
+
+constexpr std::uint64_t max_get = 40;  // the most one consumer's call asks for
+
+void produce_raw(shmkit::queue<std::uint64_t>& q, ledger& l, std::uint64_t round, int p,
+                 std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uint64_t seq = 0;
+  std::vector<std::uint64_t> batch;
+  while (seq < per_producer) {
+    const std::uint64_t k = std::min<std::uint64_t>(1 + rng() % 40, per_producer - seq);
+    batch.clear();
+    for (std::uint64_t j = 0; j < k; ++j) batch.push_back(tag_of(round, p, seq + j));
+    l.attempting[p].store(seq + k);
+    if (k == 1 && rng() % 2 == 0)
+      q.put(batch[0]);
+    else
+      q.put_many(batch);
+    seq += k;
+    l.confirmed[p].store(seq);
+  }
+}
+
+void consume_raw(shmkit::queue<std::uint64_t>& q, ledger& l, int c, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::uint64_t> got;
+  for (;;) {
+    const unsigned how = rng() % 3;
+    if (how == 0)
+      got = {q.get()};
+    else if (how == 1)
+      got = q.get_many(1 + rng() % max_get);
+    else
+      q.get_many(got, 1 + rng() % max_get);
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      if (got[i] == sentinel) {
+        // Ours; any after it in the batch belong to the others.
+        for (std::size_t j = i + 1; j < got.size(); ++j) q.put(got[j]);
+        return;
+      }
+      const std::uint64_t n = l.got_count[c].load(std::memory_order_relaxed);
+      l.got[c][n] = got[i];
+      l.got_count[c].store(n + 1);
+    }
+  }
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(runs_of_compact_slots_under_kill_9, *boost::unit_test::timeout(240)) {
+  shmkit::queue<std::uint64_t> q(64);
+  ledger* l = shared_array<ledger>(1);
+  const char* seed_env = std::getenv("SHMKIT_TEST_SEED");
+  const std::uint64_t seed0 = seed_env ? std::strtoull(seed_env, nullptr, 10) : 20261122;
+  std::printf("kill -9 rounds on compact runs: seed %llu\n",
+              static_cast<unsigned long long>(seed0));
+  std::mt19937_64 rng(seed0);
+  int killed_total = 0, lost_total = 0;
+  constexpr int rounds = 100;
+  for (int round = 0; round < rounds; ++round) {
+    new (l) ledger{};
+    std::vector<pid_t> pp, cc;
+    shmkit::test::children guard;
+    for (int p = 0; p < producers; ++p) {
+      const std::uint64_t seed = rng();
+      pp.push_back(guard.add(spawn([&, p, seed] { produce_raw(q, *l, round, p, seed); })));
+    }
+    for (int c = 0; c < consumers; ++c) {
+      const std::uint64_t seed = rng();
+      cc.push_back(guard.add(spawn([&, c, seed] { consume_raw(q, *l, c, seed); })));
+    }
+    const std::uint64_t mark = rng() % (producers * per_producer);
+    wait_until_moved(*l, mark);
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 100));
+    std::vector<bool> p_killed(producers, false), c_killed(consumer_logs, false);
+    const int who = rng() % (producers + consumers);
+    kill_party(who, pp, cc, p_killed, c_killed);
+    if (who >= producers) {
+      const int slot = static_cast<int>(cc.size());
+      const std::uint64_t seed = rng();
+      cc.push_back(guard.add(spawn([&, slot, seed] { consume_raw(q, *l, slot, seed); })));
+    }
+    for (int p = 0; p < producers; ++p) {
+      const int code = shmkit::test::wait_exit(pp[p], 20s);
+      guard.reaped(pp[p]);
+      BOOST_REQUIRE_MESSAGE(code == 0 || (p_killed[p] && code == -SIGKILL),
+                            "round " << round << ": producer " << p << " ended with " << code);
+    }
+    int live_consumers = 0;
+    for (std::size_t c = 0; c < cc.size(); ++c) live_consumers += !c_killed[c];
+    for (int s = 0; s < live_consumers; ++s) q.put(sentinel);
+    for (std::size_t c = 0; c < cc.size(); ++c) {
+      const int code = shmkit::test::wait_exit(cc[c], 20s);
+      guard.reaped(cc[c]);
+      BOOST_REQUIRE_MESSAGE(code == 0 || (c_killed[c] && code == -SIGKILL),
+                            "round " << round << ": consumer " << c << " ended with " << code);
+    }
+    while (auto left = q.try_get())
+      BOOST_REQUIRE_MESSAGE(false, "round " << round << ": message " << *left << " left over");
+
+    std::set<std::uint64_t> got;
+    for (std::size_t c = 0; c < cc.size(); ++c)
+      for (std::uint64_t i = 0; i < l->got_count[c].load(); ++i)
+        BOOST_REQUIRE_MESSAGE(got.insert(l->got[c][i]).second,
+                              "round " << round << ": message received twice");
+    std::uint64_t known = 0;
+    std::size_t lost = 0, allowed = 0;
+    for (int p = 0; p < producers; ++p) {
+      for (std::uint64_t s = 0; s < l->attempting[p].load(); ++s) {
+        const bool in = got.count(tag_of(round, p, s)) != 0;
+        known += in;
+        lost += s < l->confirmed[p].load() && !in;
+      }
+      killed_total += p_killed[p];
+    }
+    for (int c = 0; c < consumers; ++c) {
+      killed_total += c_killed[c];
+      if (c_killed[c]) allowed += max_get;
+    }
+    BOOST_REQUIRE_MESSAGE(known == got.size(), "round " << round << ": unknown message");
+    BOOST_REQUIRE_MESSAGE(lost <= allowed, "round " << round << ": lost " << lost
+                                                    << " confirmed messages, allowed " << allowed);
+    lost_total += static_cast<int>(lost);
+  }
+  std::printf(
+      "kill -9 on compact runs: %d rounds, %d kills, %d confirmed lost to killed consumers\n",
+      rounds, killed_total, lost_total);
+  // The ring is whole after it: empty, then exactly its capacity.
+  BOOST_TEST(q.empty());
+  for (std::uint64_t i = 0; i < 64; ++i) BOOST_TEST(q.try_put(i));
+  BOOST_TEST(!q.try_put(64));
+  BOOST_TEST(q.get_many(100).size() == 64u);  // runs of up to seqw::max_run, one after the other
   ::munmap(l, sizeof(ledger));
 }

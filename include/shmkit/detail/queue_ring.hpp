@@ -12,14 +12,26 @@
 //   free(L)      = 2L           slot is free for the producer of lap L (position L*cap + i)
 //   full(L)      = 2L + 1       holds the message of lap L
 //   skip(L)      = full(L) | S  "published" with no message: its producer died mid-put
-//   claim(L,r,id)= C | r | (L mod 256) << 54 | id
-//                               claimed by producer (r = 0) or consumer (r = R) `id`
+//   claim(L,r,n,id)= C | r | (L mod 16) << 58 | (n - 1) << 54 | id
+//                               claimed by producer (r = 0) or consumer (r = R) `id`, with
+//                               the n - 1 positions after it (a run; n <= 16)
 // with C = bit 63, R = S = bit 62 (R is read only in claim words, S only in the others) and
 // id a detail::self_identity() (pid < 2^22 and 32 start-time bits: it fits 54 bits).
 // A slot moves free(L) -> claim(L,P) -> full(L)|skip(L) -> claim(L,R) -> free(L+1); every
 // move is one compare-and-swap or one store by the claimant, so a claim is recorded with its
 // owner in the same instruction that takes it. Values never repeat (L only grows; a dead
 // claimant never claims again), so there is no ABA on the word.
+//
+// Runs (compact slots only): one compare-and-swap on the first slot of a run (its head)
+// takes it and the n - 1 slots after it (its mates), which keep their free(L) or full(L)
+// word while they belong to the run. Nobody else touches a mate: claimants reach a position
+// only by walking from their side's counter or their own last claim's end (never inside a
+// run) through the positions before it, and a walker that meets a head of its lap jumps
+// over the whole run. So the claimant checks before its compare-and-swap that the mates
+// are free (full), and they stay so. It finishes the mates first and the head last: until
+// the head changes, nobody walks past it. A dead claimant's run is recovered mates first,
+// then the head (queue_ring::recover()). Queues of 128-byte slots claim one slot per
+// compare-and-swap (n = 1): their heap collector trusts every slot's own word.
 #pragma once
 
 #include <algorithm>
@@ -29,6 +41,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <type_traits>
 
 #include "shmkit/detail/identity.hpp"
 #include "shmkit/detail/wait.hpp"
@@ -40,7 +53,7 @@ inline constexpr std::size_t queue_slot_bytes = 128;
 inline constexpr std::size_t queue_inline_bytes = 96;  // message bytes stored in the slot
 inline constexpr std::size_t queue_page_bytes = 256;   // heap allocation unit
 inline constexpr std::size_t queue_default_heap_bytes = std::size_t(16) << 20;
-inline constexpr std::uint32_t queue_layout = 0x51550004;  // "QU", layout 4
+inline constexpr std::uint32_t queue_layout = 0x51550005;  // "QU", layout 5
 inline constexpr std::size_t queue_max_capacity = std::size_t(1) << 32;
 inline constexpr std::size_t queue_max_batch = 1024;  // slots one claim takes at most
 
@@ -48,23 +61,43 @@ namespace seqw {
 inline constexpr std::uint64_t claim_bit = std::uint64_t(1) << 63;
 inline constexpr std::uint64_t consumer_bit = std::uint64_t(1) << 62;  // in claim words
 inline constexpr std::uint64_t skip_bit = std::uint64_t(1) << 62;      // in other words
-inline constexpr int lap_shift = 54;
-inline constexpr std::uint64_t id_mask = (std::uint64_t(1) << lap_shift) - 1;
+inline constexpr int lap_shift = 58;
+inline constexpr int run_shift = 54;
+inline constexpr std::uint64_t max_run = 16;  // positions one claim word covers at most
+inline constexpr std::uint64_t id_mask = (std::uint64_t(1) << run_shift) - 1;
 
 constexpr std::uint64_t free_word(std::uint64_t lap) noexcept { return lap << 1; }
 constexpr std::uint64_t full_word(std::uint64_t lap) noexcept { return (lap << 1) | 1; }
 constexpr std::uint64_t skip_word(std::uint64_t lap) noexcept { return full_word(lap) | skip_bit; }
-constexpr std::uint64_t claim_word(std::uint64_t lap, bool consumer, std::uint64_t id) noexcept {
-  return claim_bit | (consumer ? consumer_bit : 0) | ((lap & 0xff) << lap_shift) | (id & id_mask);
+constexpr std::uint64_t claim_word(std::uint64_t lap, bool consumer, std::uint64_t id,
+                                   std::uint64_t run = 1) noexcept {
+  return claim_bit | (consumer ? consumer_bit : 0) | ((lap & 0xf) << lap_shift) |
+         ((run - 1) << run_shift) | (id & id_mask);
 }
 constexpr bool is_claim(std::uint64_t w) noexcept { return (w & claim_bit) != 0; }
 constexpr std::uint64_t claimant(std::uint64_t w) noexcept { return w & id_mask; }
-// Laps between a claim word and lap L, modulo 256, as a signed number.
+// Positions a claim word covers (its run, itself included).
+constexpr std::uint64_t run_of(std::uint64_t w) noexcept { return ((w >> run_shift) & 0xf) + 1; }
+// Laps between a claim word and lap L, modulo 16, as a signed number (-8 .. 7).
 constexpr int lap_delta(std::uint64_t w, std::uint64_t lap) noexcept {
-  return static_cast<std::int8_t>(
-      static_cast<std::uint8_t>(((w >> lap_shift) & 0xff) - (lap & 0xff)));
+  const int d = static_cast<int>(((w >> lap_shift) - lap) & 0xf);
+  return d >= 8 ? d - 16 : d;
 }
+static_assert(run_of(claim_word(5, true, 77, 16)) == 16 && run_of(claim_word(5, false, 77)) == 1);
+static_assert(lap_delta(claim_word(17, false, 1), 18) == -1 &&
+              lap_delta(claim_word(17, false, 1), 15) == 2 &&
+              claimant(claim_word(3, true, id_mask, 16)) == id_mask);
 }  // namespace seqw
+
+// Asks for the cache line of p with intent to write (a hint: no fault, no effect on
+// correctness). x86's PREFETCHW (a NOP on processors without it); elsewhere the compiler's.
+inline void prefetch_for_write(const void* p) noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  asm volatile("prefetchw %0" : : "m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p, 1, 3);
+#endif
+}
 
 struct queue_slot {
   std::atomic<std::uint64_t> seq;  // the state word above
@@ -276,13 +309,71 @@ class queue_ring {
   // way long enough. Throws like claim().
   bool claim_now(bool consumer, std::uint64_t n, queue_run& run);
 
+  // Calls fn(slot, L) for the slots of positions [first, first + count) in order (count at
+  // most the capacity), slot being the start of the slot and L its lap, while fn returns
+  // true (or returns void): the index arithmetic done once per stretch of the ring (a run
+  // wraps at most once), not per position.
+  template <class Fn>
+  void for_each_slot(std::uint64_t first, std::uint64_t count, Fn&& fn) const noexcept {
+    std::uint64_t i = index(first), L = lap(first);
+    std::byte* const base = slots_;
+    const unsigned shift = slot_shift_;
+    const std::uint64_t cap = cap_;
+    while (count != 0) {
+      const std::uint64_t stretch = std::min(count, cap - i);
+      std::byte* s = base + (i << shift);
+      for (std::uint64_t k = 0; k < stretch; ++k, s += std::size_t(1) << shift) {
+        if constexpr (std::is_void_v<decltype(fn(s, L))>)
+          fn(s, L);
+        else if (!fn(s, L))
+          return;
+      }
+      count -= stretch;
+      i = 0;
+      ++L;
+    }
+  }
+
   // Producer: makes the claimed positions visible to consumers, with one wake-up.
   void publish(queue_run run) noexcept {
-    for (std::uint64_t p = run.first; p != run.first + run.count; ++p)
+    publish(run, [](std::byte*) noexcept {});
+  }
+  // The same, calling fill(slot) for each slot just before making it visible (in one pass:
+  // each line is written while this CPU holds it), the head of the run last (see the top of
+  // this file).
+  template <class Fill>
+  void publish(queue_run run, Fill&& fill) noexcept {
+    auto one = [&](std::byte* s, std::uint64_t L) {
+      fill(s);
       // release: pairs with the consumer's acquire of `seq` in try_claim(): the slot's fields
       // and data written above are visible to whoever claims the message.
-      word(p).store(seqw::full_word(lap(p)), std::memory_order_release);
+      reinterpret_cast<std::atomic<std::uint64_t>*>(s)->store(seqw::full_word(L),
+                                                              std::memory_order_release);
+    };
+    std::byte* head = slot_at(index(run.first));
+    fill(head);
+    for_each_slot(run.first + 1, run.count - 1, one);
+    // release: as above.
+    reinterpret_cast<std::atomic<std::uint64_t>*>(head)->store(seqw::full_word(lap(run.first)),
+                                                               std::memory_order_release);
     if (run.sleepers != 0) wake_counted(st_->not_empty, static_cast<int>(run.count));
+  }
+  // Consumer: calls take(slot) for each slot of a claimed run, then frees it for the next lap
+  // as release() does, the head of the run last (see the top of this file), and wakes
+  // producers once (released()). Nothing may throw in between.
+  template <class Take>
+  void take_run(const queue_run& run, Take&& take) noexcept {
+    count_gotten(run.count);  // before the releases: see queue.hpp, point 6
+    std::byte* head = slot_at(index(run.first));
+    take(head);
+    for_each_slot(run.first + 1, run.count - 1, [&](std::byte* s, std::uint64_t L) {
+      take(s);
+      // release: as in release().
+      reinterpret_cast<std::atomic<std::uint64_t>*>(s)->store(seqw::free_word(L + 1),
+                                                              std::memory_order_release);
+    });
+    release(run.first);
+    released(run, false);
   }
   // Consumer: frees one claimed slot for the next lap (no wake-up; see released()).
   void release(std::uint64_t pos) noexcept {
@@ -315,8 +406,8 @@ class queue_ring {
   void close() noexcept;
 
   // -- joinable_queue.
-  void count_gotten() noexcept {
-    if (joinable_) st_->gotten.fetch_add(1, std::memory_order_release);
+  void count_gotten(std::uint64_t n = 1) noexcept {
+    if (joinable_) st_->gotten.fetch_add(n, std::memory_order_release);
     // release: pairs with the acquire loads in task_done() and join().
   }
   void task_done();
@@ -355,6 +446,15 @@ class queue_ring {
   // The first position not yet claimed by that side (consumers: not yet claimed nor passed).
   std::uint64_t frontier(bool consumer) const noexcept;
   std::byte* slot_at(std::uint64_t k) const noexcept { return slots_ + (k << slot_shift_); }
+  // Asks for the cache lines of the slots of positions [first, first + n) (at most
+  // prefetch_max_bytes of them) for writing.
+  void prefetch_run(std::uint64_t first, std::uint64_t n) const noexcept {
+    constexpr std::uint64_t line = 64, prefetch_max_bytes = 4096;
+    const std::uint64_t bytes = std::min(n << slot_shift_, prefetch_max_bytes);
+    const std::uint64_t step = std::max<std::uint64_t>(line >> slot_shift_, 1);
+    for (std::uint64_t k = 0; k < (bytes >> slot_shift_); k += step)
+      prefetch_for_write(slot_at(index(first + k)));
+  }
 
   queue_state* st_ = nullptr;
   std::byte* slots_ = nullptr;
@@ -371,6 +471,7 @@ class queue_ring {
   unsigned shift_ = 0;
   bool pow2_ = false;
   bool joinable_ = false;
+  bool runs_ = false;  // compact slots: one claim word per run (see the top of this file)
   std::string what_;
 };
 
@@ -399,6 +500,12 @@ inline kind producer(std::uint64_t w, std::uint64_t L) noexcept {
   }
   if (wl == L) return claimable;
   return wl > L && wl - L <= max_lap_lead ? passed : stale;
+}
+
+// How far a walker moves past a slot of lap L it found passed with word w: over the whole
+// run of a claim of that lap, else to the next position.
+inline std::uint64_t passed_by(std::uint64_t w, std::uint64_t L) noexcept {
+  return seqw::is_claim(w) && seqw::lap_delta(w, L) == 0 ? seqw::run_of(w) : 1;
 }
 
 // The slot of position c (lap L) seen by a consumer.
@@ -474,10 +581,28 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
     std::uint64_t w = s.load(std::memory_order_seq_cst);
     const queue_view::kind k = consumer ? queue_view::consumer(w, L) : queue_view::producer(w, L);
     if (k == queue_view::claimable) {
+      // Compact slots: the run's mates are those of the next positions that are free (full,
+      // not skip) now; they stay so until our head is claimed (see the top of this file),
+      // and if another claims p first, our compare-and-swap fails. Their lines are asked
+      // for with intent to write first, so that their misses overlap.
+      std::uint64_t mates = 0;
+      if (runs_ && n > 1 && !(w & seqw::skip_bit)) {
+        const std::uint64_t want = std::min({n, seqw::max_run, cap_});
+        prefetch_run(p, want);
+        for_each_slot(p + 1, want - 1, [&](std::byte* m, std::uint64_t Lm) {
+          // acquire: pairs with the release store of the other side (publish(), release(),
+          // take_run()): what it wrote there is visible to us once the run is ours.
+          const std::uint64_t wm =
+              reinterpret_cast<std::atomic<std::uint64_t>*>(m)->load(std::memory_order_acquire);
+          if (wm != (consumer ? seqw::full_word(Lm) : seqw::free_word(Lm))) return false;
+          ++mates;
+          return true;
+        });
+      }
       // seq_cst: acquire as above; release so that whoever reads our claim word also sees
       // the counter value we read (the position bound recovery relies on); seq_cst as the
       // state change of queue_run::sleepers.
-      if (!s.compare_exchange_strong(w, seqw::claim_word(L, consumer, me),
+      if (!s.compare_exchange_strong(w, seqw::claim_word(L, consumer, me, 1 + mates),
                                      std::memory_order_seq_cst, std::memory_order_seq_cst))
         continue;  // lost the race for p: look at the slot again
       if (consumer && (w & seqw::skip_bit)) {
@@ -490,19 +615,26 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
         p = std::max(e, p + 1);
         continue;
       }
-      // Extend the run over the following positions while they are claimable.
-      std::uint64_t k2 = 1;
-      for (; k2 < n; ++k2) {
-        const std::uint64_t q = p + k2;
-        std::atomic<std::uint64_t>& s2 = word(q);
-        const std::uint64_t L2 = lap(q);
-        // acquire / seq_cst: as for the first slot of the run; relaxed on failure: we stop.
-        std::uint64_t w2 = s2.load(std::memory_order_acquire);
-        const bool ok = consumer ? (w2 == seqw::full_word(L2)) : (w2 == seqw::free_word(L2));
-        if (!ok ||
-            !s2.compare_exchange_strong(w2, seqw::claim_word(L2, consumer, me),
-                                        std::memory_order_seq_cst, std::memory_order_relaxed))
-          break;
+      // 128-byte slots: extend the run over the following positions while they are
+      // claimable, one compare-and-swap each. Their lines are asked for with intent to write
+      // first: each compare-and-swap waits for its line before the next may start (a locked
+      // instruction), so without this a run of lines last written by the other side costs
+      // one cross-CPU miss after the other.
+      std::uint64_t k2 = 1 + mates;
+      if (!runs_ && n > 1) {
+        prefetch_run(p + 1, n - 1);
+        for_each_slot(p + 1, std::min(n, cap_) - 1, [&](std::byte* s2b, std::uint64_t L2) {
+          auto& s2 = *reinterpret_cast<std::atomic<std::uint64_t>*>(s2b);
+          // acquire / seq_cst: as for the first slot of the run; relaxed on failure: we stop.
+          std::uint64_t w2 = s2.load(std::memory_order_acquire);
+          const bool ok = consumer ? (w2 == seqw::full_word(L2)) : (w2 == seqw::free_word(L2));
+          if (!ok ||
+              !s2.compare_exchange_strong(w2, seqw::claim_word(L2, consumer, me),
+                                          std::memory_order_seq_cst, std::memory_order_relaxed))
+            return false;
+          ++k2;
+          return true;
+        });
       }
       finish_claim(consumer, c, p, p + k2, walked, run);
       return true;
@@ -511,7 +643,7 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
       // p was claimed (perhaps by a claimant that died before moving the counter): walk on,
       // or jump to the counter if it is further. acquire: as at the top.
       walked = true;
-      p = std::max(p + 1, counter.load(std::memory_order_acquire));
+      p = std::max(p + queue_view::passed_by(w, L), counter.load(std::memory_order_acquire));
       continue;
     }
     // acquire: as at the top; reading the counter again after w is the bracket recovery
