@@ -67,7 +67,7 @@ struct result_msg {
   std::uint32_t kind = 0;
   std::int32_t slot = -1;
   std::uint64_t task = 0;   // the task (ok / failed), or what the dead worker held (worker_exit)
-  std::int64_t status = 0;  // worker_exit: the wait status
+  std::int64_t status = 0;  // worker_exit: the wait status; ok / failed: ns the task ran
   std::int64_t pid = 0;     // worker_exit: the worker's pid
   std::vector<std::byte> payload;
   std::string blob;  // a large result's own shared_memory, instead of `payload`
@@ -78,7 +78,13 @@ struct result_msg {
 };
 
 constexpr std::uint64_t getting = ~std::uint64_t(0);
-constexpr std::size_t max_depth = 16;                // tasks queued per worker, at most
+constexpr std::size_t max_depth = 256;      // tasks queued per worker, at most
+constexpr std::size_t initial_depth = 16;   // the same before the worker reported a run time
+constexpr std::size_t inbox_capacity = max_depth + 8;
+// Tasks queued per worker hold about this much of its time at most (see depth_locked()).
+constexpr std::chrono::nanoseconds max_queued_work = 2ms;
+// A message buffer of the parent keeps no more than this much memory between tasks.
+constexpr std::size_t keep_payload_bytes = 4096;
 constexpr std::size_t stash_threshold = 256u << 10;  // larger payloads travel beside the queues
 // The queues' heaps hold messages larger than a slot, up to the stash threshold; a full heap
 // only holds a sender back until the receiver takes (inboxes are filled with try_put). They
@@ -134,6 +140,28 @@ std::string describe_status(int status) {
   return fmt::format("ended with wait status {}", status);
 }
 
+// A task_request (the task_runtime interface) as a batch of one.
+class request_batch final : public task_batch {
+ public:
+  explicit request_batch(task_request t)
+      : task_batch(t.entry, t.fn_word, 1), payload_(std::move(t.payload)), sink_(std::move(t.sink)) {}
+  void payload(std::size_t, std::vector<std::byte>& out) const override {
+    out.assign(payload_.begin(), payload_.end());
+  }
+  void deliver(std::span<const task_outcome> outcomes) noexcept override {
+    for (const task_outcome& o : outcomes) {
+      if (o.error)
+        sink_->failed(o.error);
+      else
+        deliver_outcome(*sink_, o.ok, o.bytes, o.pid);
+    }
+  }
+
+ private:
+  std::vector<std::byte> payload_;
+  std::shared_ptr<task_sink> sink_;
+};
+
 class runtime final : public pool_runtime, public std::enable_shared_from_this<runtime> {
  public:
   explicit runtime(pool_options o) : opts_(std::move(o)) {
@@ -148,8 +176,10 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     results_.emplace(4096, queue_options{.heap_bytes = results_heap});
     for (int i = 0; i < nworkers_; ++i)
       inboxes_.push_back(std::make_unique<queue<task_msg>>(
-          max_depth + 4, queue_options{.heap_bytes = inbox_heap}));
+          inbox_capacity, queue_options{.heap_bytes = inbox_heap}));
     slots_.resize(nworkers_);
+    depth_.resize(nworkers_);
+    outbox_.resize(nworkers_);
     supervisor_ = process([this] { supervise(); });
     supervisor_.daemon(true);
     supervisor_.name("shmkit-pool-supervisor");
@@ -169,18 +199,25 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   ~runtime() override { terminate(); }
 
   void submit(std::vector<task_request> tasks) override {
-    std::vector<failure> failures;
+    for (auto& t : tasks) submit_batch(std::make_shared<request_batch>(std::move(t)));
+  }
+
+  void submit_batch(std::shared_ptr<task_batch> batch) override {
+    done_list failures;
     {
       std::lock_guard lk(m_);
       if (closed_ || terminated_)
         throw std::logic_error("shmkit::pool: the pool is closed; no new tasks");
       if (broken_) throw worker_lost_error(broken_why_);
-      for (auto& t : tasks) pending_.push_back(std::move(t));
-      outstanding_ += tasks.size();
+      const std::size_t n = batch->size();
+      if (n == 0) return;
+      pending_.push_back({std::move(batch), 0, n});
+      pending_count_ += n;
+      outstanding_ += n;
       // Straight into the workers' inboxes from this thread: no hop through the result thread.
       dispatch_locked(failures);
     }
-    deliver_failures(failures);
+    finished(failures.deliver());
   }
 
   bool post(std::function<void()> job) override {
@@ -289,27 +326,56 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
  private:
   // ---- parent side ---------------------------------------------------------------------
 
-  struct inflight_task {
-    task_request req;  // kept (payload included) to send again if it never started
-    int slot;
+  // A task given to a worker (and not yet answered), in the order given.
+  struct held_task {
+    std::uint64_t id;
+    std::shared_ptr<task_batch> batch;
+    std::size_t index;
     std::string blob;  // the stash its arguments went in, if any
   };
   struct slot_book {
-    std::deque<std::uint64_t> held;  // ids given to this worker, oldest first
-    long assigned = 0;               // tasks given to the worker's current incarnation
+    std::deque<held_task> held;  // oldest first: the worker answers in this order
+    long assigned = 0;           // tasks given to the worker's current incarnation
     // Probes sent after a death: probe id -> the held tasks the dead worker had not started.
     std::map<std::uint64_t, std::vector<std::uint64_t>> probes;
+    // How long its tasks run (ns), smoothed, from what the worker reports; < 0: not known.
+    double task_ns = -1;
+    // The task with this id, or end(). Answers come in order, so it is nearly always the first.
+    std::deque<held_task>::iterator find(std::uint64_t id) {
+      if (!held.empty() && held.front().id == id) return held.begin();
+      return std::find_if(held.begin(), held.end(), [&](const held_task& t) { return t.id == id; });
+    }
   };
-  // An outcome to hand to a sink once the lock is released.
-  struct outcome {
-    std::shared_ptr<task_sink> sink;
-    bool ok;
-    std::vector<std::byte> payload;
-    pid_t pid;
+  // Tasks of a batch not yet given to a worker: indices [next, end).
+  struct pending_run {
+    std::shared_ptr<task_batch> batch;
+    std::size_t next, end;
   };
-  struct failure {
-    std::shared_ptr<task_sink> sink;
-    std::exception_ptr error;
+  // Outcomes to hand to their batches once m_ is released, in order, one call per run of the
+  // same batch.
+  struct done_list {
+    std::vector<task_outcome> outcomes;
+    std::vector<std::shared_ptr<task_batch>> batches;
+    void add(std::shared_ptr<task_batch> b, task_outcome o) {
+      batches.push_back(std::move(b));
+      outcomes.push_back(std::move(o));
+    }
+    void fail(std::shared_ptr<task_batch> b, std::size_t index, std::exception_ptr e) {
+      add(std::move(b), task_outcome{index, false, {}, 0, std::move(e)});
+    }
+    // Returns how many were delivered.
+    std::size_t deliver() noexcept {
+      const std::size_t n = outcomes.size();
+      for (std::size_t i = 0; i < n;) {
+        std::size_t j = i + 1;
+        while (j < n && batches[j] == batches[i]) ++j;
+        batches[i]->deliver(std::span<const task_outcome>(outcomes.data() + i, j - i));
+        i = j;
+      }
+      outcomes.clear();
+      batches.clear();
+      return n;
+    }
   };
 
   // Parent threads taking results in help() right now.
@@ -331,27 +397,20 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     if (sh->polling.load(std::memory_order_seq_cst) == 0) sh->results_wp.notify_all();
   }
 
-  // Takes what is on the result queue (up to a batch), hands the outcomes to their sinks and
-  // refills the inboxes. Caller holds token_. Returns whether it took anything. Throws
+  // Takes what is on the result queue (up to a batch), hands the outcomes to their batches
+  // and refills the inboxes. Caller holds token_. Returns whether it took anything. Throws
   // closed_error when the queue is closed and drained.
   bool take_results() {
-    batch_.clear();
-    for (int i = 0; i < 256; ++i) {
-      auto m = results_->try_get();
-      if (!m) break;
-      batch_.push_back(std::move(*m));
-    }
-    if (batch_.empty()) return false;
+    // Only the holder of token_ takes, so what size() counts is there to take or being
+    // written (get_many then waits for it, or recovers it from a dead writer).
+    if (results_->empty()) return false;
+    if (results_->get_many(batch_, 256) == 0) return false;
     {
       std::lock_guard lk(m_);
-      for (auto& r : batch_) handle_locked(r, outcomes_, failures_);
-      dispatch_locked(failures_);
+      for (auto& r : batch_) handle_locked(r, done_);
+      dispatch_locked(done_);
     }
-    for (auto& o : outcomes_) deliver_outcome(*o.sink, o.ok, o.payload, o.pid);
-    std::size_t done = outcomes_.size();
-    outcomes_.clear();
-    done += deliver_failures(failures_);
-    finished(done);
+    finished(done_.deliver());
     return true;
   }
 
@@ -401,27 +460,35 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     posted_.close("shmkit::pool");  // later posts run on their caller's thread
   }
 
-  void handle_locked(result_msg& m, std::vector<outcome>& outcomes,
-                     std::vector<failure>& failures) {
+  void handle_locked(result_msg& m, done_list& done) {
     switch (static_cast<msg_kind>(m.kind)) {
       case msg_kind::ok:
       case msg_kind::failed: {
-        auto it = inflight_.find(m.task);
-        if (it == inflight_.end()) {  // already failed as lost
+        if (m.slot < 0 || m.slot >= nworkers_) return;
+        auto& book = slots_[m.slot];
+        auto it = book.find(m.task);
+        if (it == book.held.end()) {  // already failed as lost
           drop_stash(m.blob);
           return;
         }
-        forget(it->second.slot, m.task);
-        drop_stash(it->second.blob);  // normally gone already: the worker removes it
-        outcomes.push_back({std::move(it->second.req.sink),
-                            m.kind == static_cast<std::uint32_t>(msg_kind::ok),
-                            std::move(m.payload), static_cast<pid_t>(m.pid)});
-        if (!m.blob.empty()) outcomes.back().payload = unstash(m.blob);
-        inflight_.erase(it);
+        // status: how long the task ran (ns), for depth_locked().
+        const double ns = static_cast<double>(std::max<std::int64_t>(m.status, 1));
+        book.task_ns = book.task_ns < 0 ? ns : 0.75 * book.task_ns + 0.25 * ns;
+        task_outcome o{it->index, m.kind == static_cast<std::uint32_t>(msg_kind::ok), {},
+                       static_cast<pid_t>(m.pid), nullptr};
+        try {
+          if (!m.blob.empty()) m.payload = unstash(m.blob);
+          o.bytes = m.payload;  // batch_ keeps it until the outcomes are delivered
+        } catch (...) {
+          o.error = std::current_exception();
+        }
+        drop_stash(it->blob);  // normally gone already: the worker removes it
+        done.add(std::move(it->batch), std::move(o));
+        book.held.erase(it);
         break;
       }
       case msg_kind::worker_exit:
-        worker_ended_locked(m, failures);
+        worker_ended_locked(m, done);
         break;
       case msg_kind::probe:
         probe_answered_locked(m);
@@ -431,43 +498,34 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     }
   }
 
-  std::size_t deliver_failures(std::vector<failure>& failures) {
-    for (auto& f : failures) f.sink->failed(f.error);
-    const std::size_t n = failures.size();
-    failures.clear();
-    return n;
-  }
-
-  void fail_lost_locked(int slot, std::uint64_t id, const std::string& why,
-                        std::vector<failure>& failures) {
-    auto it = inflight_.find(id);
-    if (it == inflight_.end()) return;
-    failures.push_back({std::move(it->second.req.sink),
-                        std::make_exception_ptr(worker_lost_error(why))});
-    forget(slot, id);
-    drop_stash(it->second.blob);
-    inflight_.erase(it);
+  void fail_lost_locked(int slot, std::uint64_t id, const std::string& why, done_list& done) {
+    auto& book = slots_[slot];
+    auto it = book.find(id);
+    if (it == book.held.end()) return;
+    done.fail(std::move(it->batch), it->index, std::make_exception_ptr(worker_lost_error(why)));
+    drop_stash(it->blob);
+    book.held.erase(it);
   }
 
   void probe_answered_locked(const result_msg& m) {
     if (m.slot < 0 || m.slot >= nworkers_) return;
-    auto& probes = slots_[m.slot].probes;
-    auto it = probes.find(m.task);
-    if (it == probes.end()) return;
+    auto& book = slots_[m.slot];
+    auto it = book.probes.find(m.task);
+    if (it == book.probes.end()) return;
     // Every task queued before the probe has been answered by now, unless the dead worker
     // took it: those it took but never started go round again, first, in their order.
     for (auto id = it->second.rbegin(); id != it->second.rend(); ++id) {
-      auto t = inflight_.find(*id);
-      if (t == inflight_.end()) continue;
-      forget(m.slot, *id);
-      drop_stash(t->second.blob);
-      pending_.push_front(std::move(t->second.req));
-      inflight_.erase(t);
+      auto t = book.find(*id);
+      if (t == book.held.end()) continue;
+      drop_stash(t->blob);
+      pending_.push_front({std::move(t->batch), t->index, t->index + 1});
+      ++pending_count_;
+      book.held.erase(t);
     }
-    probes.erase(it);
+    book.probes.erase(it);
   }
 
-  void worker_ended_locked(const result_msg& m, std::vector<failure>& failures) {
+  void worker_ended_locked(const result_msg& m, done_list& done) {
     if (m.slot < 0 || m.slot >= nworkers_) return;
     auto& book = slots_[m.slot];
     const std::string why =
@@ -479,10 +537,11 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     // (the replacement runs them) or the worker took them (workers take a batch at a time):
     // a probe sorts them out.
     if (m.task != getting && m.task != 0) {
-      const auto ran = std::find(book.held.begin(), book.held.end(), m.task);
+      const auto ran = book.find(m.task);
       if (ran != book.held.end()) {
-        const std::vector<std::uint64_t> lost(book.held.begin(), std::next(ran));
-        for (std::uint64_t id : lost) fail_lost_locked(m.slot, id, why, failures);
+        std::vector<std::uint64_t> lost;
+        for (auto it = book.held.begin(); it != std::next(ran); ++it) lost.push_back(it->id);
+        for (std::uint64_t id : lost) fail_lost_locked(m.slot, id, why, done);
       }
     }
     if (!book.held.empty()) {
@@ -495,23 +554,16 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         sent = inboxes_[m.slot]->try_put(msg);
       } catch (...) {
       }
-      if (sent)
-        book.probes.emplace(probe,
-                            std::vector<std::uint64_t>(book.held.begin(), book.held.end()));
+      if (sent) {
+        std::vector<std::uint64_t> ids;
+        for (const auto& t : book.held) ids.push_back(t.id);
+        book.probes.emplace(probe, std::move(ids));
+      }
       else  // cannot ask (the inbox is full): fail the one most likely taken
-        fail_lost_locked(m.slot, book.held.front(), why, failures);
+        fail_lost_locked(m.slot, book.held.front().id, why, done);
     }
     // The replacement inherits the inbox: what is still queued there counts toward it.
     book.assigned = static_cast<long>(book.held.size());
-  }
-
-  void forget(int slot, std::uint64_t id) {
-    auto& held = slots_[slot].held;
-    for (auto it = held.begin(); it != held.end(); ++it)
-      if (*it == id) {
-        held.erase(it);
-        return;
-      }
   }
 
   // Counts finished tasks (their sinks were called) and wakes join().
@@ -522,54 +574,117 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     if (outstanding_ == 0) idle_cv_.notify_all();
   }
 
-  // How many tasks each worker may hold: two, so it never waits for the next while the parent
-  // catches up; more while many small tasks wait, so the round trips to the parent amortise.
-  std::size_t depth_locked() const {
-    const std::size_t per = pending_.size() / (static_cast<std::size_t>(nworkers_) * 4);
-    return std::clamp<std::size_t>(per, 2, max_depth);
+  // How many tasks worker `book` may hold: two, so it never waits for the next while the
+  // parent catches up; more while many tasks wait, so that the round trips to the parent
+  // amortise; but no more than about max_queued_work of its tasks' run time (up to max_depth
+  // for tiny tasks), so that no worker sits on tasks another could run, and no more than
+  // initial_depth before it has reported how long its tasks run.
+  std::size_t depth_locked(const slot_book& book) const {
+    const std::size_t per = pending_count_ / (static_cast<std::size_t>(nworkers_) * 4);
+    std::size_t cap = initial_depth;
+    if (book.task_ns > 0)
+      cap = static_cast<std::size_t>(std::min<double>(
+          static_cast<double>(max_depth),
+          std::chrono::duration<double, std::nano>(max_queued_work).count() / book.task_ns));
+    return std::clamp<std::size_t>(per, 2, std::max<std::size_t>(cap, 2));
   }
 
-  // Moves pending tasks into inboxes with room. Tasks that cannot be sent at all become
-  // failures (delivered by the caller once the lock is released).
-  void dispatch_locked(std::vector<failure>& failures) {
-    if (pending_.empty() || broken_ || terminated_) return;
+  void pop_pending() noexcept {
+    auto& r = pending_.front();
+    if (++r.next == r.end) pending_.pop_front();
+    --pending_count_;
+  }
+
+  // Moves pending tasks into inboxes with room, one task per worker in turn. Small messages
+  // (nearly all) are gathered per worker and sent with one put_many; large ones alone, with
+  // try_put. Tasks that cannot be sent at all become failures (delivered by the caller once
+  // the lock is released).
+  void dispatch_locked(done_list& failures) {
+    if (pending_count_ == 0 || broken_ || terminated_) return;
     const long max = opts_.maxtasksperchild;
-    const std::size_t depth = depth_locked();
-    for (bool progress = true; progress && !pending_.empty();) {
+    for (int s = 0; s < nworkers_; ++s) depth_[s] = depth_locked(slots_[s]);
+    for (bool progress = true; progress && pending_count_ != 0;) {
       progress = false;
-      for (int s = 0; s < nworkers_ && !pending_.empty(); ++s) {
+      for (int s = 0; s < nworkers_ && pending_count_ != 0; ++s) {
         auto& book = slots_[s];
-        if (book.held.size() >= depth || (max > 0 && book.assigned >= max)) continue;
-        task_request& t = pending_.front();
-        const std::uint64_t id = next_id_;
-        task_msg msg{id, reinterpret_cast<std::uintptr_t>(t.entry), t.fn_word, {}, {}};
-        bool sent = false;
+        if (book.held.size() >= depth_[s] || (max > 0 && book.assigned >= max)) continue;
+        pending_run& run = pending_.front();
+        const std::size_t index = run.next;
+        auto& box = outbox_[s];
+        if (box.n == box.msgs.size()) box.msgs.emplace_back();
+        task_msg& msg = box.msgs[box.n];
+        msg.id = next_id_;
+        msg.entry = reinterpret_cast<std::uintptr_t>(run.batch->entry());
+        msg.fn_word = run.batch->fn_word();
+        msg.blob.clear();
         try {
-          // The payload visits the message and comes back: the request keeps it.
-          if (t.payload.size() > stash_threshold)
-            msg.blob = stash(t.payload, "t");
-          else
-            msg.payload = std::move(t.payload);
-          sent = inboxes_[s]->try_put(msg);
-          if (msg.blob.empty()) t.payload = std::move(msg.payload);
-          if (!sent) drop_stash(msg.blob);
-        } catch (...) {
-          // The task itself cannot be sent (no room for its arguments anywhere).
-          drop_stash(msg.blob);
-          failures.push_back({std::move(t.sink), std::current_exception()});
-          pending_.pop_front();
+          run.batch->payload(index, msg.payload);
+          if (msg.payload.size() > stash_threshold) {
+            msg.blob = stash(msg.payload, "t");
+            msg.payload = {};
+          }
+        } catch (...) {  // the task cannot be encoded or stashed
+          failures.fail(run.batch, index, std::current_exception());
+          pop_pending();
           progress = true;
           continue;
         }
-        if (!sent) continue;  // the inbox is full after all: try later
-        ++next_id_;
-        inflight_.emplace(id, inflight_task{std::move(t), s, std::move(msg.blob)});
-        pending_.pop_front();
-        book.held.push_back(id);
+        // The inbox holds at most the held tasks not yet taken, the probes and a leave
+        // message: while that stays within its capacity, put_many never waits.
+        const bool gather = encoded_size(msg) <= queue_inline_bytes &&
+                            book.held.size() + book.probes.size() + 2 <= inbox_capacity;
+        if (!gather) {
+          flush_outbox(s, failures);  // what this worker was given before goes first
+          task_msg& lone = msg;       // past the gathered ones: flush_outbox() left it alone
+          bool sent = false;
+          try {
+            sent = inboxes_[s]->try_put(lone);
+          } catch (...) {  // no room for its arguments anywhere
+            drop_stash(lone.blob);
+            failures.fail(run.batch, index, std::current_exception());
+            pop_pending();
+            progress = true;
+            continue;
+          }
+          if (!sent) {  // the inbox is full after all: try later
+            drop_stash(lone.blob);
+            continue;
+          }
+          if (lone.payload.capacity() > keep_payload_bytes) lone.payload = {};
+        } else {
+          ++box.n;
+        }
+        book.held.push_back({next_id_++, run.batch, index, msg.blob});
         ++book.assigned;
+        pop_pending();
         progress = true;
       }
     }
+    for (int s = 0; s < nworkers_; ++s) flush_outbox(s, failures);
+  }
+
+  // Sends the messages gathered for worker s.
+  void flush_outbox(int s, done_list& failures) {
+    auto& box = outbox_[s];
+    if (box.n == 0) return;
+    const std::span<const task_msg> msgs(box.msgs.data(), box.n);
+    box.n = 0;
+    try {
+      inboxes_[s]->put_many(msgs);
+    } catch (...) {
+      // Not seen (small messages, room counted): those tasks fail; any that went in anyway
+      // and come back are ignored (each task runs at most once and is answered once).
+      const auto e = std::current_exception();
+      auto& book = slots_[s];
+      for (const task_msg& m : msgs) {
+        auto it = book.find(m.id);
+        if (it == book.held.end()) continue;
+        failures.fail(std::move(it->batch), it->index, e);
+        book.held.erase(it);
+      }
+    }
+    for (std::size_t i = 0; i < msgs.size(); ++i)
+      if (box.msgs[i].payload.capacity() > keep_payload_bytes) box.msgs[i].payload = {};
   }
 
   void check_supervisor() {
@@ -600,19 +715,20 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
 
   // Fails every pending and in-flight task (terminate, broken pool).
   void fail_everything(std::exception_ptr e) {
-    std::vector<failure> failures;
+    done_list failures;
     {
       std::lock_guard lk(m_);
-      for (auto& t : pending_) failures.push_back({std::move(t.sink), e});
+      for (auto& r : pending_)
+        for (std::size_t i = r.next; i < r.end; ++i) failures.fail(r.batch, i, e);
       pending_.clear();
-      for (auto& [id, t] : inflight_) failures.push_back({std::move(t.req.sink), e});
-      inflight_.clear();
+      pending_count_ = 0;
       for (auto& b : slots_) {
+        for (auto& t : b.held) failures.fail(std::move(t.batch), t.index, e);
         b.held.clear();
         b.probes.clear();
       }
     }
-    finished(deliver_failures(failures));
+    finished(failures.deliver());
   }
 
   void stop_thread() noexcept {
@@ -794,6 +910,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         const std::size_t room = max > 0 ? static_cast<std::size_t>(max - done) : max_depth;
         inbox.get_many(tasks, std::min(room, max_depth / 2));
         clock::time_point held_since{};
+        auto began = clock::now();  // of the next task (one clock read per task)
         for (task_msg& t : tasks) {
           if (t.id == 0) {  // leave
             leave = true;
@@ -806,10 +923,10 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
             p.slot = slot;
             p.task = t.id;
             send_result(p);
+            began = clock::now();
             continue;
           }
           ws.current.store(t.id, std::memory_order_release);
-          const auto began = clock::now();
           if (replies.size() == unsent) replies.emplace_back();
           result_msg& r = replies[unsent++];
           r.blob.clear();
@@ -840,8 +957,10 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
           // Results wait for company only while tasks are tiny: one that took a while, or
           // results held for a while, go at once.
           const auto now = clock::now();
+          r.status = std::chrono::duration_cast<std::chrono::nanoseconds>(now - began).count();
           if (unsent == 1) held_since = now;
           if (now - began > batch_window || now - held_since > batch_window) flush();
+          began = now;
           if (max > 0 && ++done >= max) {
             leave = true;
             break;
@@ -871,20 +990,26 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   // Parent state, all guarded by m_. Sinks are called with m_ released.
   std::mutex m_;
   std::condition_variable idle_cv_;
-  std::deque<task_request> pending_;
+  std::deque<pending_run> pending_;
+  std::size_t pending_count_ = 0;  // tasks in pending_
   posted_jobs posted_;
   std::size_t outstanding_ = 0;
   bool closed_ = false, terminated_ = false, broken_ = false, finished_ = false;
   std::string broken_why_;
-  std::unordered_map<std::uint64_t, inflight_task> inflight_;
   std::vector<slot_book> slots_;
   std::uint64_t next_id_ = 1;
+  // dispatch_locked()'s scratch: per worker, its depth and the messages gathered for it.
+  struct outbox {
+    std::vector<task_msg> msgs;
+    std::size_t n = 0;
+  };
+  std::vector<std::size_t> depth_;
+  std::vector<outbox> outbox_;
   // Whoever takes from the result queue holds token_ (the result thread, or a waiting
-  // thread in help()); batch_, outcomes_ and failures_ are its scratch space.
+  // thread in help()); batch_ and done_ are its scratch space.
   std::mutex token_;
   std::vector<result_msg> batch_;
-  std::vector<outcome> outcomes_;
-  std::vector<failure> failures_;
+  done_list done_;
   std::atomic<bool> stop_thread_{false};
 };
 
