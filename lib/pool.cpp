@@ -78,7 +78,7 @@ struct result_msg {
 };
 
 constexpr std::uint64_t getting = ~std::uint64_t(0);
-constexpr std::size_t max_depth = 256;      // tasks queued per worker, at most
+constexpr std::size_t max_depth = 1024;     // tasks queued per worker, at most
 constexpr std::size_t initial_depth = 16;   // the same before the worker reported a run time
 constexpr std::size_t inbox_capacity = max_depth + 8;
 // Tasks queued per worker hold about this much of its time at most (see depth_locked()).
@@ -331,7 +331,8 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     std::uint64_t id;
     std::shared_ptr<task_batch> batch;
     std::size_t index;
-    std::string blob;  // the stash its arguments went in, if any
+    std::string blob;       // the stash its arguments went in, if any
+    std::size_t heap_bytes;  // what its message takes in the inbox's heap (0: in its slot)
   };
   struct slot_book {
     std::deque<held_task> held;  // oldest first: the worker answers in this order
@@ -340,6 +341,12 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     std::map<std::uint64_t, std::vector<std::uint64_t>> probes;
     // How long its tasks run (ns), smoothed, from what the worker reports; < 0: not known.
     double task_ns = -1;
+    // Bytes of the inbox's heap its held tasks' messages may take (see dispatch_locked()).
+    std::size_t heap_bytes = 0;
+    void erase(std::deque<held_task>::iterator it) {
+      heap_bytes -= it->heap_bytes;
+      held.erase(it);
+    }
     // The task with this id, or end(). Answers come in order, so it is nearly always the first.
     std::deque<held_task>::iterator find(std::uint64_t id) {
       if (!held.empty() && held.front().id == id) return held.begin();
@@ -484,7 +491,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         }
         drop_stash(it->blob);  // normally gone already: the worker removes it
         done.add(std::move(it->batch), std::move(o));
-        book.held.erase(it);
+        book.erase(it);
         break;
       }
       case msg_kind::worker_exit:
@@ -504,7 +511,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     if (it == book.held.end()) return;
     done.fail(std::move(it->batch), it->index, std::make_exception_ptr(worker_lost_error(why)));
     drop_stash(it->blob);
-    book.held.erase(it);
+    book.erase(it);
   }
 
   void probe_answered_locked(const result_msg& m) {
@@ -520,7 +527,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       drop_stash(t->blob);
       pending_.push_front({std::move(t->batch), t->index, t->index + 1});
       ++pending_count_;
-      book.held.erase(t);
+      book.erase(t);
     }
     book.probes.erase(it);
   }
@@ -618,7 +625,12 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         msg.fn_word = run.batch->fn_word();
         msg.blob.clear();
         try {
-          run.batch->payload(index, msg.payload);
+          if (unsent_.batch == run.batch && unsent_.index == index) {
+            msg.payload.swap(unsent_.payload);  // encoded already, and not sent then
+            unsent_.batch.reset();
+          } else {
+            run.batch->payload(index, msg.payload);
+          }
           if (msg.payload.size() > stash_threshold) {
             msg.blob = stash(msg.payload, "t");
             msg.payload = {};
@@ -631,8 +643,15 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         }
         // The inbox holds at most the held tasks not yet taken, the probes and a leave
         // message: while that stays within its capacity, put_many never waits.
-        const bool gather = encoded_size(msg) <= queue_inline_bytes &&
+        const std::size_t bytes = encoded_size(msg);
+        const bool gather = bytes <= queue_inline_bytes &&
                             book.held.size() + book.probes.size() + 2 <= inbox_capacity;
+        const std::size_t heap = bytes <= queue_inline_bytes ? 0 : bytes;
+        if (!gather && book.heap_bytes != 0 && book.heap_bytes + heap > inbox_heap) {
+          // Its held tasks may still fill the heap: keep the bytes for the next round.
+          keep_unsent(run.batch, index, msg);
+          continue;
+        }
         if (!gather) {
           flush_outbox(s, failures);  // what this worker was given before goes first
           task_msg& lone = msg;       // past the gathered ones: flush_outbox() left it alone
@@ -647,20 +666,34 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
             continue;
           }
           if (!sent) {  // the inbox is full after all: try later
-            drop_stash(lone.blob);
+            keep_unsent(run.batch, index, lone);
             continue;
           }
           if (lone.payload.capacity() > keep_payload_bytes) lone.payload = {};
         } else {
           ++box.n;
         }
-        book.held.push_back({next_id_++, run.batch, index, msg.blob});
+        book.held.push_back({next_id_++, run.batch, index, msg.blob, heap});
+        book.heap_bytes += heap;
         ++book.assigned;
         pop_pending();
         progress = true;
       }
     }
     for (int s = 0; s < nworkers_; ++s) flush_outbox(s, failures);
+  }
+
+  // Keeps the encoded arguments of a task that could not be sent now (the first pending),
+  // for the next try.
+  void keep_unsent(const std::shared_ptr<task_batch>& batch, std::size_t index, task_msg& msg) {
+    if (!msg.blob.empty()) {  // its bytes went to a stash: encoded again next time
+      drop_stash(msg.blob);
+      msg.blob.clear();
+      return;
+    }
+    unsent_.batch = batch;
+    unsent_.index = index;
+    unsent_.payload.swap(msg.payload);
   }
 
   // Sends the messages gathered for worker s.
@@ -680,7 +713,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         auto it = book.find(m.id);
         if (it == book.held.end()) continue;
         failures.fail(std::move(it->batch), it->index, e);
-        book.held.erase(it);
+        book.erase(it);
       }
     }
     for (std::size_t i = 0; i < msgs.size(); ++i)
@@ -722,9 +755,11 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         for (std::size_t i = r.next; i < r.end; ++i) failures.fail(r.batch, i, e);
       pending_.clear();
       pending_count_ = 0;
+      unsent_ = {};
       for (auto& b : slots_) {
         for (auto& t : b.held) failures.fail(std::move(t.batch), t.index, e);
         b.held.clear();
+        b.heap_bytes = 0;
         b.probes.clear();
       }
     }
@@ -1005,6 +1040,12 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   };
   std::vector<std::size_t> depth_;
   std::vector<outbox> outbox_;
+  // The encoded arguments of the first pending task, which could not be sent last time.
+  struct {
+    std::shared_ptr<task_batch> batch;
+    std::size_t index = 0;
+    std::vector<std::byte> payload;
+  } unsent_;
   // Whoever takes from the result queue holds token_ (the result thread, or a waiting
   // thread in help()); batch_ and done_ are its scratch space.
   std::mutex token_;

@@ -280,19 +280,48 @@ constexpr void check_sendable() {
                 "serialize(Ar& ar)`); a lambda that captures cannot be sent to another process");
 }
 
-// The items of a map or imap, copied once (a memcpy for a contiguous range of raw items).
-template <class Items>
-auto copy_items(const Items& items) {
-  using Item = std::remove_cvref_t<std::ranges::range_value_t<Items>>;
-  std::vector<Item> v;
-  if constexpr (std::ranges::random_access_range<const Items>) {
-    v.assign(std::ranges::begin(items), std::ranges::end(items));
-  } else {
-    v.reserve(std::ranges::size(items));
-    for (auto&& x : items) v.push_back(x);
+// The items of a map or imap, copied once, in blocks of whole chunks of about
+// default_chunk_bytes (a memcpy each for a contiguous range of raw items): memory the
+// allocator reuses from map to map, where one large vector would be mapped fresh, and fault
+// in page by page, every time.
+template <class Item>
+class item_blocks {
+ public:
+  template <class Items>
+  item_blocks(const Items& items, std::size_t chunksize)
+      : n_(std::ranges::size(items)),
+        per_(std::max<std::size_t>(1, default_chunk_bytes /
+                                          std::max<std::size_t>(1, chunksize * sizeof(Item))) *
+             chunksize) {
+    blocks_.reserve(n_ / per_ + 1);
+    if constexpr (std::ranges::random_access_range<const Items>) {
+      auto first = std::ranges::begin(items);
+      for (std::size_t at = 0; at < n_; at += per_) {
+        const auto k =
+            static_cast<std::ranges::range_difference_t<const Items>>(std::min(per_, n_ - at));
+        blocks_.emplace_back(first, first + k);
+        first += k;
+      }
+    } else {
+      for (auto&& x : items) {
+        if (blocks_.empty() || blocks_.back().size() == per_) {
+          blocks_.emplace_back();
+          blocks_.back().reserve(std::min(per_, n_ - (blocks_.size() - 1) * per_));
+        }
+        blocks_.back().push_back(x);
+      }
+    }
   }
-  return v;
-}
+  std::size_t size() const noexcept { return n_; }
+  // The k items from item `first`, all in one block (blocks hold whole chunks).
+  auto at(std::size_t first) const noexcept {
+    return blocks_[first / per_].begin() + static_cast<std::ptrdiff_t>(first % per_);
+  }
+
+ private:
+  std::size_t n_, per_;
+  std::vector<std::vector<Item>> blocks_;
+};
 
 // Writes into `out` (reusing its memory) the bytes of tuple<State, std::vector<Item>> holding
 // the k items from `first`, which map_entry and starmap_entry decode, without building the
@@ -327,17 +356,18 @@ void encode_chunk(const State& state, It first, std::size_t k, std::vector<std::
 template <class F, class Item, class Target>
 class chunk_batch final : public task_batch {
  public:
-  chunk_batch(task_entry entry, const F& f, std::vector<Item> items, std::size_t chunksize,
+  template <class Items>
+  chunk_batch(task_entry entry, const F& f, const Items& items, std::size_t chunksize,
               std::shared_ptr<Target> target)
-      : task_batch(entry, word_of(f), (items.size() + chunksize - 1) / chunksize),
+      : task_batch(entry, word_of(f), (std::ranges::size(items) + chunksize - 1) / chunksize),
         state_(state_of(f)),
-        items_(std::move(items)),
+        items_(items, chunksize),
         chunksize_(chunksize),
         target_(std::move(target)) {}
   void payload(std::size_t i, std::vector<std::byte>& out) const override {
     const std::size_t first = i * chunksize_;
-    encode_chunk<Item>(state_, items_.begin() + static_cast<std::ptrdiff_t>(first),
-                       std::min(chunksize_, items_.size() - first), out);
+    encode_chunk<Item>(state_, items_.at(first), std::min(chunksize_, items_.size() - first),
+                       out);
   }
   void deliver(std::span<const task_outcome> outcomes) noexcept override {
     target_->deliver(outcomes);
@@ -345,7 +375,7 @@ class chunk_batch final : public task_batch {
 
  private:
   state_t<F> state_;
-  std::vector<Item> items_;
+  item_blocks<Item> items_;
   std::size_t chunksize_;
   std::shared_ptr<Target> target_;
 };
@@ -723,7 +753,7 @@ class pool_front {
     }
     auto target = std::make_shared<detail::map_target<R>>((n + chunksize - 1) / chunksize, state);
     rt_->submit_batch(std::make_shared<detail::chunk_batch<F, Item, detail::map_target<R>>>(
-        entry, f, detail::copy_items(items), chunksize, std::move(target)));
+        entry, f, items, chunksize, std::move(target)));
     return result;
   }
 
@@ -739,7 +769,7 @@ class pool_front {
     auto s = std::make_shared<detail::stream_state<R>>(n, chunksize, ordered, rt_);
     if (n != 0)
       rt_->submit_batch(std::make_shared<detail::chunk_batch<Fd, Item, detail::stream_state<R>>>(
-          &detail::map_entry<Fd, Item>, f, detail::copy_items(items), chunksize, s));
+          &detail::map_entry<Fd, Item>, f, items, chunksize, s));
     return result_stream<R>(std::move(s));
   }
 };
