@@ -61,19 +61,32 @@ struct task_msg {
   }
 };
 
-enum class msg_kind : std::uint32_t { ok = 1, failed, worker_exit, supervisor_done, probe };
+enum class msg_kind : std::uint32_t {
+  ok = 1, failed, worker_exit, supervisor_done, probe,
+  packed  // the outcomes of several small tasks of one worker, in order
+};
+
+// One task's outcome in a packed result_msg: its bytes are the next `size` of the payload.
+struct packed_outcome {
+  std::uint64_t task = 0;
+  std::uint32_t ok = 0;
+  std::uint32_t size = 0;
+  std::int64_t ns = 0;  // how long it ran
+};
+static_assert(is_raw_encodable_v<packed_outcome>);
 
 struct result_msg {
   std::uint32_t kind = 0;
   std::int32_t slot = -1;
   std::uint64_t task = 0;   // the task (ok / failed), or what the dead worker held (worker_exit)
   std::int64_t status = 0;  // worker_exit: the wait status; ok / failed: ns the task ran
-  std::int64_t pid = 0;     // worker_exit: the worker's pid
-  std::vector<std::byte> payload;
+  std::int64_t pid = 0;     // the worker's pid
+  std::vector<std::byte> payload;  // packed: the outcomes' bytes, one after the other
   std::string blob;  // a large result's own shared_memory, instead of `payload`
+  std::vector<packed_outcome> packed;
   template <class Ar>
   void serialize(Ar& ar) {
-    ar(kind, slot, task, status, pid, payload, blob);
+    ar(kind, slot, task, status, pid, payload, blob, packed);
   }
 };
 
@@ -85,6 +98,8 @@ constexpr std::size_t inbox_capacity = max_depth + 8;
 constexpr std::chrono::nanoseconds max_queued_work = 2ms;
 // A message buffer of the parent keeps no more than this much memory between tasks.
 constexpr std::size_t keep_payload_bytes = 4096;
+// dispatch_locked() sends a worker what it gathered for it once it holds this many.
+constexpr std::size_t early_flush = 128;
 constexpr std::size_t stash_threshold = 256u << 10;  // larger payloads travel beside the queues
 // The queues' heaps hold messages larger than a slot, up to the stash threshold; a full heap
 // only holds a sender back until the receiver takes (inboxes are filled with try_put). They
@@ -92,8 +107,10 @@ constexpr std::size_t stash_threshold = 256u << 10;  // larger payloads travel b
 // they hold a few of the largest messages, not more.
 constexpr std::size_t results_heap = 4 * stash_threshold;
 constexpr std::size_t inbox_heap = 2 * stash_threshold;
-// A worker sends the results of tiny tasks together, holding them at most this long.
+// A worker sends the results of tiny tasks together, holding them at most this long, in one
+// message of up to pack_bytes of results (results larger than pack_limit go alone).
 constexpr std::chrono::nanoseconds batch_window = 20us;
+constexpr std::size_t pack_bytes = 16 * 1024, pack_limit = 1024;
 // How long a thread waiting for a result takes results itself before it sleeps (help()).
 constexpr std::chrono::nanoseconds max_help = 100us, min_help = 4us;
 
@@ -472,26 +489,33 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       case msg_kind::ok:
       case msg_kind::failed: {
         if (m.slot < 0 || m.slot >= nworkers_) return;
-        auto& book = slots_[m.slot];
-        auto it = book.find(m.task);
-        if (it == book.held.end()) {  // already failed as lost
-          drop_stash(m.blob);
-          return;
-        }
-        // status: how long the task ran (ns), for depth_locked().
-        const double ns = static_cast<double>(std::max<std::int64_t>(m.status, 1));
-        book.task_ns = book.task_ns < 0 ? ns : 0.75 * book.task_ns + 0.25 * ns;
-        task_outcome o{it->index, m.kind == static_cast<std::uint32_t>(msg_kind::ok), {},
-                       static_cast<pid_t>(m.pid), nullptr};
+        std::exception_ptr error;
         try {
           if (!m.blob.empty()) m.payload = unstash(m.blob);
-          o.bytes = m.payload;  // batch_ keeps it until the outcomes are delivered
         } catch (...) {
-          o.error = std::current_exception();
+          error = std::current_exception();
         }
-        drop_stash(it->blob);  // normally gone already: the worker removes it
-        done.add(std::move(it->batch), std::move(o));
-        book.erase(it);
+        drop_stash(m.blob);
+        answered_locked(m.slot, m.task, m.kind == static_cast<std::uint32_t>(msg_kind::ok),
+                        m.payload, m.status, static_cast<pid_t>(m.pid), std::move(error), done);
+        break;
+      }
+      case msg_kind::packed: {
+        if (m.slot < 0 || m.slot >= nworkers_) return;
+        std::size_t at = 0;
+        for (const packed_outcome& p : m.packed) {
+          std::span<const std::byte> bytes;
+          std::exception_ptr error;
+          if (p.size <= m.payload.size() - at) {
+            bytes = std::span<const std::byte>(m.payload).subspan(at, p.size);
+            at += p.size;
+          } else {  // never seen: our own worker wrote it
+            error = std::make_exception_ptr(
+                error_type(fmt::format("shmkit::pool: worker {} sent a malformed result", m.slot)));
+          }
+          answered_locked(m.slot, p.task, p.ok != 0, bytes, p.ns, static_cast<pid_t>(m.pid),
+                          std::move(error), done);
+        }
         break;
       }
       case msg_kind::worker_exit:
@@ -503,6 +527,23 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       case msg_kind::supervisor_done:
         break;
     }
+  }
+
+  using error_type = shmkit::error;
+
+  // Task `id` of worker `slot` answered: its outcome goes to its batch (bytes stay valid in
+  // batch_ until delivered), unless it already failed as lost.
+  void answered_locked(int slot, std::uint64_t id, bool ok, std::span<const std::byte> bytes,
+                       std::int64_t ran_ns, pid_t pid, std::exception_ptr error, done_list& done) {
+    auto& book = slots_[slot];
+    auto it = book.find(id);
+    if (it == book.held.end()) return;  // already failed as lost
+    // How long it ran, for depth_locked().
+    const double ns = static_cast<double>(std::max<std::int64_t>(ran_ns, 1));
+    book.task_ns = book.task_ns < 0 ? ns : 0.75 * book.task_ns + 0.25 * ns;
+    drop_stash(it->blob);  // normally gone already: the worker removes it
+    done.add(std::move(it->batch), task_outcome{it->index, ok, bytes, pid, std::move(error)});
+    book.erase(it);
   }
 
   void fail_lost_locked(int slot, std::uint64_t id, const std::string& why, done_list& done) {
@@ -678,6 +719,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         ++book.assigned;
         pop_pending();
         progress = true;
+        if (box.n == early_flush) flush_outbox(s, failures);  // it starts while we go on
       }
     }
     for (int s = 0; s < nworkers_; ++s) flush_outbox(s, failures);
@@ -925,14 +967,21 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     // Buffers are reused from task to task (the payloads' capacity with them): a worker
     // running tiny tasks allocates nothing in the steady state.
     std::vector<task_msg> tasks;
-    std::vector<result_msg> replies;  // the first `unsent` are results of tiny tasks held back
-    std::size_t unsent = 0;
     std::vector<std::byte> out;
+    // Outcomes of small tasks held back, sent together in one message.
+    result_msg pack;
+    pack.kind = static_cast<std::uint32_t>(msg_kind::packed);
+    pack.slot = slot;
+    pack.pid = self;
+    result_msg single;  // a larger outcome, sent alone
+    single.slot = slot;
+    single.pid = self;
     auto flush = [&] {
-      if (unsent == 0) return;
-      results_->put_many(std::span<const result_msg>(replies.data(), unsent));
+      if (pack.packed.empty()) return;
+      results_->put(pack);
       results_sent();
-      unsent = 0;
+      pack.packed.clear();
+      pack.payload.clear();
     };
     try {
       for (bool leave = false; !leave;) {
@@ -962,12 +1011,6 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
             continue;
           }
           ws.current.store(t.id, std::memory_order_release);
-          if (replies.size() == unsent) replies.emplace_back();
-          result_msg& r = replies[unsent++];
-          r.blob.clear();
-          r.slot = slot;
-          r.task = t.id;
-          r.pid = self;
           bool ok = false;
           try {
             if (!t.blob.empty()) t.payload = unstash(t.blob);
@@ -976,25 +1019,40 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
           } catch (const std::exception& e) {  // the arguments' shared_memory was unreadable
             out = encode(task_failure{"shmkit::error", e.what()});
           }
-          r.kind = static_cast<std::uint32_t>(ok ? msg_kind::ok : msg_kind::failed);
-          try {
-            if (out.size() > stash_threshold) {
-              r.blob = stash(out, "r");
-              r.payload.clear();
-            } else {
-              std::swap(r.payload, out);  // `out` takes the old buffer back for the next task
+          const auto now = clock::now();
+          const std::int64_t ran =
+              std::chrono::duration_cast<std::chrono::nanoseconds>(now - began).count();
+          if (out.size() <= pack_limit) {
+            if (pack.packed.empty()) held_since = now;
+            pack.packed.push_back({t.id, ok ? 1u : 0u, static_cast<std::uint32_t>(out.size()),
+                                   ran});
+            pack.payload.insert(pack.payload.end(), out.begin(), out.end());
+          } else {
+            flush();  // the outcomes before it go first
+            single.kind = static_cast<std::uint32_t>(ok ? msg_kind::ok : msg_kind::failed);
+            single.task = t.id;
+            single.status = ran;
+            single.blob.clear();
+            try {
+              if (out.size() > stash_threshold) {
+                single.blob = stash(out, "r");
+                single.payload.clear();
+              } else {
+                std::swap(single.payload, out);  // `out` takes the old buffer back
+              }
+            } catch (const std::exception& e) {  // no shared memory for a large result
+              single.kind = static_cast<std::uint32_t>(msg_kind::failed);
+              single.payload = encode(task_failure{"shmkit::error", e.what()});
             }
-          } catch (const std::exception& e) {  // no shared memory for a large result
-            r.kind = static_cast<std::uint32_t>(msg_kind::failed);
-            r.payload = encode(task_failure{"shmkit::error", e.what()});
+            send_result(single);
+            if (single.payload.capacity() > stash_threshold) single.payload = {};
           }
           if (out.capacity() > stash_threshold) out = {};  // keep no large buffer
-          // Results wait for company only while tasks are tiny: one that took a while, or
-          // results held for a while, go at once.
-          const auto now = clock::now();
-          r.status = std::chrono::duration_cast<std::chrono::nanoseconds>(now - began).count();
-          if (unsent == 1) held_since = now;
-          if (now - began > batch_window || now - held_since > batch_window) flush();
+          // Outcomes wait for company only while tasks are tiny: one that took a while, or
+          // outcomes held for a while, go at once.
+          if (now - began > batch_window || pack.payload.size() >= pack_bytes ||
+              (!pack.packed.empty() && now - held_since > batch_window))
+            flush();
           began = now;
           if (max > 0 && ++done >= max) {
             leave = true;
