@@ -343,31 +343,64 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
  private:
   // ---- parent side ---------------------------------------------------------------------
 
-  // A task given to a worker (and not yet answered), in the order given.
+  // A task given to a worker (and not yet answered), in the order given. Its batch is kept
+  // alive by live_ (see hold_locked()).
   struct held_task {
-    std::uint64_t id;
-    std::shared_ptr<task_batch> batch;
-    std::size_t index;
-    std::string blob;       // the stash its arguments went in, if any
-    std::size_t heap_bytes;  // what its message takes in the inbox's heap (0: in its slot)
+    std::uint64_t id = 0;
+    task_batch* batch = nullptr;
+    std::size_t index = 0;
+    std::uint32_t heap_bytes = 0;  // what its message takes in the inbox's heap (0: a slot)
+    bool stashed = false;          // its arguments went in a stash (named in stashes_)
   };
+  // The held tasks of one worker, oldest first, in one circular buffer that grows as needed
+  // (a std::deque allocates and frees a block every few tasks).
+  class held_fifo {
+   public:
+    bool empty() const noexcept { return n_ == 0; }
+    std::size_t size() const noexcept { return n_; }
+    held_task& operator[](std::size_t i) noexcept { return buf_[(head_ + i) & (buf_.size() - 1)]; }
+    held_task& front() noexcept { return (*this)[0]; }
+    void push_back(const held_task& t) {
+      if (n_ == buf_.size()) grow();
+      (*this)[n_++] = t;
+    }
+    // Removes task i, the others keeping their order.
+    void erase(std::size_t i) noexcept {
+      if (i == 0) {
+        head_ = (head_ + 1) & (buf_.size() - 1);
+      } else {
+        for (std::size_t j = i; j + 1 < n_; ++j) (*this)[j] = (*this)[j + 1];
+      }
+      --n_;
+    }
+    void clear() noexcept { head_ = n_ = 0; }
+
+   private:
+    void grow() {
+      std::vector<held_task> b(std::max<std::size_t>(64, buf_.size() * 2));
+      for (std::size_t i = 0; i < n_; ++i) b[i] = (*this)[i];
+      buf_ = std::move(b);
+      head_ = 0;
+    }
+    std::vector<held_task> buf_;  // a power of two in size
+    std::size_t head_ = 0, n_ = 0;
+  };
+  static constexpr std::size_t npos = ~std::size_t(0);
   struct slot_book {
-    std::deque<held_task> held;  // oldest first: the worker answers in this order
-    long assigned = 0;           // tasks given to the worker's current incarnation
+    held_fifo held;  // oldest first: the worker answers in this order
+    long assigned = 0;  // tasks given to the worker's current incarnation
     // Probes sent after a death: probe id -> the held tasks the dead worker had not started.
     std::map<std::uint64_t, std::vector<std::uint64_t>> probes;
     // How long its tasks run (ns), smoothed, from what the worker reports; < 0: not known.
     double task_ns = -1;
     // Bytes of the inbox's heap its held tasks' messages may take (see dispatch_locked()).
     std::size_t heap_bytes = 0;
-    void erase(std::deque<held_task>::iterator it) {
-      heap_bytes -= it->heap_bytes;
-      held.erase(it);
-    }
-    // The task with this id, or end(). Answers come in order, so it is nearly always the first.
-    std::deque<held_task>::iterator find(std::uint64_t id) {
-      if (!held.empty() && held.front().id == id) return held.begin();
-      return std::find_if(held.begin(), held.end(), [&](const held_task& t) { return t.id == id; });
+    // The position of the task with this id, or npos. Answers come in order, so it is nearly
+    // always the first.
+    std::size_t find(std::uint64_t id) noexcept {
+      for (std::size_t i = 0; i < held.size(); ++i)
+        if (held[i].id == id) return i;
+      return npos;
     }
   };
   // Tasks of a batch not yet given to a worker: indices [next, end).
@@ -376,16 +409,18 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     std::size_t next, end;
   };
   // Outcomes to hand to their batches once m_ is released, in order, one call per run of the
-  // same batch.
+  // same batch; `keep` holds each batch alive until then.
   struct done_list {
     std::vector<task_outcome> outcomes;
-    std::vector<std::shared_ptr<task_batch>> batches;
-    void add(std::shared_ptr<task_batch> b, task_outcome o) {
-      batches.push_back(std::move(b));
+    std::vector<task_batch*> batches;
+    std::vector<std::shared_ptr<task_batch>> keep;
+    void add(const std::shared_ptr<task_batch>& b, task_outcome o) {
+      if (keep.empty() || keep.back() != b) keep.push_back(b);
+      batches.push_back(b.get());
       outcomes.push_back(std::move(o));
     }
-    void fail(std::shared_ptr<task_batch> b, std::size_t index, std::exception_ptr e) {
-      add(std::move(b), task_outcome{index, false, {}, 0, std::move(e)});
+    void fail(const std::shared_ptr<task_batch>& b, std::size_t index, std::exception_ptr e) {
+      add(b, task_outcome{index, false, {}, 0, std::move(e)});
     }
     // Returns how many were delivered.
     std::size_t deliver() noexcept {
@@ -398,9 +433,62 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       }
       outcomes.clear();
       batches.clear();
+      keep.clear();
       return n;
     }
   };
+
+  // While workers hold tasks of a batch, live_ holds it (one reference per batch, not per
+  // task: no shared count touched per task). Under m_.
+  void hold_locked(const std::shared_ptr<task_batch>& b) {
+    if (b->held_tasks++ != 0) return;
+    b->live_index = live_.size();
+    live_.push_back(b);
+  }
+  // A task no longer held: its batch, its index, and the batch's owning pointer when it was
+  // the last of it that workers held.
+  struct unheld {
+    task_batch* batch;
+    std::size_t index;
+    std::shared_ptr<task_batch> last;
+  };
+  // Task i of worker `book` is no longer held: removes it and its stash.
+  unheld unhold_locked(slot_book& book, std::size_t i) {
+    held_task t = book.held[i];
+    book.held.erase(i);
+    book.heap_bytes -= t.heap_bytes;
+    if (t.stashed) {
+      auto it = stashes_.find(t.id);
+      if (it != stashes_.end()) {
+        drop_stash(it->second);  // normally gone already: the worker removes it
+        stashes_.erase(it);
+      }
+    }
+    task_batch* b = t.batch;
+    if (--b->held_tasks != 0) return {b, t.index, nullptr};
+    std::shared_ptr<task_batch> last = std::move(live_[b->live_index]);
+    if (b->live_index + 1 != live_.size()) {
+      live_[b->live_index] = std::move(live_.back());
+      live_[b->live_index]->live_index = b->live_index;
+    }
+    live_.pop_back();
+    return {b, t.index, std::move(last)};
+  }
+  // The owning pointer of an unheld task's batch.
+  std::shared_ptr<task_batch> owner_locked(unheld& u) {
+    return u.last ? std::move(u.last) : live_[u.batch->live_index];
+  }
+  // Adds the outcome of an unheld task to `done`, keeping its batch alive until delivered
+  // (one reference per run of outcomes of the same batch).
+  void add_locked(done_list& done, unheld u, task_outcome o) {
+    o.index = u.index;
+    if (u.last)
+      done.keep.push_back(std::move(u.last));
+    else if (done.keep.empty() || done.keep.back().get() != u.batch)
+      done.keep.push_back(live_[u.batch->live_index]);
+    done.batches.push_back(u.batch);
+    done.outcomes.push_back(std::move(o));
+  }
 
   // Parent threads taking results in help() right now.
   std::uint32_t helping() const noexcept { return shared_.state()->polling.load(); }
@@ -536,23 +624,20 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   void answered_locked(int slot, std::uint64_t id, bool ok, std::span<const std::byte> bytes,
                        std::int64_t ran_ns, pid_t pid, std::exception_ptr error, done_list& done) {
     auto& book = slots_[slot];
-    auto it = book.find(id);
-    if (it == book.held.end()) return;  // already failed as lost
+    const std::size_t i = book.find(id);
+    if (i == npos) return;  // already failed as lost
     // How long it ran, for depth_locked().
     const double ns = static_cast<double>(std::max<std::int64_t>(ran_ns, 1));
     book.task_ns = book.task_ns < 0 ? ns : 0.75 * book.task_ns + 0.25 * ns;
-    drop_stash(it->blob);  // normally gone already: the worker removes it
-    done.add(std::move(it->batch), task_outcome{it->index, ok, bytes, pid, std::move(error)});
-    book.erase(it);
+    add_locked(done, unhold_locked(book, i), task_outcome{0, ok, bytes, pid, std::move(error)});
   }
 
   void fail_lost_locked(int slot, std::uint64_t id, const std::string& why, done_list& done) {
     auto& book = slots_[slot];
-    auto it = book.find(id);
-    if (it == book.held.end()) return;
-    done.fail(std::move(it->batch), it->index, std::make_exception_ptr(worker_lost_error(why)));
-    drop_stash(it->blob);
-    book.erase(it);
+    const std::size_t i = book.find(id);
+    if (i == npos) return;
+    add_locked(done, unhold_locked(book, i),
+               task_outcome{0, false, {}, 0, std::make_exception_ptr(worker_lost_error(why))});
   }
 
   void probe_answered_locked(const result_msg& m) {
@@ -563,12 +648,11 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     // Every task queued before the probe has been answered by now, unless the dead worker
     // took it: those it took but never started go round again, first, in their order.
     for (auto id = it->second.rbegin(); id != it->second.rend(); ++id) {
-      auto t = book.find(*id);
-      if (t == book.held.end()) continue;
-      drop_stash(t->blob);
-      pending_.push_front({std::move(t->batch), t->index, t->index + 1});
+      const std::size_t i = book.find(*id);
+      if (i == npos) continue;
+      unheld u = unhold_locked(book, i);
+      pending_.push_front({owner_locked(u), u.index, u.index + 1});
       ++pending_count_;
-      book.erase(t);
     }
     book.probes.erase(it);
   }
@@ -585,10 +669,10 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     // (the replacement runs them) or the worker took them (workers take a batch at a time):
     // a probe sorts them out.
     if (m.task != getting && m.task != 0) {
-      const auto ran = book.find(m.task);
-      if (ran != book.held.end()) {
+      const std::size_t ran = book.find(m.task);
+      if (ran != npos) {
         std::vector<std::uint64_t> lost;
-        for (auto it = book.held.begin(); it != std::next(ran); ++it) lost.push_back(it->id);
+        for (std::size_t i = 0; i <= ran; ++i) lost.push_back(book.held[i].id);
         for (std::uint64_t id : lost) fail_lost_locked(m.slot, id, why, done);
       }
     }
@@ -604,7 +688,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       }
       if (sent) {
         std::vector<std::uint64_t> ids;
-        for (const auto& t : book.held) ids.push_back(t.id);
+        for (std::size_t i = 0; i < book.held.size(); ++i) ids.push_back(book.held[i].id);
         book.probes.emplace(probe, std::move(ids));
       }
       else  // cannot ask (the inbox is full): fail the one most likely taken
@@ -714,7 +798,10 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         } else {
           ++box.n;
         }
-        book.held.push_back({next_id_++, run.batch, index, msg.blob, heap});
+        if (!msg.blob.empty()) stashes_.emplace(next_id_, msg.blob);
+        book.held.push_back({next_id_++, run.batch.get(), index, static_cast<std::uint32_t>(heap),
+                             !msg.blob.empty()});
+        hold_locked(run.batch);
         book.heap_bytes += heap;
         ++book.assigned;
         pop_pending();
@@ -752,10 +839,9 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       const auto e = std::current_exception();
       auto& book = slots_[s];
       for (const task_msg& m : msgs) {
-        auto it = book.find(m.id);
-        if (it == book.held.end()) continue;
-        failures.fail(std::move(it->batch), it->index, e);
-        book.erase(it);
+        const std::size_t i = book.find(m.id);
+        if (i == npos) continue;
+        add_locked(failures, unhold_locked(book, i), task_outcome{0, false, {}, 0, e});
       }
     }
     for (std::size_t i = 0; i < msgs.size(); ++i)
@@ -799,8 +885,9 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       pending_count_ = 0;
       unsent_ = {};
       for (auto& b : slots_) {
-        for (auto& t : b.held) failures.fail(std::move(t.batch), t.index, e);
-        b.held.clear();
+        while (!b.held.empty()) {
+          add_locked(failures, unhold_locked(b, 0), task_outcome{0, false, {}, 0, e});
+        }
         b.heap_bytes = 0;
         b.probes.clear();
       }
@@ -1098,6 +1185,10 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   };
   std::vector<std::size_t> depth_;
   std::vector<outbox> outbox_;
+  // The batches workers hold tasks of (see hold_locked()), and the stashes held tasks'
+  // arguments went in, by task id.
+  std::vector<std::shared_ptr<task_batch>> live_;
+  std::unordered_map<std::uint64_t, std::string> stashes_;
   // The encoded arguments of the first pending task, which could not be sent last time.
   struct {
     std::shared_ptr<task_batch> batch;

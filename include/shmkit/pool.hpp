@@ -149,6 +149,11 @@ class task_batch {
     }
   }
 
+  // The runtime's own bookkeeping, under its lock: how many tasks of the batch its workers
+  // hold, and where it keeps the batch alive meanwhile.
+  std::size_t held_tasks = 0;
+  std::size_t live_index = 0;
+
  private:
   task_entry entry_;
   std::uint64_t fn_word_;
