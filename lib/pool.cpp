@@ -7,9 +7,14 @@
 // possibly multithreaded parent after start. Each worker has an inbox (a shmkit::queue of at
 // most `depth` tasks) and all share one result queue back to the parent.
 //
-// Workers take what is queued in their inbox (up to half the deepest inbox) at once and send
-// the results of tiny tasks together (held no longer than batch_window), so a stream of tiny tasks costs one claim and
-// one wake-up per batch, not per task.
+// Per task, the parent does little: tasks are submitted as batches (task_batch) that encode
+// a task's arguments only when it is sent, straight into a reused message; the small messages
+// for one worker go with one put_many; the tasks a worker holds are a FIFO of plain records
+// (workers answer in order), each batch kept alive once, not per task. Workers take what is
+// queued in their inbox (up to half the deepest inbox) at once and send the outcomes of tiny
+// tasks packed in one message (held no longer than batch_window), which the parent takes with
+// get_many: a stream of tiny tasks costs one claim and one wake-up per batch, not per task.
+// How deep an inbox gets is bounded by the run time workers report (depth_locked()).
 //
 // Knowing which tasks a dead worker held: every worker writes, in its slot of a shared table,
 // `getting` before it takes from its inbox and the running task's id once it has it. The
@@ -17,8 +22,8 @@
 // and sends it with the death report. A worker that died running task X: X fails at once.
 // It may also have taken more tasks, or held results not yet sent, or died inside get()
 // having taken a batch with it (the queue loses at most the messages a killed consumer was
-// taking) or nothing: whenever it held tasks, the parent queues a probe behind them. The replacement takes the inbox in order and answers the
-// probe at once; results come back in the order they were sent, so when the probe's answer
+// taking) or nothing: whenever it held tasks, the parent queues a probe behind them. The
+// replacement takes the inbox in order and answers the probe at once; results come back in the order they were sent, so when the probe's answer
 // arrives, every task queued before it that has no result was lost, and fails. A task failed
 // while its result is still on the way keeps its failure: results are accepted once.
 #include "shmkit/pool.hpp"
@@ -102,7 +107,8 @@ constexpr std::size_t keep_payload_bytes = 4096;
 constexpr std::size_t early_flush = 128;
 constexpr std::size_t stash_threshold = 256u << 10;  // larger payloads travel beside the queues
 // The queues' heaps hold messages larger than a slot, up to the stash threshold; a full heap
-// only holds a sender back until the receiver takes (inboxes are filled with try_put). They
+// only holds a sender back until the receiver takes (large messages go to an inbox with
+// try_put, within what its heap holds; small ones, with put_many, within its slots). They
 // are reserved page by page at pool start, which is most of what starting a pool costs, so
 // they hold a few of the largest messages, not more.
 constexpr std::size_t results_heap = 4 * stash_threshold;
@@ -513,10 +519,16 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   // and refills the inboxes. Caller holds token_. Returns whether it took anything. Throws
   // closed_error when the queue is closed and drained.
   bool take_results() {
-    // Only the holder of token_ takes, so what size() counts is there to take or being
-    // written (get_many then waits for it, or recovers it from a dead writer).
-    if (results_->empty()) return false;
-    if (results_->get_many(batch_, 256) == 0) return false;
+    // Never waits: a message being written by a process that was just killed (and will
+    // never publish it) must not hold up the result thread, which also watches the
+    // supervisor. Outcomes of small tasks come packed, so this is not a call per task.
+    batch_.clear();
+    while (batch_.size() < 256) {
+      auto m = results_->try_get();
+      if (!m) break;
+      batch_.push_back(std::move(*m));
+    }
+    if (batch_.empty()) return false;
     {
       std::lock_guard lk(m_);
       for (auto& r : batch_) handle_locked(r, done_);
@@ -599,7 +611,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
             at += p.size;
           } else {  // never seen: our own worker wrote it
             error = std::make_exception_ptr(
-                error_type(fmt::format("shmkit::pool: worker {} sent a malformed result", m.slot)));
+                shmkit::error(fmt::format("shmkit::pool: worker {} sent a malformed result", m.slot)));
           }
           answered_locked(m.slot, p.task, p.ok != 0, bytes, p.ns, static_cast<pid_t>(m.pid),
                           std::move(error), done);
@@ -616,8 +628,6 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         break;
     }
   }
-
-  using error_type = shmkit::error;
 
   // Task `id` of worker `slot` answered: its outcome goes to its batch (bytes stay valid in
   // batch_ until delivered), unless it already failed as lost.

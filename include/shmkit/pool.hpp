@@ -11,16 +11,20 @@
 // - What can be sent: function pointers, captureless lambdas, and callables whose state the
 //   codec can serialize (a member serialize()); arguments and results are codec values. Any
 //   other callable is a compile error at the call site that says so.
-// - Each worker has its own inbox queue, holding two tasks, or up to sixteen while many small
-//   ones wait; it is refilled as results come back, so the pool always knows which tasks a
-//   worker holds. Default map chunks carry at most about 64 KiB of items.
+// - Each worker has its own inbox queue, holding two tasks, or more while many wait: up to
+//   about 2 ms of the worker's own reported run time (sixteen before it reported any), and
+//   up to 1024 tiny ones; it is refilled as results come back, so the pool always knows which
+//   tasks a worker holds. Default map chunks carry at most about 64 KiB of items. The pool
+//   keeps one copy of a map's or imap's items and encodes each task's arguments when it
+//   sends the task.
 // - Errors: an exception escaping f in a worker reaches the caller as shmkit::remote_error
 //   (type name and message) from get(), map(), iteration or the error callback, and the pool
 //   stays usable. A worker that dies (crash, kill -9, abort) is replaced, and the task it ran
 //   fails with shmkit::worker_lost_error (map() then throws it), as do the tiny tasks it had
 //   finished in the last 20 microseconds whose results it had not sent yet (workers send
 //   those together). Every task runs at most once: tasks it had taken but not started run on
-//   the replacement. If the supervisor itself dies,
+//   the replacement. Items that cannot be encoded (their serialize() throws) fail their task
+//   the same way, with what was thrown. If the supervisor itself dies,
 //   every pending task fails with worker_lost_error and the pool refuses new work. Nothing
 //   waits forever.
 // - Callbacks (async_result::then) run in this process on the pool's one result thread, in
