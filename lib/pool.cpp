@@ -842,7 +842,10 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     const std::span<const task_msg> msgs(box.msgs.data(), box.n);
     box.n = 0;
     try {
-      inboxes_[s]->put_many(msgs);
+      if (msgs.size() == 1)
+        inboxes_[s]->put(msgs[0]);  // put_many's bookkeeping costs more for one
+      else
+        inboxes_[s]->put_many(msgs);
     } catch (...) {
       // Not seen (small messages, room counted): those tasks fail; any that went in anyway
       // and come back are ignored (each task runs at most once and is answered once).
