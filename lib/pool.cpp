@@ -54,15 +54,29 @@ namespace {
 
 using namespace std::chrono_literals;
 
-struct task_msg {
+// What goes through a worker's inbox: a fixed record, copied into its slot as it is (no
+// codec, no heap). Arguments of up to inline_args bytes travel in it; larger ones in a
+// bulk_msg on the worker's bulk queue, put just before the record.
+constexpr std::size_t inline_args = 64;
+constexpr std::uint32_t in_bulk = ~std::uint32_t(0);  // task_slot::size: see the bulk queue
+struct task_slot {
   std::uint64_t id = 0;  // 0: leave (sentinel); entry 0 with an id: a probe, answered at once
   std::uint64_t entry = 0;
   std::uint64_t fn_word = 0;
+  std::uint32_t size = 0;  // bytes of args, or in_bulk
+  std::uint32_t unused = 0;
+  std::array<std::byte, inline_args> args;
+};
+static_assert(is_raw_encodable_v<task_slot> && sizeof(task_slot) <= queue_inline_bytes);
+
+// The arguments of task `id` when they do not fit its task_slot.
+struct bulk_msg {
+  std::uint64_t id = 0;
   std::vector<std::byte> payload;
   std::string blob;  // a large payload's own shared_memory, instead of `payload`
   template <class Ar>
   void serialize(Ar& ar) {
-    ar(id, entry, fn_word, payload, blob);
+    ar(id, payload, blob);
   }
 };
 
@@ -197,9 +211,12 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
                                          static_cast<std::uint32_t>(nworkers_));
     for (int i = 0; i < nworkers_; ++i) new (&shared_.state()->slots()[i]) worker_slot;
     results_.emplace(4096, queue_options{.heap_bytes = results_heap});
-    for (int i = 0; i < nworkers_; ++i)
-      inboxes_.push_back(std::make_unique<queue<task_msg>>(
+    for (int i = 0; i < nworkers_; ++i) {
+      inboxes_.push_back(std::make_unique<queue<task_slot>>(inbox_capacity,
+                                                            queue_options{.heap_bytes = 0}));
+      bulk_.push_back(std::make_unique<queue<bulk_msg>>(
           inbox_capacity, queue_options{.heap_bytes = inbox_heap}));
+    }
     slots_.resize(nworkers_);
     depth_.resize(nworkers_);
     outbox_.resize(nworkers_);
@@ -689,7 +706,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     if (!book.held.empty()) {
       // Ask the replacement what is left in the inbox: see the comment at the top.
       const std::uint64_t probe = next_id_++;
-      task_msg msg;
+      task_slot msg;
       msg.id = probe;
       bool sent = false;
       try {
@@ -737,10 +754,11 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     --pending_count_;
   }
 
-  // Moves pending tasks into inboxes with room, one task per worker in turn. Small messages
-  // (nearly all) are gathered per worker and sent with one put_many; large ones alone, with
-  // try_put. Tasks that cannot be sent at all become failures (delivered by the caller once
-  // the lock is released).
+  // Moves pending tasks into inboxes with room, one task per worker in turn. Tasks whose
+  // arguments fit a task_slot (nearly all) are gathered per worker and sent with one
+  // put_many; the others go alone, their arguments first on the bulk queue (try_put, within
+  // what its heap holds). Tasks that cannot be sent at all become failures (delivered by the
+  // caller once the lock is released).
   void dispatch_locked(done_list& failures) {
     if (pending_count_ == 0 || broken_ || terminated_) return;
     const long max = opts_.maxtasksperchild;
@@ -750,25 +768,23 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       for (int s = 0; s < nworkers_ && pending_count_ != 0; ++s) {
         auto& book = slots_[s];
         if (book.held.size() >= depth_[s] || (max > 0 && book.assigned >= max)) continue;
+        // The inbox holds at most the held tasks not yet taken, the probes and a leave
+        // message: while that stays within its capacity, a put there never waits.
+        if (book.held.size() + book.probes.size() + 2 > inbox_capacity) continue;
         pending_run& run = pending_.front();
         const std::size_t index = run.next;
-        auto& box = outbox_[s];
-        if (box.n == box.msgs.size()) box.msgs.emplace_back();
-        task_msg& msg = box.msgs[box.n];
-        msg.id = next_id_;
-        msg.entry = reinterpret_cast<std::uintptr_t>(run.batch->entry());
-        msg.fn_word = run.batch->fn_word();
-        msg.blob.clear();
+        auto& bulk = bulk_msg_;
+        bulk.blob.clear();
         try {
           if (unsent_.batch == run.batch && unsent_.index == index) {
-            msg.payload.swap(unsent_.payload);  // encoded already, and not sent then
+            bulk.payload.swap(unsent_.payload);  // encoded already, and not sent then
             unsent_.batch.reset();
           } else {
-            run.batch->payload(index, msg.payload);
+            run.batch->payload(index, bulk.payload);
           }
-          if (msg.payload.size() > stash_threshold) {
-            msg.blob = stash(msg.payload, "t");
-            msg.payload = {};
+          if (bulk.payload.size() > stash_threshold) {
+            bulk.blob = stash(bulk.payload, "t");
+            bulk.payload = {};
           }
         } catch (...) {  // the task cannot be encoded or stashed
           failures.fail(run.batch, index, std::current_exception());
@@ -776,41 +792,52 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
           progress = true;
           continue;
         }
-        // The inbox holds at most the held tasks not yet taken, the probes and a leave
-        // message: while that stays within its capacity, put_many never waits.
-        const std::size_t bytes = encoded_size(msg);
-        const bool gather = bytes <= queue_inline_bytes &&
-                            book.held.size() + book.probes.size() + 2 <= inbox_capacity;
-        const std::size_t heap = bytes <= queue_inline_bytes ? 0 : bytes;
-        if (!gather && book.heap_bytes != 0 && book.heap_bytes + heap > inbox_heap) {
-          // Its held tasks may still fill the heap: keep the bytes for the next round.
-          keep_unsent(run.batch, index, msg);
-          continue;
-        }
-        if (!gather) {
+        auto& box = outbox_[s];
+        // The next record for this worker, after those gathered.
+        auto next_record = [&]() -> task_slot& {
+          if (box.n == box.slots.size()) box.slots.emplace_back();
+          task_slot& t = box.slots[box.n++];
+          t.id = next_id_;
+          t.entry = reinterpret_cast<std::uintptr_t>(run.batch->entry());
+          t.fn_word = run.batch->fn_word();
+          return t;
+        };
+        std::size_t heap = 0;
+        if (bulk.blob.empty() && bulk.payload.size() <= inline_args) {
+          task_slot& t = next_record();
+          t.size = static_cast<std::uint32_t>(bulk.payload.size());
+          if (t.size != 0) std::memcpy(t.args.data(), bulk.payload.data(), t.size);
+        } else {
+          bulk.id = next_id_;
+          const std::size_t bytes = encoded_size(bulk);
+          heap = bytes <= queue_inline_bytes ? 0 : bytes;
+          if (book.heap_bytes != 0 && book.heap_bytes + heap > inbox_heap) {
+            // Its held tasks may still fill the heap: keep the bytes for the next round.
+            keep_unsent(run.batch, index);
+            continue;
+          }
           flush_outbox(s, failures);  // what this worker was given before goes first
-          task_msg& lone = msg;       // past the gathered ones: flush_outbox() left it alone
           bool sent = false;
           try {
-            sent = inboxes_[s]->try_put(lone);
+            sent = bulk_[s]->try_put(bulk);
           } catch (...) {  // no room for its arguments anywhere
-            drop_stash(lone.blob);
+            drop_stash(bulk.blob);
             failures.fail(run.batch, index, std::current_exception());
             pop_pending();
             progress = true;
             continue;
           }
-          if (!sent) {  // the inbox is full after all: try later
-            keep_unsent(run.batch, index, lone);
+          if (!sent) {  // no room now: try later
+            keep_unsent(run.batch, index);
             continue;
           }
-          if (lone.payload.capacity() > keep_payload_bytes) lone.payload = {};
-        } else {
-          ++box.n;
+          if (bulk.payload.capacity() > keep_payload_bytes) bulk.payload = {};
+          next_record().size = in_bulk;
+          flush_outbox(s, failures);  // the record right behind its arguments
         }
-        if (!msg.blob.empty()) stashes_.emplace(next_id_, msg.blob);
+        if (!bulk.blob.empty()) stashes_.emplace(next_id_, bulk.blob);
         book.held.push_back({next_id_++, run.batch.get(), index, static_cast<std::uint32_t>(heap),
-                             !msg.blob.empty()});
+                             !bulk.blob.empty()});
         hold_locked(run.batch);
         book.heap_bytes += heap;
         ++book.assigned;
@@ -824,41 +851,36 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
 
   // Keeps the encoded arguments of a task that could not be sent now (the first pending),
   // for the next try.
-  void keep_unsent(const std::shared_ptr<task_batch>& batch, std::size_t index, task_msg& msg) {
-    if (!msg.blob.empty()) {  // its bytes went to a stash: encoded again next time
-      drop_stash(msg.blob);
-      msg.blob.clear();
+  void keep_unsent(const std::shared_ptr<task_batch>& batch, std::size_t index) {
+    if (!bulk_msg_.blob.empty()) {  // its bytes went to a stash: encoded again next time
+      drop_stash(bulk_msg_.blob);
+      bulk_msg_.blob.clear();
       return;
     }
     unsent_.batch = batch;
     unsent_.index = index;
-    unsent_.payload.swap(msg.payload);
+    unsent_.payload.swap(bulk_msg_.payload);
   }
 
-  // Sends the messages gathered for worker s.
+  // Sends the records gathered for worker s.
   void flush_outbox(int s, done_list& failures) {
     auto& box = outbox_[s];
     if (box.n == 0) return;
-    const std::span<const task_msg> msgs(box.msgs.data(), box.n);
+    const std::span<const task_slot> records(box.slots.data(), box.n);
     box.n = 0;
     try {
-      if (msgs.size() == 1)
-        inboxes_[s]->put(msgs[0]);  // put_many's bookkeeping costs more for one
-      else
-        inboxes_[s]->put_many(msgs);
+      inboxes_[s]->put_many(records);
     } catch (...) {
-      // Not seen (small messages, room counted): those tasks fail; any that went in anyway
-      // and come back are ignored (each task runs at most once and is answered once).
+      // Not seen (room counted): those tasks fail; any that went in anyway and come back are
+      // ignored (each task runs at most once and is answered once).
       const auto e = std::current_exception();
       auto& book = slots_[s];
-      for (const task_msg& m : msgs) {
+      for (const task_slot& m : records) {
         const std::size_t i = book.find(m.id);
         if (i == npos) continue;
         add_locked(failures, unhold_locked(book, i), task_outcome{0, false, {}, 0, e});
       }
     }
-    for (std::size_t i = 0; i < msgs.size(); ++i)
-      if (box.msgs[i].payload.capacity() > keep_payload_bytes) box.msgs[i].payload = {};
   }
 
   void check_supervisor() {
@@ -927,7 +949,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     if (!broken_ && !terminated_) {
       for (auto& q : inboxes_) {
         try {
-          q->put(task_msg{});  // leave
+          q->put(task_slot{});  // leave
         } catch (...) {
         }
       }
@@ -1066,7 +1088,9 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     const long max = opts_.maxtasksperchild;
     // Buffers are reused from task to task (the payloads' capacity with them): a worker
     // running tiny tasks allocates nothing in the steady state.
-    std::vector<task_msg> tasks;
+    std::vector<task_slot> tasks;
+    auto& bulk = *bulk_[slot];
+    bulk_msg big;  // the arguments of a task that did not fit its record
     std::vector<std::byte> out;
     // Outcomes of small tasks held back, sent together in one message.
     result_msg pack;
@@ -1095,7 +1119,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         inbox.get_many(tasks, std::min(room, max_depth / 2));
         clock::time_point held_since{};
         auto began = clock::now();  // of the next task (one clock read per task)
-        for (task_msg& t : tasks) {
+        for (const task_slot& t : tasks) {
           if (t.id == 0) {  // leave
             leave = true;
             break;
@@ -1110,15 +1134,40 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
             began = clock::now();
             continue;
           }
+          // Its arguments, fetched before it counts as started: killed meanwhile, this
+          // worker leaves the task to its replacement (see the probe above).
+          std::span<const std::byte> args;
+          std::string unreadable;
+          if (t.size == in_bulk) {
+            try {
+              // Put on the bulk queue just before the record; older ones there were the
+              // arguments of records a killed worker took (their tasks went round again).
+              do bulk.get(big);
+              while (big.id < t.id);
+              if (big.id != t.id)
+                unreadable = fmt::format("shmkit::pool: the arguments of task {} are missing",
+                                         t.id);
+              else if (!big.blob.empty())
+                big.payload = unstash(big.blob);  // its shared_memory
+              args = big.payload;
+            } catch (const closed_error&) {
+              throw;
+            } catch (const std::exception& e) {  // unreadable
+              unreadable = e.what();
+            }
+          } else if (t.size <= inline_args) {
+            args = std::span<const std::byte>(t.args.data(), t.size);
+          } else {
+            unreadable = "shmkit::pool: a malformed task record";
+          }
           ws.current.store(t.id, std::memory_order_release);
           bool ok = false;
-          try {
-            if (!t.blob.empty()) t.payload = unstash(t.blob);
+          if (unreadable.empty())
             ok = run_task(reinterpret_cast<task_entry>(static_cast<std::uintptr_t>(t.entry)),
-                          t.fn_word, t.payload, out);
-          } catch (const std::exception& e) {  // the arguments' shared_memory was unreadable
-            out = encode(task_failure{"shmkit::error", e.what()});
-          }
+                          t.fn_word, args, out);
+          else
+            out = encode(task_failure{"shmkit::error", unreadable});
+          if (big.payload.capacity() > stash_threshold) big.payload = {};
           const auto now = clock::now();
           const std::int64_t ran =
               std::chrono::duration_cast<std::chrono::nanoseconds>(now - began).count();
@@ -1176,7 +1225,8 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   std::atomic<std::uint64_t> stash_counter_{0};
   shared_object<pool_shared> shared_;
   std::optional<queue<result_msg>> results_;
-  std::vector<std::unique_ptr<queue<task_msg>>> inboxes_;
+  std::vector<std::unique_ptr<queue<task_slot>>> inboxes_;
+  std::vector<std::unique_ptr<queue<bulk_msg>>> bulk_;
   process supervisor_;
   std::thread thread_;
 
@@ -1193,11 +1243,12 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   std::uint64_t next_id_ = 1;
   // dispatch_locked()'s scratch: per worker, its depth and the messages gathered for it.
   struct outbox {
-    std::vector<task_msg> msgs;
+    std::vector<task_slot> slots;
     std::size_t n = 0;
   };
   std::vector<std::size_t> depth_;
   std::vector<outbox> outbox_;
+  bulk_msg bulk_msg_;  // the task being encoded
   // The batches workers hold tasks of (see hold_locked()), and the stashes held tasks'
   // arguments went in, by task id.
   std::vector<std::shared_ptr<task_batch>> live_;
