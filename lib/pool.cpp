@@ -5,11 +5,12 @@
 // before it starts any thread of its own; the supervisor forks the workers and, whenever one
 // ends, reports it on the result queue and forks a replacement, so no fork ever happens in the
 // possibly multithreaded parent after start. Each worker has an inbox (a shmkit::queue of at
-// most `depth` tasks) and all share one result queue back to the parent.
+// most `depth` fixed task records, with a bulk queue beside it for arguments that do not fit
+// a record) and all share one result queue back to the parent.
 //
 // Per task, the parent does little: tasks are submitted as batches (task_batch) that encode
-// a task's arguments only when it is sent, straight into a reused message; the small messages
-// for one worker go with one put_many; the tasks a worker holds are a FIFO of plain records
+// a task's arguments only when it is sent, into a reused buffer; the records for one worker
+// (copied into their slots as they are, no codec) go with one put_many; the tasks a worker holds are a FIFO of plain records
 // (workers answer in order), each batch kept alive once, not per task. Workers take what is
 // queued in their inbox (up to half the deepest inbox) at once and send the outcomes of tiny
 // tasks packed in one message (held no longer than batch_window), which the parent takes with
@@ -121,8 +122,8 @@ constexpr std::size_t keep_payload_bytes = 4096;
 constexpr std::size_t early_flush = 128;
 constexpr std::size_t stash_threshold = 256u << 10;  // larger payloads travel beside the queues
 // The queues' heaps hold messages larger than a slot, up to the stash threshold; a full heap
-// only holds a sender back until the receiver takes (large messages go to an inbox with
-// try_put, within what its heap holds; small ones, with put_many, within its slots). They
+// only holds a sender back until the receiver takes (arguments go to a bulk queue with
+// try_put, within what its heap holds; inboxes have no heap). They
 // are reserved page by page at pool start, which is most of what starting a pool costs, so
 // they hold a few of the largest messages, not more.
 constexpr std::size_t results_heap = 4 * stash_threshold;
