@@ -1092,6 +1092,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     std::vector<task_slot> tasks;
     auto& bulk = *bulk_[slot];
     bulk_msg big;  // the arguments of a task that did not fit its record
+    std::optional<bulk_msg> ahead;  // taken off the bulk queue ahead of its record
     std::vector<std::byte> out;
     // Outcomes of small tasks held back, sent together in one message.
     result_msg pack;
@@ -1127,6 +1128,26 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
           }
           if (t.entry == 0) {  // a probe: answered in order, behind the results before it
             flush();
+            // Arguments on the bulk queue older than the probe belong to records a killed
+            // worker took (their tasks go round again once the probe is answered): dropped
+            // now, so that they never fill the queue those tasks need. The first newer one,
+            // if any, is kept for its record.
+            if (ahead && ahead->id < t.id) ahead.reset();
+            while (!ahead) {
+              std::optional<bulk_msg> m;
+              try {
+                m = bulk.try_get();
+              } catch (const closed_error&) {
+                throw;
+              } catch (const std::exception&) {  // unreadable: dropped
+                continue;
+              }
+              if (!m) break;
+              if (m->id > t.id)
+                ahead = std::move(m);
+              else
+                drop_stash(m->blob);
+            }
             result_msg p;
             p.kind = static_cast<std::uint32_t>(msg_kind::probe);
             p.slot = slot;
@@ -1143,8 +1164,16 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
             try {
               // Put on the bulk queue just before the record; older ones there were the
               // arguments of records a killed worker took (their tasks went round again).
-              do bulk.get(big);
-              while (big.id < t.id);
+              if (ahead) {
+                big = std::move(*ahead);
+                ahead.reset();
+              } else {
+                bulk.get(big);
+              }
+              while (big.id < t.id) {
+                drop_stash(big.blob);
+                bulk.get(big);
+              }
               if (big.id != t.id)
                 unreadable = fmt::format("shmkit::pool: the arguments of task {} are missing",
                                          t.id);

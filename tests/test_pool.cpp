@@ -367,6 +367,34 @@ BOOST_AUTO_TEST_CASE(tasks_a_killed_worker_took_but_never_started_still_run, *ut
   for (int i = 0; i < 5; ++i) BOOST_CHECK_EQUAL(after[i].get(), i + 100);
 }
 
+// The same with arguments too large for a task record (they travel on the worker's bulk
+// queue): the arguments of the records the killed worker took are dropped by its
+// replacement, and never keep the tasks that go round again from being sent.
+std::size_t length_of(const std::string& s) { return s.size(); }
+int nap(int ms) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  return ms;
+}
+BOOST_AUTO_TEST_CASE(large_arguments_of_tasks_a_killed_worker_took_still_run, *utf::timeout(180)) {
+  shmkit::pool pool(1);
+  // Quick tasks first, so that the pool lets the worker hold several tasks at once.
+  for (int i = 0; i < 50; ++i) BOOST_REQUIRE_EQUAL(pool.apply(length_of, std::string(10, 'a')), 10u);
+  // While the worker naps, the records queue up; it then takes them all at once.
+  auto napping = pool.apply_async(nap, 300);
+  std::this_thread::sleep_for(50ms);
+  auto stuck = pool.apply_async(sleep_forever, 0);
+  std::vector<shmkit::async_result<std::size_t>> after;
+  for (int i = 0; i < 16; ++i)  // enough waiting that the worker holds several
+    after.push_back(pool.apply_async(length_of, std::string(250'000 + i, 'a')));
+  BOOST_CHECK_EQUAL(napping.get(), 300);
+  std::this_thread::sleep_for(200ms);  // the worker has taken what its inbox held
+  const auto pids = pool.worker_pids();
+  BOOST_REQUIRE_EQUAL(pids.size(), 1u);
+  ::kill(pids[0], SIGKILL);
+  BOOST_CHECK_THROW(stuck.get(), shmkit::worker_lost_error);
+  for (int i = 0; i < 16; ++i) BOOST_CHECK_EQUAL(after[i].get(), 250'000u + i);
+}
+
 BOOST_AUTO_TEST_CASE(maxtasksperchild_replaces_workers, *utf::timeout(180)) {
   shmkit::pool pool(shmkit::pool_options{.processes = 2, .maxtasksperchild = 10});
   std::vector<int> items(1000);
