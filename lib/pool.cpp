@@ -116,8 +116,6 @@ constexpr std::size_t initial_depth = 16;   // the same before the worker report
 constexpr std::size_t inbox_capacity = max_depth + 8;
 // Tasks queued per worker hold about this much of its time at most (see depth_locked()).
 constexpr std::chrono::nanoseconds max_queued_work = 2ms;
-// A message buffer of the parent keeps no more than this much memory between tasks.
-constexpr std::size_t keep_payload_bytes = 4096;
 // dispatch_locked() sends a worker what it gathered for it once it holds this many.
 constexpr std::size_t early_flush = 128;
 constexpr std::size_t stash_threshold = 256u << 10;  // larger payloads travel beside the queues
@@ -832,7 +830,9 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
             keep_unsent(run.batch, index);
             continue;
           }
-          if (bulk.payload.capacity() > keep_payload_bytes) bulk.payload = {};
+          // The one buffer tasks are encoded in keeps its memory up to the stash threshold: a
+          // fresh one per large task would fault its pages in every time.
+          if (bulk.payload.capacity() > stash_threshold) bulk.payload = {};
           next_record().size = in_bulk;
           flush_outbox(s, failures);  // the record right behind its arguments
         }
