@@ -114,6 +114,8 @@ constexpr std::uint64_t getting = ~std::uint64_t(0);
 constexpr std::size_t max_depth = 1024;     // tasks queued per worker, at most
 constexpr std::size_t initial_depth = 16;   // the same before the worker reported a run time
 constexpr std::size_t inbox_capacity = max_depth + 8;
+// Arguments in flight on a bulk queue, at most (more wait for its worker to take some).
+constexpr std::size_t bulk_capacity = 64;
 // Tasks queued per worker hold about this much of its time at most (see depth_locked()).
 constexpr std::chrono::nanoseconds max_queued_work = 2ms;
 // dispatch_locked() sends a worker what it gathered for it once it holds this many.
@@ -214,7 +216,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       inboxes_.push_back(std::make_unique<queue<task_slot>>(inbox_capacity,
                                                             queue_options{.heap_bytes = 0}));
       bulk_.push_back(std::make_unique<queue<bulk_msg>>(
-          inbox_capacity, queue_options{.heap_bytes = inbox_heap}));
+          bulk_capacity, queue_options{.heap_bytes = inbox_heap}));
     }
     slots_.resize(nworkers_);
     depth_.resize(nworkers_);
