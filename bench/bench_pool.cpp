@@ -81,12 +81,17 @@ int main() {
            {"serial loop (no processes)", serial_rate}});
   }
   {
+    // A few milliseconds per run: the median of five, as for map.
     std::vector<long> few(items.begin(), items.begin() + m);
-    auto t0 = clock::now();
-    long count = 0;
-    for (long x : pool.imap_unordered(tiny, few, 1)) count += (x >= 0);
-    const double rate = count / seconds_since(t0);
-    t.row("imap_unordered chunksize 1", "tasks/s", better::higher, rate,
+    std::vector<double> runs;
+    for (int rep = 0; rep < 5; ++rep) {
+      auto t0 = clock::now();
+      long count = 0;
+      for (long x : pool.imap_unordered(tiny, few, 1)) count += (x >= 0);
+      runs.push_back(count / seconds_since(t0));
+      if (count != m) return 1;
+    }
+    t.row("imap_unordered chunksize 1", "tasks/s", better::higher, median(runs),
           {{"python imap_unordered chunksize 1", py(pyf, "imap_unordered_tasks_per_s")}});
   }
   {

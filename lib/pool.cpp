@@ -5,11 +5,17 @@
 // before it starts any thread of its own; the supervisor forks the workers and, whenever one
 // ends, reports it on the result queue and forks a replacement, so no fork ever happens in the
 // possibly multithreaded parent after start. Each worker has an inbox (a shmkit::queue of at
-// most `depth` tasks) and all share one result queue back to the parent.
+// most `depth` fixed task records, with a bulk queue beside it for arguments that do not fit
+// a record) and all share one result queue back to the parent.
 //
-// Workers take what is queued in their inbox (up to half the deepest inbox) at once and send
-// the results of tiny tasks together (held no longer than batch_window), so a stream of tiny tasks costs one claim and
-// one wake-up per batch, not per task.
+// Per task, the parent does little: tasks are submitted as batches (task_batch) that encode
+// a task's arguments only when it is sent, into a reused buffer; the records for one worker
+// (copied into their slots as they are, no codec) go with one put_many; the tasks a worker holds are a FIFO of plain records
+// (workers answer in order), each batch kept alive once, not per task. Workers take what is
+// queued in their inbox (up to half the deepest inbox) at once and send the outcomes of tiny
+// tasks packed in one message (held no longer than batch_window), which the parent takes with
+// get_many: a stream of tiny tasks costs one claim and one wake-up per batch, not per task.
+// How deep an inbox gets is bounded by the run time workers report (depth_locked()).
 //
 // Knowing which tasks a dead worker held: every worker writes, in its slot of a shared table,
 // `getting` before it takes from its inbox and the running task's id once it has it. The
@@ -17,8 +23,8 @@
 // and sends it with the death report. A worker that died running task X: X fails at once.
 // It may also have taken more tasks, or held results not yet sent, or died inside get()
 // having taken a batch with it (the queue loses at most the messages a killed consumer was
-// taking) or nothing: whenever it held tasks, the parent queues a probe behind them. The replacement takes the inbox in order and answers the
-// probe at once; results come back in the order they were sent, so when the probe's answer
+// taking) or nothing: whenever it held tasks, the parent queues a probe behind them. The
+// replacement takes the inbox in order and answers the probe at once; results come back in the order they were sent, so when the probe's answer
 // arrives, every task queued before it that has no result was lost, and fails. A task failed
 // while its result is still on the way keeps its failure: results are accepted once.
 #include "shmkit/pool.hpp"
@@ -49,45 +55,83 @@ namespace {
 
 using namespace std::chrono_literals;
 
-struct task_msg {
+// What goes through a worker's inbox: a fixed record, copied into its slot as it is (no
+// codec, no heap). Arguments of up to inline_args bytes travel in it; larger ones in a
+// bulk_msg on the worker's bulk queue, put just before the record.
+constexpr std::size_t inline_args = 64;
+constexpr std::uint32_t in_bulk = ~std::uint32_t(0);  // task_slot::size: see the bulk queue
+struct task_slot {
   std::uint64_t id = 0;  // 0: leave (sentinel); entry 0 with an id: a probe, answered at once
   std::uint64_t entry = 0;
   std::uint64_t fn_word = 0;
+  std::uint32_t size = 0;  // bytes of args, or in_bulk
+  std::uint32_t unused = 0;
+  std::array<std::byte, inline_args> args;
+};
+static_assert(is_raw_encodable_v<task_slot> && sizeof(task_slot) <= queue_inline_bytes);
+
+// The arguments of task `id` when they do not fit its task_slot.
+struct bulk_msg {
+  std::uint64_t id = 0;
   std::vector<std::byte> payload;
   std::string blob;  // a large payload's own shared_memory, instead of `payload`
   template <class Ar>
   void serialize(Ar& ar) {
-    ar(id, entry, fn_word, payload, blob);
+    ar(id, payload, blob);
   }
 };
 
-enum class msg_kind : std::uint32_t { ok = 1, failed, worker_exit, supervisor_done, probe };
+enum class msg_kind : std::uint32_t {
+  ok = 1, failed, worker_exit, supervisor_done, probe,
+  packed  // the outcomes of several small tasks of one worker, in order
+};
+
+// One task's outcome in a packed result_msg: its bytes are the next `size` of the payload.
+struct packed_outcome {
+  std::uint64_t task = 0;
+  std::uint32_t ok = 0;
+  std::uint32_t size = 0;
+  std::int64_t ns = 0;  // how long it ran
+};
+static_assert(is_raw_encodable_v<packed_outcome>);
 
 struct result_msg {
   std::uint32_t kind = 0;
   std::int32_t slot = -1;
   std::uint64_t task = 0;   // the task (ok / failed), or what the dead worker held (worker_exit)
-  std::int64_t status = 0;  // worker_exit: the wait status
-  std::int64_t pid = 0;     // worker_exit: the worker's pid
-  std::vector<std::byte> payload;
+  std::int64_t status = 0;  // worker_exit: the wait status; ok / failed: ns the task ran
+  std::int64_t pid = 0;     // the worker's pid
+  std::vector<std::byte> payload;  // packed: the outcomes' bytes, one after the other
   std::string blob;  // a large result's own shared_memory, instead of `payload`
+  std::vector<packed_outcome> packed;
   template <class Ar>
   void serialize(Ar& ar) {
-    ar(kind, slot, task, status, pid, payload, blob);
+    ar(kind, slot, task, status, pid, payload, blob, packed);
   }
 };
 
 constexpr std::uint64_t getting = ~std::uint64_t(0);
-constexpr std::size_t max_depth = 16;                // tasks queued per worker, at most
+constexpr std::size_t max_depth = 1024;     // tasks queued per worker, at most
+constexpr std::size_t initial_depth = 16;   // the same before the worker reported a run time
+constexpr std::size_t inbox_capacity = max_depth + 8;
+// Arguments in flight on a bulk queue, at most (more wait for its worker to take some).
+constexpr std::size_t bulk_capacity = 64;
+// Tasks queued per worker hold about this much of its time at most (see depth_locked()).
+constexpr std::chrono::nanoseconds max_queued_work = 2ms;
+// dispatch_locked() sends a worker what it gathered for it once it holds this many.
+constexpr std::size_t early_flush = 128;
 constexpr std::size_t stash_threshold = 256u << 10;  // larger payloads travel beside the queues
 // The queues' heaps hold messages larger than a slot, up to the stash threshold; a full heap
-// only holds a sender back until the receiver takes (inboxes are filled with try_put). They
+// only holds a sender back until the receiver takes (arguments go to a bulk queue with
+// try_put, within what its heap holds; inboxes have no heap). They
 // are reserved page by page at pool start, which is most of what starting a pool costs, so
 // they hold a few of the largest messages, not more.
 constexpr std::size_t results_heap = 4 * stash_threshold;
 constexpr std::size_t inbox_heap = 2 * stash_threshold;
-// A worker sends the results of tiny tasks together, holding them at most this long.
+// A worker sends the results of tiny tasks together, holding them at most this long, in one
+// message of up to pack_bytes of results (results larger than pack_limit go alone).
 constexpr std::chrono::nanoseconds batch_window = 20us;
+constexpr std::size_t pack_bytes = 16 * 1024, pack_limit = 1024;
 // How long a thread waiting for a result takes results itself before it sleeps (help()).
 constexpr std::chrono::nanoseconds max_help = 100us, min_help = 4us;
 
@@ -134,6 +178,28 @@ std::string describe_status(int status) {
   return fmt::format("ended with wait status {}", status);
 }
 
+// A task_request (the task_runtime interface) as a batch of one.
+class request_batch final : public task_batch {
+ public:
+  explicit request_batch(task_request t)
+      : task_batch(t.entry, t.fn_word, 1), payload_(std::move(t.payload)), sink_(std::move(t.sink)) {}
+  void payload(std::size_t, std::vector<std::byte>& out) const override {
+    out.assign(payload_.begin(), payload_.end());
+  }
+  void deliver(std::span<const task_outcome> outcomes) noexcept override {
+    for (const task_outcome& o : outcomes) {
+      if (o.error)
+        sink_->failed(o.error);
+      else
+        deliver_outcome(*sink_, o.ok, o.bytes, o.pid);
+    }
+  }
+
+ private:
+  std::vector<std::byte> payload_;
+  std::shared_ptr<task_sink> sink_;
+};
+
 class runtime final : public pool_runtime, public std::enable_shared_from_this<runtime> {
  public:
   explicit runtime(pool_options o) : opts_(std::move(o)) {
@@ -146,10 +212,15 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
                                          static_cast<std::uint32_t>(nworkers_));
     for (int i = 0; i < nworkers_; ++i) new (&shared_.state()->slots()[i]) worker_slot;
     results_.emplace(4096, queue_options{.heap_bytes = results_heap});
-    for (int i = 0; i < nworkers_; ++i)
-      inboxes_.push_back(std::make_unique<queue<task_msg>>(
-          max_depth + 4, queue_options{.heap_bytes = inbox_heap}));
+    for (int i = 0; i < nworkers_; ++i) {
+      inboxes_.push_back(std::make_unique<queue<task_slot>>(inbox_capacity,
+                                                            queue_options{.heap_bytes = 0}));
+      bulk_.push_back(std::make_unique<queue<bulk_msg>>(
+          bulk_capacity, queue_options{.heap_bytes = inbox_heap}));
+    }
     slots_.resize(nworkers_);
+    depth_.resize(nworkers_);
+    outbox_.resize(nworkers_);
     supervisor_ = process([this] { supervise(); });
     supervisor_.daemon(true);
     supervisor_.name("shmkit-pool-supervisor");
@@ -169,18 +240,25 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   ~runtime() override { terminate(); }
 
   void submit(std::vector<task_request> tasks) override {
-    std::vector<failure> failures;
+    for (auto& t : tasks) submit_batch(std::make_shared<request_batch>(std::move(t)));
+  }
+
+  void submit_batch(std::shared_ptr<task_batch> batch) override {
+    done_list failures;
     {
       std::lock_guard lk(m_);
       if (closed_ || terminated_)
         throw std::logic_error("shmkit::pool: the pool is closed; no new tasks");
       if (broken_) throw worker_lost_error(broken_why_);
-      for (auto& t : tasks) pending_.push_back(std::move(t));
-      outstanding_ += tasks.size();
+      const std::size_t n = batch->size();
+      if (n == 0) return;
+      pending_.push_back({std::move(batch), 0, n});
+      pending_count_ += n;
+      outstanding_ += n;
       // Straight into the workers' inboxes from this thread: no hop through the result thread.
       dispatch_locked(failures);
     }
-    deliver_failures(failures);
+    finished(failures.deliver());
   }
 
   bool post(std::function<void()> job) override {
@@ -289,28 +367,152 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
  private:
   // ---- parent side ---------------------------------------------------------------------
 
-  struct inflight_task {
-    task_request req;  // kept (payload included) to send again if it never started
-    int slot;
-    std::string blob;  // the stash its arguments went in, if any
+  // A task given to a worker (and not yet answered), in the order given. Its batch is kept
+  // alive by live_ (see hold_locked()).
+  struct held_task {
+    std::uint64_t id = 0;
+    task_batch* batch = nullptr;
+    std::size_t index = 0;
+    std::uint32_t heap_bytes = 0;  // what its message takes in the inbox's heap (0: a slot)
+    bool stashed = false;          // its arguments went in a stash (named in stashes_)
   };
+  // The held tasks of one worker, oldest first, in one circular buffer that grows as needed
+  // (a std::deque allocates and frees a block every few tasks).
+  class held_fifo {
+   public:
+    bool empty() const noexcept { return n_ == 0; }
+    std::size_t size() const noexcept { return n_; }
+    held_task& operator[](std::size_t i) noexcept { return buf_[(head_ + i) & (buf_.size() - 1)]; }
+    held_task& front() noexcept { return (*this)[0]; }
+    void push_back(const held_task& t) {
+      if (n_ == buf_.size()) grow();
+      (*this)[n_++] = t;
+    }
+    // Removes task i, the others keeping their order.
+    void erase(std::size_t i) noexcept {
+      if (i == 0) {
+        head_ = (head_ + 1) & (buf_.size() - 1);
+      } else {
+        for (std::size_t j = i; j + 1 < n_; ++j) (*this)[j] = (*this)[j + 1];
+      }
+      --n_;
+    }
+    void clear() noexcept { head_ = n_ = 0; }
+
+   private:
+    void grow() {
+      std::vector<held_task> b(std::max<std::size_t>(64, buf_.size() * 2));
+      for (std::size_t i = 0; i < n_; ++i) b[i] = (*this)[i];
+      buf_ = std::move(b);
+      head_ = 0;
+    }
+    std::vector<held_task> buf_;  // a power of two in size
+    std::size_t head_ = 0, n_ = 0;
+  };
+  static constexpr std::size_t npos = ~std::size_t(0);
   struct slot_book {
-    std::deque<std::uint64_t> held;  // ids given to this worker, oldest first
-    long assigned = 0;               // tasks given to the worker's current incarnation
+    held_fifo held;  // oldest first: the worker answers in this order
+    long assigned = 0;  // tasks given to the worker's current incarnation
     // Probes sent after a death: probe id -> the held tasks the dead worker had not started.
     std::map<std::uint64_t, std::vector<std::uint64_t>> probes;
+    // How long its tasks run (ns), smoothed, from what the worker reports; < 0: not known.
+    double task_ns = -1;
+    // Bytes of the inbox's heap its held tasks' messages may take (see dispatch_locked()).
+    std::size_t heap_bytes = 0;
+    // The position of the task with this id, or npos. Answers come in order, so it is nearly
+    // always the first.
+    std::size_t find(std::uint64_t id) noexcept {
+      for (std::size_t i = 0; i < held.size(); ++i)
+        if (held[i].id == id) return i;
+      return npos;
+    }
   };
-  // An outcome to hand to a sink once the lock is released.
-  struct outcome {
-    std::shared_ptr<task_sink> sink;
-    bool ok;
-    std::vector<std::byte> payload;
-    pid_t pid;
+  // Tasks of a batch not yet given to a worker: indices [next, end).
+  struct pending_run {
+    std::shared_ptr<task_batch> batch;
+    std::size_t next, end;
   };
-  struct failure {
-    std::shared_ptr<task_sink> sink;
-    std::exception_ptr error;
+  // Outcomes to hand to their batches once m_ is released, in order, one call per run of the
+  // same batch; `keep` holds each batch alive until then.
+  struct done_list {
+    std::vector<task_outcome> outcomes;
+    std::vector<task_batch*> batches;
+    std::vector<std::shared_ptr<task_batch>> keep;
+    void add(const std::shared_ptr<task_batch>& b, task_outcome o) {
+      if (keep.empty() || keep.back() != b) keep.push_back(b);
+      batches.push_back(b.get());
+      outcomes.push_back(std::move(o));
+    }
+    void fail(const std::shared_ptr<task_batch>& b, std::size_t index, std::exception_ptr e) {
+      add(b, task_outcome{index, false, {}, 0, std::move(e)});
+    }
+    // Returns how many were delivered.
+    std::size_t deliver() noexcept {
+      const std::size_t n = outcomes.size();
+      for (std::size_t i = 0; i < n;) {
+        std::size_t j = i + 1;
+        while (j < n && batches[j] == batches[i]) ++j;
+        batches[i]->deliver(std::span<const task_outcome>(outcomes.data() + i, j - i));
+        i = j;
+      }
+      outcomes.clear();
+      batches.clear();
+      keep.clear();
+      return n;
+    }
   };
+
+  // While workers hold tasks of a batch, live_ holds it (one reference per batch, not per
+  // task: no shared count touched per task). Under m_.
+  void hold_locked(const std::shared_ptr<task_batch>& b) {
+    if (b->held_tasks++ != 0) return;
+    b->live_index = live_.size();
+    live_.push_back(b);
+  }
+  // A task no longer held: its batch, its index, and the batch's owning pointer when it was
+  // the last of it that workers held.
+  struct unheld {
+    task_batch* batch;
+    std::size_t index;
+    std::shared_ptr<task_batch> last;
+  };
+  // Task i of worker `book` is no longer held: removes it and its stash.
+  unheld unhold_locked(slot_book& book, std::size_t i) {
+    held_task t = book.held[i];
+    book.held.erase(i);
+    book.heap_bytes -= t.heap_bytes;
+    if (t.stashed) {
+      auto it = stashes_.find(t.id);
+      if (it != stashes_.end()) {
+        drop_stash(it->second);  // normally gone already: the worker removes it
+        stashes_.erase(it);
+      }
+    }
+    task_batch* b = t.batch;
+    if (--b->held_tasks != 0) return {b, t.index, nullptr};
+    std::shared_ptr<task_batch> last = std::move(live_[b->live_index]);
+    if (b->live_index + 1 != live_.size()) {
+      live_[b->live_index] = std::move(live_.back());
+      live_[b->live_index]->live_index = b->live_index;
+    }
+    live_.pop_back();
+    return {b, t.index, std::move(last)};
+  }
+  // The owning pointer of an unheld task's batch.
+  std::shared_ptr<task_batch> owner_locked(unheld& u) {
+    return u.last ? std::move(u.last) : live_[u.batch->live_index];
+  }
+  // Adds the outcome of an unheld task to `done`, keeping its batch alive until delivered
+  // (one reference per run of outcomes of the same batch).
+  void add_locked(done_list& done, unheld u, task_outcome o) {
+    o.index = u.index;
+    if (u.last)
+      done.keep.push_back(std::move(u.last));
+    else if (done.keep.empty() || done.keep.back().get() != u.batch)
+      done.keep.push_back(live_[u.batch->live_index]);
+    done.batches.push_back(u.batch);
+    done.outcomes.push_back(std::move(o));
+  }
 
   // Parent threads taking results in help() right now.
   std::uint32_t helping() const noexcept { return shared_.state()->polling.load(); }
@@ -331,12 +533,15 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     if (sh->polling.load(std::memory_order_seq_cst) == 0) sh->results_wp.notify_all();
   }
 
-  // Takes what is on the result queue (up to a batch), hands the outcomes to their sinks and
-  // refills the inboxes. Caller holds token_. Returns whether it took anything. Throws
+  // Takes what is on the result queue (up to a batch), hands the outcomes to their batches
+  // and refills the inboxes. Caller holds token_. Returns whether it took anything. Throws
   // closed_error when the queue is closed and drained.
   bool take_results() {
+    // Never waits: a message being written by a process that was just killed (and will
+    // never publish it) must not hold up the result thread, which also watches the
+    // supervisor. Outcomes of small tasks come packed, so this is not a call per task.
     batch_.clear();
-    for (int i = 0; i < 256; ++i) {
+    while (batch_.size() < 256) {
       auto m = results_->try_get();
       if (!m) break;
       batch_.push_back(std::move(*m));
@@ -344,14 +549,10 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     if (batch_.empty()) return false;
     {
       std::lock_guard lk(m_);
-      for (auto& r : batch_) handle_locked(r, outcomes_, failures_);
-      dispatch_locked(failures_);
+      for (auto& r : batch_) handle_locked(r, done_);
+      dispatch_locked(done_);
     }
-    for (auto& o : outcomes_) deliver_outcome(*o.sink, o.ok, o.payload, o.pid);
-    std::size_t done = outcomes_.size();
-    outcomes_.clear();
-    done += deliver_failures(failures_);
-    finished(done);
+    finished(done_.deliver());
     return true;
   }
 
@@ -401,27 +602,42 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     posted_.close("shmkit::pool");  // later posts run on their caller's thread
   }
 
-  void handle_locked(result_msg& m, std::vector<outcome>& outcomes,
-                     std::vector<failure>& failures) {
+  void handle_locked(result_msg& m, done_list& done) {
     switch (static_cast<msg_kind>(m.kind)) {
       case msg_kind::ok:
       case msg_kind::failed: {
-        auto it = inflight_.find(m.task);
-        if (it == inflight_.end()) {  // already failed as lost
-          drop_stash(m.blob);
-          return;
+        if (m.slot < 0 || m.slot >= nworkers_) return;
+        std::exception_ptr error;
+        try {
+          if (!m.blob.empty()) m.payload = unstash(m.blob);
+        } catch (...) {
+          error = std::current_exception();
         }
-        forget(it->second.slot, m.task);
-        drop_stash(it->second.blob);  // normally gone already: the worker removes it
-        outcomes.push_back({std::move(it->second.req.sink),
-                            m.kind == static_cast<std::uint32_t>(msg_kind::ok),
-                            std::move(m.payload), static_cast<pid_t>(m.pid)});
-        if (!m.blob.empty()) outcomes.back().payload = unstash(m.blob);
-        inflight_.erase(it);
+        drop_stash(m.blob);
+        answered_locked(m.slot, m.task, m.kind == static_cast<std::uint32_t>(msg_kind::ok),
+                        m.payload, m.status, static_cast<pid_t>(m.pid), std::move(error), done);
+        break;
+      }
+      case msg_kind::packed: {
+        if (m.slot < 0 || m.slot >= nworkers_) return;
+        std::size_t at = 0;
+        for (const packed_outcome& p : m.packed) {
+          std::span<const std::byte> bytes;
+          std::exception_ptr error;
+          if (p.size <= m.payload.size() - at) {
+            bytes = std::span<const std::byte>(m.payload).subspan(at, p.size);
+            at += p.size;
+          } else {  // never seen: our own worker wrote it
+            error = std::make_exception_ptr(
+                shmkit::error(fmt::format("shmkit::pool: worker {} sent a malformed result", m.slot)));
+          }
+          answered_locked(m.slot, p.task, p.ok != 0, bytes, p.ns, static_cast<pid_t>(m.pid),
+                          std::move(error), done);
+        }
         break;
       }
       case msg_kind::worker_exit:
-        worker_ended_locked(m, failures);
+        worker_ended_locked(m, done);
         break;
       case msg_kind::probe:
         probe_answered_locked(m);
@@ -431,43 +647,45 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     }
   }
 
-  std::size_t deliver_failures(std::vector<failure>& failures) {
-    for (auto& f : failures) f.sink->failed(f.error);
-    const std::size_t n = failures.size();
-    failures.clear();
-    return n;
+  // Task `id` of worker `slot` answered: its outcome goes to its batch (bytes stay valid in
+  // batch_ until delivered), unless it already failed as lost.
+  void answered_locked(int slot, std::uint64_t id, bool ok, std::span<const std::byte> bytes,
+                       std::int64_t ran_ns, pid_t pid, std::exception_ptr error, done_list& done) {
+    auto& book = slots_[slot];
+    const std::size_t i = book.find(id);
+    if (i == npos) return;  // already failed as lost
+    // How long it ran, for depth_locked().
+    const double ns = static_cast<double>(std::max<std::int64_t>(ran_ns, 1));
+    book.task_ns = book.task_ns < 0 ? ns : 0.75 * book.task_ns + 0.25 * ns;
+    add_locked(done, unhold_locked(book, i), task_outcome{0, ok, bytes, pid, std::move(error)});
   }
 
-  void fail_lost_locked(int slot, std::uint64_t id, const std::string& why,
-                        std::vector<failure>& failures) {
-    auto it = inflight_.find(id);
-    if (it == inflight_.end()) return;
-    failures.push_back({std::move(it->second.req.sink),
-                        std::make_exception_ptr(worker_lost_error(why))});
-    forget(slot, id);
-    drop_stash(it->second.blob);
-    inflight_.erase(it);
+  void fail_lost_locked(int slot, std::uint64_t id, const std::string& why, done_list& done) {
+    auto& book = slots_[slot];
+    const std::size_t i = book.find(id);
+    if (i == npos) return;
+    add_locked(done, unhold_locked(book, i),
+               task_outcome{0, false, {}, 0, std::make_exception_ptr(worker_lost_error(why))});
   }
 
   void probe_answered_locked(const result_msg& m) {
     if (m.slot < 0 || m.slot >= nworkers_) return;
-    auto& probes = slots_[m.slot].probes;
-    auto it = probes.find(m.task);
-    if (it == probes.end()) return;
+    auto& book = slots_[m.slot];
+    auto it = book.probes.find(m.task);
+    if (it == book.probes.end()) return;
     // Every task queued before the probe has been answered by now, unless the dead worker
     // took it: those it took but never started go round again, first, in their order.
     for (auto id = it->second.rbegin(); id != it->second.rend(); ++id) {
-      auto t = inflight_.find(*id);
-      if (t == inflight_.end()) continue;
-      forget(m.slot, *id);
-      drop_stash(t->second.blob);
-      pending_.push_front(std::move(t->second.req));
-      inflight_.erase(t);
+      const std::size_t i = book.find(*id);
+      if (i == npos) continue;
+      unheld u = unhold_locked(book, i);
+      pending_.push_front({owner_locked(u), u.index, u.index + 1});
+      ++pending_count_;
     }
-    probes.erase(it);
+    book.probes.erase(it);
   }
 
-  void worker_ended_locked(const result_msg& m, std::vector<failure>& failures) {
+  void worker_ended_locked(const result_msg& m, done_list& done) {
     if (m.slot < 0 || m.slot >= nworkers_) return;
     auto& book = slots_[m.slot];
     const std::string why =
@@ -479,39 +697,33 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     // (the replacement runs them) or the worker took them (workers take a batch at a time):
     // a probe sorts them out.
     if (m.task != getting && m.task != 0) {
-      const auto ran = std::find(book.held.begin(), book.held.end(), m.task);
-      if (ran != book.held.end()) {
-        const std::vector<std::uint64_t> lost(book.held.begin(), std::next(ran));
-        for (std::uint64_t id : lost) fail_lost_locked(m.slot, id, why, failures);
+      const std::size_t ran = book.find(m.task);
+      if (ran != npos) {
+        std::vector<std::uint64_t> lost;
+        for (std::size_t i = 0; i <= ran; ++i) lost.push_back(book.held[i].id);
+        for (std::uint64_t id : lost) fail_lost_locked(m.slot, id, why, done);
       }
     }
     if (!book.held.empty()) {
       // Ask the replacement what is left in the inbox: see the comment at the top.
       const std::uint64_t probe = next_id_++;
-      task_msg msg;
+      task_slot msg;
       msg.id = probe;
       bool sent = false;
       try {
         sent = inboxes_[m.slot]->try_put(msg);
       } catch (...) {
       }
-      if (sent)
-        book.probes.emplace(probe,
-                            std::vector<std::uint64_t>(book.held.begin(), book.held.end()));
+      if (sent) {
+        std::vector<std::uint64_t> ids;
+        for (std::size_t i = 0; i < book.held.size(); ++i) ids.push_back(book.held[i].id);
+        book.probes.emplace(probe, std::move(ids));
+      }
       else  // cannot ask (the inbox is full): fail the one most likely taken
-        fail_lost_locked(m.slot, book.held.front(), why, failures);
+        fail_lost_locked(m.slot, book.held.front().id, why, done);
     }
     // The replacement inherits the inbox: what is still queued there counts toward it.
     book.assigned = static_cast<long>(book.held.size());
-  }
-
-  void forget(int slot, std::uint64_t id) {
-    auto& held = slots_[slot].held;
-    for (auto it = held.begin(); it != held.end(); ++it)
-      if (*it == id) {
-        held.erase(it);
-        return;
-      }
   }
 
   // Counts finished tasks (their sinks were called) and wakes join().
@@ -522,52 +734,154 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     if (outstanding_ == 0) idle_cv_.notify_all();
   }
 
-  // How many tasks each worker may hold: two, so it never waits for the next while the parent
-  // catches up; more while many small tasks wait, so the round trips to the parent amortise.
-  std::size_t depth_locked() const {
-    const std::size_t per = pending_.size() / (static_cast<std::size_t>(nworkers_) * 4);
-    return std::clamp<std::size_t>(per, 2, max_depth);
+  // How many tasks worker `book` may hold: two, so it never waits for the next while the
+  // parent catches up; more while many tasks wait, so that the round trips to the parent
+  // amortise; but no more than about max_queued_work of its tasks' run time (up to max_depth
+  // for tiny tasks), so that no worker sits on tasks another could run, and no more than
+  // initial_depth before it has reported how long its tasks run.
+  std::size_t depth_locked(const slot_book& book) const {
+    const std::size_t per = pending_count_ / (static_cast<std::size_t>(nworkers_) * 4);
+    std::size_t cap = initial_depth;
+    if (book.task_ns > 0)
+      cap = static_cast<std::size_t>(std::min<double>(
+          static_cast<double>(max_depth),
+          std::chrono::duration<double, std::nano>(max_queued_work).count() / book.task_ns));
+    return std::clamp<std::size_t>(per, 2, std::max<std::size_t>(cap, 2));
   }
 
-  // Moves pending tasks into inboxes with room. Tasks that cannot be sent at all become
-  // failures (delivered by the caller once the lock is released).
-  void dispatch_locked(std::vector<failure>& failures) {
-    if (pending_.empty() || broken_ || terminated_) return;
+  void pop_pending() noexcept {
+    auto& r = pending_.front();
+    if (++r.next == r.end) pending_.pop_front();
+    --pending_count_;
+  }
+
+  // Moves pending tasks into inboxes with room, one task per worker in turn. Tasks whose
+  // arguments fit a task_slot (nearly all) are gathered per worker and sent with one
+  // put_many; the others go alone, their arguments first on the bulk queue (try_put, within
+  // what its heap holds). Tasks that cannot be sent at all become failures (delivered by the
+  // caller once the lock is released).
+  void dispatch_locked(done_list& failures) {
+    if (pending_count_ == 0 || broken_ || terminated_) return;
     const long max = opts_.maxtasksperchild;
-    const std::size_t depth = depth_locked();
-    for (bool progress = true; progress && !pending_.empty();) {
+    for (int s = 0; s < nworkers_; ++s) depth_[s] = depth_locked(slots_[s]);
+    for (bool progress = true; progress && pending_count_ != 0;) {
       progress = false;
-      for (int s = 0; s < nworkers_ && !pending_.empty(); ++s) {
+      for (int s = 0; s < nworkers_ && pending_count_ != 0; ++s) {
         auto& book = slots_[s];
-        if (book.held.size() >= depth || (max > 0 && book.assigned >= max)) continue;
-        task_request& t = pending_.front();
-        const std::uint64_t id = next_id_;
-        task_msg msg{id, reinterpret_cast<std::uintptr_t>(t.entry), t.fn_word, {}, {}};
-        bool sent = false;
+        if (book.held.size() >= depth_[s] || (max > 0 && book.assigned >= max)) continue;
+        // The inbox holds at most the held tasks not yet taken, the probes and a leave
+        // message: while that stays within its capacity, a put there never waits.
+        if (book.held.size() + book.probes.size() + 2 > inbox_capacity) continue;
+        pending_run& run = pending_.front();
+        const std::size_t index = run.next;
+        auto& bulk = bulk_msg_;
+        bulk.blob.clear();
         try {
-          // The payload visits the message and comes back: the request keeps it.
-          if (t.payload.size() > stash_threshold)
-            msg.blob = stash(t.payload, "t");
-          else
-            msg.payload = std::move(t.payload);
-          sent = inboxes_[s]->try_put(msg);
-          if (msg.blob.empty()) t.payload = std::move(msg.payload);
-          if (!sent) drop_stash(msg.blob);
-        } catch (...) {
-          // The task itself cannot be sent (no room for its arguments anywhere).
-          drop_stash(msg.blob);
-          failures.push_back({std::move(t.sink), std::current_exception()});
-          pending_.pop_front();
+          if (unsent_.batch == run.batch && unsent_.index == index) {
+            bulk.payload.swap(unsent_.payload);  // encoded already, and not sent then
+            unsent_.batch.reset();
+          } else {
+            run.batch->payload(index, bulk.payload);
+          }
+          if (bulk.payload.size() > stash_threshold) {
+            bulk.blob = stash(bulk.payload, "t");
+            bulk.payload = {};
+          }
+        } catch (...) {  // the task cannot be encoded or stashed
+          failures.fail(run.batch, index, std::current_exception());
+          pop_pending();
           progress = true;
           continue;
         }
-        if (!sent) continue;  // the inbox is full after all: try later
-        ++next_id_;
-        inflight_.emplace(id, inflight_task{std::move(t), s, std::move(msg.blob)});
-        pending_.pop_front();
-        book.held.push_back(id);
+        auto& box = outbox_[s];
+        // The next record for this worker, after those gathered.
+        auto next_record = [&]() -> task_slot& {
+          if (box.n == box.slots.size()) box.slots.emplace_back();
+          task_slot& t = box.slots[box.n++];
+          t.id = next_id_;
+          t.entry = reinterpret_cast<std::uintptr_t>(run.batch->entry());
+          t.fn_word = run.batch->fn_word();
+          return t;
+        };
+        std::size_t heap = 0;
+        if (bulk.blob.empty() && bulk.payload.size() <= inline_args) {
+          task_slot& t = next_record();
+          t.size = static_cast<std::uint32_t>(bulk.payload.size());
+          if (t.size != 0) std::memcpy(t.args.data(), bulk.payload.data(), t.size);
+        } else {
+          bulk.id = next_id_;
+          const std::size_t bytes = encoded_size(bulk);
+          heap = bytes <= queue_inline_bytes ? 0 : bytes;
+          if (book.heap_bytes != 0 && book.heap_bytes + heap > inbox_heap) {
+            // Its held tasks may still fill the heap: keep the bytes for the next round.
+            keep_unsent(run.batch, index);
+            continue;
+          }
+          flush_outbox(s, failures);  // what this worker was given before goes first
+          bool sent = false;
+          try {
+            sent = bulk_[s]->try_put(bulk);
+          } catch (...) {  // no room for its arguments anywhere
+            drop_stash(bulk.blob);
+            failures.fail(run.batch, index, std::current_exception());
+            pop_pending();
+            progress = true;
+            continue;
+          }
+          if (!sent) {  // no room now: try later
+            keep_unsent(run.batch, index);
+            continue;
+          }
+          // The one buffer tasks are encoded in keeps its memory up to the stash threshold: a
+          // fresh one per large task would fault its pages in every time.
+          if (bulk.payload.capacity() > stash_threshold) bulk.payload = {};
+          next_record().size = in_bulk;
+          flush_outbox(s, failures);  // the record right behind its arguments
+        }
+        if (!bulk.blob.empty()) stashes_.emplace(next_id_, bulk.blob);
+        book.held.push_back({next_id_++, run.batch.get(), index, static_cast<std::uint32_t>(heap),
+                             !bulk.blob.empty()});
+        hold_locked(run.batch);
+        book.heap_bytes += heap;
         ++book.assigned;
+        pop_pending();
         progress = true;
+        if (box.n == early_flush) flush_outbox(s, failures);  // it starts while we go on
+      }
+    }
+    for (int s = 0; s < nworkers_; ++s) flush_outbox(s, failures);
+  }
+
+  // Keeps the encoded arguments of a task that could not be sent now (the first pending),
+  // for the next try.
+  void keep_unsent(const std::shared_ptr<task_batch>& batch, std::size_t index) {
+    if (!bulk_msg_.blob.empty()) {  // its bytes went to a stash: encoded again next time
+      drop_stash(bulk_msg_.blob);
+      bulk_msg_.blob.clear();
+      return;
+    }
+    unsent_.batch = batch;
+    unsent_.index = index;
+    unsent_.payload.swap(bulk_msg_.payload);
+  }
+
+  // Sends the records gathered for worker s.
+  void flush_outbox(int s, done_list& failures) {
+    auto& box = outbox_[s];
+    if (box.n == 0) return;
+    const std::span<const task_slot> records(box.slots.data(), box.n);
+    box.n = 0;
+    try {
+      inboxes_[s]->put_many(records);
+    } catch (...) {
+      // Not seen (room counted): those tasks fail; any that went in anyway and come back are
+      // ignored (each task runs at most once and is answered once).
+      const auto e = std::current_exception();
+      auto& book = slots_[s];
+      for (const task_slot& m : records) {
+        const std::size_t i = book.find(m.id);
+        if (i == npos) continue;
+        add_locked(failures, unhold_locked(book, i), task_outcome{0, false, {}, 0, e});
       }
     }
   }
@@ -600,19 +914,23 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
 
   // Fails every pending and in-flight task (terminate, broken pool).
   void fail_everything(std::exception_ptr e) {
-    std::vector<failure> failures;
+    done_list failures;
     {
       std::lock_guard lk(m_);
-      for (auto& t : pending_) failures.push_back({std::move(t.sink), e});
+      for (auto& r : pending_)
+        for (std::size_t i = r.next; i < r.end; ++i) failures.fail(r.batch, i, e);
       pending_.clear();
-      for (auto& [id, t] : inflight_) failures.push_back({std::move(t.req.sink), e});
-      inflight_.clear();
+      pending_count_ = 0;
+      unsent_ = {};
       for (auto& b : slots_) {
-        b.held.clear();
+        while (!b.held.empty()) {
+          add_locked(failures, unhold_locked(b, 0), task_outcome{0, false, {}, 0, e});
+        }
+        b.heap_bytes = 0;
         b.probes.clear();
       }
     }
-    finished(deliver_failures(failures));
+    finished(failures.deliver());
   }
 
   void stop_thread() noexcept {
@@ -634,7 +952,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     if (!broken_ && !terminated_) {
       for (auto& q : inboxes_) {
         try {
-          q->put(task_msg{});  // leave
+          q->put(task_slot{});  // leave
         } catch (...) {
         }
       }
@@ -773,15 +1091,25 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     const long max = opts_.maxtasksperchild;
     // Buffers are reused from task to task (the payloads' capacity with them): a worker
     // running tiny tasks allocates nothing in the steady state.
-    std::vector<task_msg> tasks;
-    std::vector<result_msg> replies;  // the first `unsent` are results of tiny tasks held back
-    std::size_t unsent = 0;
+    std::vector<task_slot> tasks;
+    auto& bulk = *bulk_[slot];
+    bulk_msg big;  // the arguments of a task that did not fit its record
+    std::optional<bulk_msg> ahead;  // taken off the bulk queue ahead of its record
     std::vector<std::byte> out;
+    // Outcomes of small tasks held back, sent together in one message.
+    result_msg pack;
+    pack.kind = static_cast<std::uint32_t>(msg_kind::packed);
+    pack.slot = slot;
+    pack.pid = self;
+    result_msg single;  // a larger outcome, sent alone
+    single.slot = slot;
+    single.pid = self;
     auto flush = [&] {
-      if (unsent == 0) return;
-      results_->put_many(std::span<const result_msg>(replies.data(), unsent));
+      if (pack.packed.empty()) return;
+      results_->put(pack);
       results_sent();
-      unsent = 0;
+      pack.packed.clear();
+      pack.payload.clear();
     };
     try {
       for (bool leave = false; !leave;) {
@@ -794,54 +1122,119 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         const std::size_t room = max > 0 ? static_cast<std::size_t>(max - done) : max_depth;
         inbox.get_many(tasks, std::min(room, max_depth / 2));
         clock::time_point held_since{};
-        for (task_msg& t : tasks) {
+        auto began = clock::now();  // of the next task (one clock read per task)
+        for (const task_slot& t : tasks) {
           if (t.id == 0) {  // leave
             leave = true;
             break;
           }
           if (t.entry == 0) {  // a probe: answered in order, behind the results before it
             flush();
+            // Arguments on the bulk queue older than the probe belong to records a killed
+            // worker took (their tasks go round again once the probe is answered): dropped
+            // now, so that they never fill the queue those tasks need. The first newer one,
+            // if any, is kept for its record.
+            if (ahead && ahead->id < t.id) ahead.reset();
+            while (!ahead) {
+              std::optional<bulk_msg> m;
+              try {
+                m = bulk.try_get();
+              } catch (const closed_error&) {
+                throw;
+              } catch (const std::exception&) {  // unreadable: dropped
+                continue;
+              }
+              if (!m) break;
+              if (m->id > t.id)
+                ahead = std::move(m);
+              else
+                drop_stash(m->blob);
+            }
             result_msg p;
             p.kind = static_cast<std::uint32_t>(msg_kind::probe);
             p.slot = slot;
             p.task = t.id;
             send_result(p);
+            began = clock::now();
             continue;
           }
-          ws.current.store(t.id, std::memory_order_release);
-          const auto began = clock::now();
-          if (replies.size() == unsent) replies.emplace_back();
-          result_msg& r = replies[unsent++];
-          r.blob.clear();
-          r.slot = slot;
-          r.task = t.id;
-          r.pid = self;
-          bool ok = false;
-          try {
-            if (!t.blob.empty()) t.payload = unstash(t.blob);
-            ok = run_task(reinterpret_cast<task_entry>(static_cast<std::uintptr_t>(t.entry)),
-                          t.fn_word, t.payload, out);
-          } catch (const std::exception& e) {  // the arguments' shared_memory was unreadable
-            out = encode(task_failure{"shmkit::error", e.what()});
-          }
-          r.kind = static_cast<std::uint32_t>(ok ? msg_kind::ok : msg_kind::failed);
-          try {
-            if (out.size() > stash_threshold) {
-              r.blob = stash(out, "r");
-              r.payload.clear();
-            } else {
-              std::swap(r.payload, out);  // `out` takes the old buffer back for the next task
+          // Its arguments, fetched before it counts as started: killed meanwhile, this
+          // worker leaves the task to its replacement (see the probe above).
+          std::span<const std::byte> args;
+          std::string unreadable;
+          if (t.size == in_bulk) {
+            try {
+              // Put on the bulk queue just before the record; older ones there were the
+              // arguments of records a killed worker took (their tasks went round again).
+              if (ahead) {
+                big = std::move(*ahead);
+                ahead.reset();
+              } else {
+                bulk.get(big);
+              }
+              while (big.id < t.id) {
+                drop_stash(big.blob);
+                bulk.get(big);
+              }
+              if (big.id != t.id)
+                unreadable = fmt::format("shmkit::pool: the arguments of task {} are missing",
+                                         t.id);
+              else if (!big.blob.empty())
+                big.payload = unstash(big.blob);  // its shared_memory
+              args = big.payload;
+            } catch (const closed_error&) {
+              throw;
+            } catch (const std::exception& e) {  // unreadable
+              unreadable = e.what();
             }
-          } catch (const std::exception& e) {  // no shared memory for a large result
-            r.kind = static_cast<std::uint32_t>(msg_kind::failed);
-            r.payload = encode(task_failure{"shmkit::error", e.what()});
+          } else if (t.size <= inline_args) {
+            args = std::span<const std::byte>(t.args.data(), t.size);
+          } else {
+            unreadable = "shmkit::pool: a malformed task record";
+          }
+          ws.current.store(t.id, std::memory_order_release);
+          bool ok = false;
+          if (unreadable.empty())
+            ok = run_task(reinterpret_cast<task_entry>(static_cast<std::uintptr_t>(t.entry)),
+                          t.fn_word, args, out);
+          else
+            out = encode(task_failure{"shmkit::error", unreadable});
+          if (big.payload.capacity() > stash_threshold) big.payload = {};
+          const auto now = clock::now();
+          const std::int64_t ran =
+              std::chrono::duration_cast<std::chrono::nanoseconds>(now - began).count();
+          if (out.size() <= pack_limit) {
+            if (pack.packed.empty()) held_since = now;
+            pack.packed.push_back({t.id, ok ? 1u : 0u, static_cast<std::uint32_t>(out.size()),
+                                   ran});
+            pack.payload.insert(pack.payload.end(), out.begin(), out.end());
+          } else {
+            flush();  // the outcomes before it go first
+            single.kind = static_cast<std::uint32_t>(ok ? msg_kind::ok : msg_kind::failed);
+            single.task = t.id;
+            single.status = ran;
+            single.blob.clear();
+            try {
+              if (out.size() > stash_threshold) {
+                single.blob = stash(out, "r");
+                single.payload.clear();
+              } else {
+                std::swap(single.payload, out);  // `out` takes the old buffer back
+              }
+            } catch (const std::exception& e) {  // no shared memory for a large result
+              single.kind = static_cast<std::uint32_t>(msg_kind::failed);
+              single.payload = encode(task_failure{"shmkit::error", e.what()});
+            }
+            send_result(single);
+            if (single.payload.capacity() > stash_threshold) single.payload = {};
           }
           if (out.capacity() > stash_threshold) out = {};  // keep no large buffer
-          // Results wait for company only while tasks are tiny: one that took a while, or
-          // results held for a while, go at once.
-          const auto now = clock::now();
-          if (unsent == 1) held_since = now;
-          if (now - began > batch_window || now - held_since > batch_window) flush();
+          // Outcomes wait for company only while tasks are tiny: one that took a while, or
+          // outcomes held for a while, go at once.
+          if (now - began > batch_window || pack.payload.size() >= pack_bytes ||
+              (!pack.packed.empty() && now - held_since > batch_window))
+            flush();
+          began = now;
           if (max > 0 && ++done >= max) {
             leave = true;
             break;
@@ -864,27 +1257,45 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   std::atomic<std::uint64_t> stash_counter_{0};
   shared_object<pool_shared> shared_;
   std::optional<queue<result_msg>> results_;
-  std::vector<std::unique_ptr<queue<task_msg>>> inboxes_;
+  std::vector<std::unique_ptr<queue<task_slot>>> inboxes_;
+  std::vector<std::unique_ptr<queue<bulk_msg>>> bulk_;
   process supervisor_;
   std::thread thread_;
 
   // Parent state, all guarded by m_. Sinks are called with m_ released.
   std::mutex m_;
   std::condition_variable idle_cv_;
-  std::deque<task_request> pending_;
+  std::deque<pending_run> pending_;
+  std::size_t pending_count_ = 0;  // tasks in pending_
   posted_jobs posted_;
   std::size_t outstanding_ = 0;
   bool closed_ = false, terminated_ = false, broken_ = false, finished_ = false;
   std::string broken_why_;
-  std::unordered_map<std::uint64_t, inflight_task> inflight_;
   std::vector<slot_book> slots_;
   std::uint64_t next_id_ = 1;
+  // dispatch_locked()'s scratch: per worker, its depth and the messages gathered for it.
+  struct outbox {
+    std::vector<task_slot> slots;
+    std::size_t n = 0;
+  };
+  std::vector<std::size_t> depth_;
+  std::vector<outbox> outbox_;
+  bulk_msg bulk_msg_;  // the task being encoded
+  // The batches workers hold tasks of (see hold_locked()), and the stashes held tasks'
+  // arguments went in, by task id.
+  std::vector<std::shared_ptr<task_batch>> live_;
+  std::unordered_map<std::uint64_t, std::string> stashes_;
+  // The encoded arguments of the first pending task, which could not be sent last time.
+  struct {
+    std::shared_ptr<task_batch> batch;
+    std::size_t index = 0;
+    std::vector<std::byte> payload;
+  } unsent_;
   // Whoever takes from the result queue holds token_ (the result thread, or a waiting
-  // thread in help()); batch_, outcomes_ and failures_ are its scratch space.
+  // thread in help()); batch_ and done_ are its scratch space.
   std::mutex token_;
   std::vector<result_msg> batch_;
-  std::vector<outcome> outcomes_;
-  std::vector<failure> failures_;
+  done_list done_;
   std::atomic<bool> stop_thread_{false};
 };
 

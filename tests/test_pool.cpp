@@ -6,6 +6,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include <atomic>
+#include <cmath>
 #include <csignal>
 #include <cstdlib>
 #include <dirent.h>
@@ -33,6 +34,14 @@ int sleep_forever(int) {
 int abort_on_7(int x) {
   if (x == 7) std::abort();
   return x;
+}
+
+// square(x) after about a microsecond of work: a worker killed in a stream of these is
+// nearly always running one.
+long busy_square(long x) {
+  volatile long sink = 0;
+  for (int i = 0; i < 300; ++i) sink = sink + i;
+  return x * x + sink * 0;
 }
 
 int init_value = 0;
@@ -100,6 +109,62 @@ BOOST_AUTO_TEST_CASE(imap_keeps_order_and_imap_unordered_yields_each_once, *utf:
   for (long x : shmkit::with_progress(pool.imap(square, std::vector<long>{1, 2, 3, 4, 5}, 2)))
     got.push_back(x);
   BOOST_CHECK((got == std::vector<long>{1, 4, 9, 16, 25}));
+}
+
+// Long streams of tiny tasks (deep inboxes, outcomes packed several to a message): every
+// result in its place, and with a worker killed midway, every item either yields its result
+// exactly once or is reported lost.
+BOOST_AUTO_TEST_CASE(long_streams_of_tiny_tasks_each_once_even_when_a_worker_dies,
+                     *utf::timeout(300)) {
+  shmkit::pool pool(2);
+  std::vector<long> items(100'000);
+  std::iota(items.begin(), items.end(), 0L);
+  for (std::size_t chunk : {1u, 7u}) {
+    std::size_t i = 0;
+    for (long x : pool.imap(square, items, chunk)) {
+      BOOST_REQUIRE_LT(i, items.size());
+      BOOST_REQUIRE_EQUAL(x, square(items[i]));
+      ++i;
+    }
+    BOOST_REQUIRE_EQUAL(i, items.size());
+  }
+  for (int round = 0; round < 3; ++round) {
+    std::set<long> seen;
+    std::size_t lost = 0;
+    auto range = pool.imap_unordered(busy_square, items);
+    bool killed = false;
+    for (;;) {
+      try {
+        for (long x : range) {
+          BOOST_REQUIRE(seen.insert(x).second);  // never twice
+          if (!killed) {  // at the first result: the stream has just begun
+            const auto pids = pool.worker_pids();
+            BOOST_REQUIRE(!pids.empty());
+            ::kill(pids[static_cast<std::size_t>(round) % pids.size()], SIGKILL);
+            killed = true;
+          }
+        }
+        break;
+      } catch (const shmkit::worker_lost_error&) {
+        ++lost;
+      }
+    }
+    BOOST_TEST_MESSAGE("round " << round << ": " << seen.size() << " results, " << lost
+                                << " lost");
+    BOOST_CHECK_EQUAL(seen.size() + lost, items.size());
+    bool all_squares = true;
+    for (long x : seen) {
+      const long r = std::lround(std::sqrt(static_cast<double>(x)));
+      all_squares = all_squares && r * r == x && r < static_cast<long>(items.size());
+    }
+    BOOST_CHECK(all_squares);
+    BOOST_CHECK_LE(lost, 2000u);  // what one worker ran or held unsent, not its whole inbox
+  }
+  BOOST_CHECK(pool.map(square, items, 1) == [&] {
+    std::vector<long> want;
+    for (long x : items) want.push_back(square(x));
+    return want;
+  }());
 }
 
 BOOST_AUTO_TEST_CASE(starmap_and_apply, *utf::timeout(120)) {
@@ -303,6 +368,34 @@ BOOST_AUTO_TEST_CASE(tasks_a_killed_worker_took_but_never_started_still_run, *ut
   ::kill(pids[0], SIGKILL);
   BOOST_CHECK_THROW(stuck.get(), shmkit::worker_lost_error);
   for (int i = 0; i < 5; ++i) BOOST_CHECK_EQUAL(after[i].get(), i + 100);
+}
+
+// The same with arguments too large for a task record (they travel on the worker's bulk
+// queue): the arguments of the records the killed worker took are dropped by its
+// replacement, and never keep the tasks that go round again from being sent.
+std::size_t length_of(const std::string& s) { return s.size(); }
+int nap(int ms) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  return ms;
+}
+BOOST_AUTO_TEST_CASE(large_arguments_of_tasks_a_killed_worker_took_still_run, *utf::timeout(180)) {
+  shmkit::pool pool(1);
+  // Quick tasks first, so that the pool lets the worker hold several tasks at once.
+  for (int i = 0; i < 50; ++i) BOOST_REQUIRE_EQUAL(pool.apply(length_of, std::string(10, 'a')), 10u);
+  // While the worker naps, the records queue up; it then takes them all at once.
+  auto napping = pool.apply_async(nap, 300);
+  std::this_thread::sleep_for(50ms);
+  auto stuck = pool.apply_async(sleep_forever, 0);
+  std::vector<shmkit::async_result<std::size_t>> after;
+  for (int i = 0; i < 16; ++i)  // enough waiting that the worker holds several
+    after.push_back(pool.apply_async(length_of, std::string(250'000 + i, 'a')));
+  BOOST_CHECK_EQUAL(napping.get(), 300);
+  std::this_thread::sleep_for(200ms);  // the worker has taken what its inbox held
+  const auto pids = pool.worker_pids();
+  BOOST_REQUIRE_EQUAL(pids.size(), 1u);
+  ::kill(pids[0], SIGKILL);
+  BOOST_CHECK_THROW(stuck.get(), shmkit::worker_lost_error);
+  for (int i = 0; i < 16; ++i) BOOST_CHECK_EQUAL(after[i].get(), 250'000u + i);
 }
 
 BOOST_AUTO_TEST_CASE(maxtasksperchild_replaces_workers, *utf::timeout(180)) {

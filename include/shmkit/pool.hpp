@@ -11,16 +11,20 @@
 // - What can be sent: function pointers, captureless lambdas, and callables whose state the
 //   codec can serialize (a member serialize()); arguments and results are codec values. Any
 //   other callable is a compile error at the call site that says so.
-// - Each worker has its own inbox queue, holding two tasks, or up to sixteen while many small
-//   ones wait; it is refilled as results come back, so the pool always knows which tasks a
-//   worker holds. Default map chunks carry at most about 64 KiB of items.
+// - Each worker has its own inbox queue, holding two tasks, or more while many wait: up to
+//   about 2 ms of the worker's own reported run time (sixteen before it reported any), and
+//   up to 1024 tiny ones; it is refilled as results come back, so the pool always knows which
+//   tasks a worker holds. Default map chunks carry at most about 64 KiB of items. The pool
+//   keeps one copy of a map's or imap's items and encodes each task's arguments when it
+//   sends the task.
 // - Errors: an exception escaping f in a worker reaches the caller as shmkit::remote_error
 //   (type name and message) from get(), map(), iteration or the error callback, and the pool
 //   stays usable. A worker that dies (crash, kill -9, abort) is replaced, and the task it ran
 //   fails with shmkit::worker_lost_error (map() then throws it), as do the tiny tasks it had
 //   finished in the last 20 microseconds whose results it had not sent yet (workers send
 //   those together). Every task runs at most once: tasks it had taken but not started run on
-//   the replacement. If the supervisor itself dies,
+//   the replacement. Items that cannot be encoded (their serialize() throws) fail their task
+//   the same way, with what was thrown. If the supervisor itself dies,
 //   every pending task fails with worker_lost_error and the pool refuses new work. Nothing
 //   waits forever.
 // - Callbacks (async_result::then) run in this process on the pool's one result thread, in
@@ -30,11 +34,13 @@
 //   is pending; the destructor terminates, like Python's `with Pool() as p:`.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <concepts>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <deque>
 #include <exception>
@@ -105,6 +111,60 @@ inline void deliver_outcome(task_sink& sink, bool ok, std::span<const std::byte>
   }
 }
 
+// One task's outcome, as the runtime hands it to the task's batch.
+struct task_outcome {
+  std::size_t index = 0;             // which task of the batch
+  bool ok = false;                   // bytes: the result (true) or an encoded task_failure
+  std::span<const std::byte> bytes;  // valid during task_batch::deliver() only
+  pid_t pid = 0;                     // the worker that ran it
+  std::exception_ptr error;          // set instead: the task was lost or could not be sent
+};
+
+// Tasks submitted together (a map's chunks, an imap's items, one apply_async): the runtime
+// asks the batch for a task's encoded arguments each time it sends the task, so that nothing
+// is encoded or allocated per task ahead of time, and hands it the outcomes, each task's
+// exactly once, in completion order, several at a time.
+class task_batch {
+ public:
+  task_batch(task_entry entry, std::uint64_t fn_word, std::size_t tasks) noexcept
+      : entry_(entry), fn_word_(fn_word), size_(tasks) {}
+  virtual ~task_batch() = default;
+  task_batch(const task_batch&) = delete;
+  task_batch& operator=(const task_batch&) = delete;
+
+  task_entry entry() const noexcept { return entry_; }
+  std::uint64_t fn_word() const noexcept { return fn_word_; }
+  std::size_t size() const noexcept { return size_; }
+
+  // Task i's payload into `out`, whose memory it reuses. What it throws fails that task.
+  virtual void payload(std::size_t i, std::vector<std::byte>& out) const = 0;
+  // Outcomes of some of the tasks, on the result thread or a thread helping it (never two
+  // threads at once for results; failures may come from the submitting thread).
+  virtual void deliver(std::span<const task_outcome> outcomes) noexcept = 0;
+
+  // The failure an outcome that is not a result reports: its error, or remote_error(type
+  // name, message, pid) from its bytes.
+  static std::exception_ptr failure_of(const task_outcome& o) noexcept {
+    if (o.error) return o.error;
+    try {
+      auto f = decode<task_failure>(o.bytes);
+      return std::make_exception_ptr(remote_error(f.type_name, f.message, o.pid));
+    } catch (...) {
+      return std::current_exception();
+    }
+  }
+
+  // The runtime's own bookkeeping, under its lock: how many tasks of the batch its workers
+  // hold, and where it keeps the batch alive meanwhile.
+  std::size_t held_tasks = 0;
+  std::size_t live_index = 0;
+
+ private:
+  task_entry entry_;
+  std::uint64_t fn_word_;
+  std::size_t size_;
+};
+
 // Jobs posted to a result thread (callbacks attached to results already complete), run there
 // in order. A job that throws is reported on stderr and dropped.
 class posted_jobs {
@@ -163,6 +223,34 @@ class task_runtime : public callback_executor {
   // Queues tasks; their sinks are called on the result thread. Throws std::logic_error after
   // close() or terminate(), shmkit::error when the pool is broken.
   virtual void submit(std::vector<task_request> tasks) = 0;
+  // The same for a batch. By default, one task_request per task (each payload encoded now);
+  // shmkit::pool's runtime takes the batch as it is.
+  virtual void submit_batch(std::shared_ptr<task_batch> batch) {
+    class one final : public task_sink {
+     public:
+      one(std::shared_ptr<task_batch> b, std::size_t i) : b_(std::move(b)), i_(i) {}
+      void succeeded(std::span<const std::byte> r) override {
+        const task_outcome o{i_, true, r, 0, nullptr};
+        b_->deliver({&o, 1});
+      }
+      void failed(std::exception_ptr e) override {
+        const task_outcome o{i_, false, {}, 0, std::move(e)};
+        b_->deliver({&o, 1});
+      }
+
+     private:
+      std::shared_ptr<task_batch> b_;
+      std::size_t i_;
+    };
+    std::vector<task_request> tasks(batch->size());
+    for (std::size_t i = 0; i < tasks.size(); ++i) {
+      tasks[i].entry = batch->entry();
+      tasks[i].fn_word = batch->fn_word();
+      batch->payload(i, tasks[i].payload);
+      tasks[i].sink = std::make_shared<one>(batch, i);
+    }
+    submit(std::move(tasks));
+  }
   virtual void close() = 0;
   virtual void join() = 0;
   virtual void terminate() noexcept = 0;
@@ -194,37 +282,6 @@ inline std::size_t default_chunksize(std::size_t n, int workers, std::size_t ite
   return std::clamp<std::size_t>(python, 1, std::max<std::size_t>(cap, 1));
 }
 
-template <class Items>
-auto to_chunks(const Items& items, std::size_t chunksize) {
-  using Item = std::remove_cvref_t<std::ranges::range_value_t<Items>>;
-  std::vector<std::vector<Item>> chunks;
-  if constexpr (std::ranges::random_access_range<const Items>) {
-    // Whole slices at once (one copy, a memcpy for trivially copyable items).
-    const std::size_t n = std::ranges::size(items);
-    chunks.reserve(n / chunksize + 1);
-    auto first = std::ranges::begin(items);
-    for (std::size_t at = 0; at < n; at += chunksize) {
-      const auto k = static_cast<std::ranges::range_difference_t<const Items>>(
-          std::min(chunksize, n - at));
-      chunks.emplace_back(first, first + k);
-      first += k;
-    }
-  } else {
-    std::vector<Item> cur;
-    cur.reserve(chunksize);
-    for (auto&& x : items) {
-      cur.push_back(x);
-      if (cur.size() == chunksize) {
-        chunks.push_back(std::move(cur));
-        cur = {};
-        cur.reserve(chunksize);
-      }
-    }
-    if (!cur.empty()) chunks.push_back(std::move(cur));
-  }
-  return chunks;
-}
-
 template <class F>
 constexpr void check_sendable() {
   static_assert(sendable_callable<F>,
@@ -233,108 +290,281 @@ constexpr void check_sendable() {
                 "serialize(Ar& ar)`); a lambda that captures cannot be sent to another process");
 }
 
-// Results of a chunked map gathered on the result thread, in submission order.
-template <class R>
-struct map_collector {
-  std::vector<std::vector<R>> chunks;
-  std::size_t left = 0;
-  std::shared_ptr<async_state<std::vector<R>>> state;
-};
-
-template <class R>
-class map_chunk_sink final : public task_sink {
+// The items of a map or imap, copied once, in blocks of whole chunks of about
+// default_chunk_bytes (a memcpy each for a contiguous range of raw items): memory the
+// allocator reuses from map to map, where one large vector would be mapped fresh, and fault
+// in page by page, every time.
+template <class Item>
+class item_blocks {
  public:
-  map_chunk_sink(std::shared_ptr<map_collector<R>> c, std::size_t index)
-      : c_(std::move(c)), index_(index) {}
-  void succeeded(std::span<const std::byte> bytes) override {
-    c_->chunks[index_] = decode<std::vector<R>>(bytes);
-    if (--c_->left == 0) {
-      std::vector<R> all;
-      std::size_t n = 0;
-      for (auto& ch : c_->chunks) n += ch.size();
-      all.reserve(n);
-      for (auto& ch : c_->chunks)
-        for (auto& r : ch) all.push_back(std::move(r));
-      c_->state->set_value(std::move(all));
-    }
-  }
-  void failed(std::exception_ptr e) override { c_->state->set_error(std::move(e)); }
-
- private:
-  std::shared_ptr<map_collector<R>> c_;
-  std::size_t index_;
-};
-
-template <class R>
-class value_sink final : public task_sink {
- public:
-  explicit value_sink(std::shared_ptr<async_state<R>> s) : s_(std::move(s)) {}
-  void succeeded(std::span<const std::byte> bytes) override {
-    if constexpr (std::is_void_v<R>) {
-      if (!bytes.empty()) throw error("shmkit: a task of void result sent back bytes");
-      s_->set_value(true);
+  template <class Items>
+  item_blocks(const Items& items, std::size_t chunksize)
+      : n_(std::ranges::size(items)),
+        per_(std::max<std::size_t>(1, default_chunk_bytes /
+                                          std::max<std::size_t>(1, chunksize * sizeof(Item))) *
+             chunksize) {
+    blocks_.reserve(n_ / per_ + 1);
+    if constexpr (std::ranges::random_access_range<const Items>) {
+      auto first = std::ranges::begin(items);
+      for (std::size_t at = 0; at < n_; at += per_) {
+        const auto k =
+            static_cast<std::ranges::range_difference_t<const Items>>(std::min(per_, n_ - at));
+        blocks_.emplace_back(first, first + k);
+        first += k;
+      }
     } else {
-      s_->set_value(decode<R>(bytes));
+      for (auto&& x : items) {
+        if (blocks_.empty() || blocks_.back().size() == per_) {
+          blocks_.emplace_back();
+          blocks_.back().reserve(std::min(per_, n_ - (blocks_.size() - 1) * per_));
+        }
+        blocks_.back().push_back(x);
+      }
     }
   }
-  void failed(std::exception_ptr e) override { s_->set_error(std::move(e)); }
+  std::size_t size() const noexcept { return n_; }
+  // The k items from item `first`, all in one block (blocks hold whole chunks).
+  auto at(std::size_t first) const noexcept {
+    return blocks_[first / per_].begin() + static_cast<std::ptrdiff_t>(first % per_);
+  }
 
  private:
-  std::shared_ptr<async_state<R>> s_;
+  std::size_t n_, per_;
+  std::vector<std::vector<Item>> blocks_;
 };
 
-// The shared state of an imap / imap_unordered range: chunk results as they arrive.
+// Writes into `out` (reusing its memory) the bytes of tuple<State, std::vector<Item>> holding
+// the k items from `first`, which map_entry and starmap_entry decode, without building the
+// vector.
+template <class Item, class State, class It>
+void encode_chunk(const State& state, It first, std::size_t k, std::vector<std::byte>& out) {
+  using Vec = std::vector<Item>;
+  require_nonzero_width<Vec, Item>();
+  std::size_t bytes = encoded_size(state) + length_bytes;
+  if constexpr (codec_of<Item>::fixed) {
+    bytes += k * codec_of<Item>::min_size;
+  } else {
+    auto it = first;
+    for (std::size_t j = 0; j < k; ++j, ++it) bytes += codec_of<Item>::size(*it);
+  }
+  out.resize(bytes);
+  writer w(out.data(), out.data() + bytes, name_of<std::tuple<State, Vec>>);
+  codec_of<State>::write(w, state);
+  w.length(k);
+  if constexpr (is_raw<Item> && std::contiguous_iterator<It>) {
+    w.bytes(std::to_address(first), k * sizeof(Item));
+  } else {
+    for (std::size_t j = 0; j < k; ++j, ++first) {
+      const Item& e = *first;
+      write_counted_element<Vec, Item>(w, [&] { codec_of<Item>::write(w, e); });
+    }
+  }
+}
+
+// A map's or imap's tasks: chunk i holds items [i * chunksize, (i + 1) * chunksize). Outcomes
+// go to Target::deliver (map_target or stream_state).
+template <class F, class Item, class Target>
+class chunk_batch final : public task_batch {
+ public:
+  template <class Items>
+  chunk_batch(task_entry entry, const F& f, const Items& items, std::size_t chunksize,
+              std::shared_ptr<Target> target)
+      : task_batch(entry, word_of(f), (std::ranges::size(items) + chunksize - 1) / chunksize),
+        state_(state_of(f)),
+        items_(items, chunksize),
+        chunksize_(chunksize),
+        target_(std::move(target)) {}
+  void payload(std::size_t i, std::vector<std::byte>& out) const override {
+    const std::size_t first = i * chunksize_;
+    encode_chunk<Item>(state_, items_.at(first), std::min(chunksize_, items_.size() - first),
+                       out);
+  }
+  void deliver(std::span<const task_outcome> outcomes) noexcept override {
+    target_->deliver(outcomes);
+  }
+
+ private:
+  state_t<F> state_;
+  item_blocks<Item> items_;
+  std::size_t chunksize_;
+  std::shared_ptr<Target> target_;
+};
+
+// A map's results gathered, in order, into its async_state.
+template <class R>
+class map_target {
+ public:
+  map_target(std::size_t chunks, std::shared_ptr<async_state<std::vector<R>>> state)
+      : chunks_(chunks), left_(chunks), state_(std::move(state)) {}
+
+  void deliver(std::span<const task_outcome> outcomes) noexcept {
+    std::exception_ptr error;
+    bool complete = false;
+    {
+      std::lock_guard lk(m_);
+      for (const task_outcome& o : outcomes) {
+        if (o.ok && !o.error) {
+          try {
+            decode_into(o.bytes, chunks_[o.index]);
+            --left_;
+            continue;
+          } catch (...) {
+            error = std::current_exception();
+          }
+        } else {
+          error = task_batch::failure_of(o);
+        }
+        break;  // the first failure decides
+      }
+      complete = !error && left_ == 0;
+    }
+    if (error) {
+      state_->set_error(std::move(error));
+    } else if (complete) {
+      std::vector<R> all;
+      try {
+        std::size_t n = 0;
+        for (auto& ch : chunks_) n += ch.size();
+        all.reserve(n);
+        for (auto& ch : chunks_)
+          for (auto& r : ch) all.push_back(std::move(r));
+      } catch (...) {
+        state_->set_error(std::current_exception());
+        return;
+      }
+      state_->set_value(std::move(all));
+    }
+  }
+
+ private:
+  std::mutex m_;
+  std::vector<std::vector<R>> chunks_;
+  std::size_t left_;
+  std::shared_ptr<async_state<std::vector<R>>> state_;
+};
+
+// apply_async's one task: its payload encoded at submission, its result into an async_state.
+template <class R>
+class single_batch final : public task_batch {
+ public:
+  single_batch(task_entry entry, std::uint64_t fn_word, std::vector<std::byte> payload,
+               std::shared_ptr<async_state<R>> state)
+      : task_batch(entry, fn_word, 1), payload_(std::move(payload)), state_(std::move(state)) {}
+  void payload(std::size_t, std::vector<std::byte>& out) const override {
+    out.assign(payload_.begin(), payload_.end());
+  }
+  void deliver(std::span<const task_outcome> outcomes) noexcept override {
+    for (const task_outcome& o : outcomes) {
+      if (!o.ok || o.error) {
+        state_->set_error(failure_of(o));
+        continue;
+      }
+      try {
+        if constexpr (std::is_void_v<R>) {
+          if (!o.bytes.empty()) throw error("shmkit: a task of void result sent back bytes");
+          state_->set_value(true);
+        } else {
+          state_->set_value(decode<R>(o.bytes));
+        }
+      } catch (...) {
+        state_->set_error(std::current_exception());
+      }
+    }
+  }
+
+ private:
+  std::vector<std::byte> payload_;
+  std::shared_ptr<async_state<R>> state_;
+};
+
+// The shared state of an imap / imap_unordered range: results as they arrive. The consumer
+// takes every result there at once and then iterates them without locking; deliveries come
+// several at a time, with one lock and one notification.
 template <class R>
 class stream_state {
  public:
-  stream_state(std::size_t chunks, std::size_t items, bool ordered,
+  stream_state(std::size_t items, std::size_t chunksize, bool ordered,
                std::weak_ptr<callback_executor> exec = {})
       : ordered_(ordered),
-        slots_(ordered ? chunks : 0),
-        chunks_left_(chunks),
         items_(items),
-        exec_(std::move(exec)) {}
-
-  void deliver(std::size_t index, std::vector<R>&& results) {
-    std::lock_guard lk(m_);
-    if (ordered_)
-      slots_[index].emplace(std::move(results));
-    else
-      for (auto& r : results) ready_.push_back(std::move(r));
-    arrived();
+        chunksize_(chunksize),
+        chunks_((items + chunksize - 1) / chunksize),
+        chunks_left_(chunks_),
+        exec_(std::move(exec)) {
+    if (ordered_) {
+      placed_.resize(items_);
+      arrived_.resize(chunks_, 0);
+    }
   }
-  void fail(std::size_t index, std::exception_ptr e) {
-    std::lock_guard lk(m_);
-    if (ordered_)
-      slots_[index].emplace(std::vector<R>{}), errors_.emplace_back(index, e);
-    else
-      errors_.emplace_back(0, e);
-    arrived();
+
+  void deliver(std::span<const task_outcome> outcomes) noexcept {
+    {
+      std::lock_guard lk(m_);
+      for (const task_outcome& o : outcomes) {
+        std::exception_ptr e;
+        if (o.ok && !o.error) {
+          try {
+            decode_into(o.bytes, scratch_);
+            if (ordered_) {
+              const std::size_t first = o.index * chunksize_;
+              const std::size_t k = std::min(chunksize_, items_ - first);
+              if (scratch_.size() != k)
+                throw error(fmt::format("shmkit::pool: a chunk of {} items came back with {} "
+                                        "results",
+                                        k, scratch_.size()));
+              for (std::size_t j = 0; j < k; ++j) placed_[first + j].emplace(std::move(scratch_[j]));
+            } else {
+              ready_.insert(ready_.end(), std::make_move_iterator(scratch_.begin()),
+                            std::make_move_iterator(scratch_.end()));
+            }
+          } catch (...) {
+            e = std::current_exception();
+          }
+        } else {
+          e = task_batch::failure_of(o);
+        }
+        if (ordered_) arrived_[o.index] = e ? failed_chunk : arrived_chunk;
+        if (e) errors_.emplace_back(o.index, std::move(e));
+        --chunks_left_;
+      }
+      scratch_.clear();
+      // release: pairs with the acquire loads of the thread helping in wait().
+      arrivals_.fetch_add(1, std::memory_order_release);
+    }
+    cv_.notify_all();
   }
 
   // The next result, or nullopt at the end. Throws a task's failure where it stands in order
-  // (ordered) or as soon as it is known (unordered).
+  // (ordered) or once the results that arrived before it are taken (unordered).
   std::optional<R> next() {
-    std::unique_lock lk(m_);
     for (;;) {
       if (ordered_) {
-        while (pos_ < current_.size()) {
-          return std::optional<R>(std::move(current_[pos_++]));
+        // placed_[pos_, avail_) arrived, as seen under m_; nobody writes them any more.
+        if (pos_ < avail_) {
+          std::optional<R> r(std::move(*placed_[pos_]));
+          placed_[pos_++].reset();
+          return r;
         }
-        if (next_chunk_ == slots_.size()) return std::nullopt;
-        wait(lk, [&] { return slots_[next_chunk_].has_value(); });
-        for (auto it = errors_.begin(); it != errors_.end(); ++it)
-          if (it->first == next_chunk_) {
-            auto e = it->second;
-            errors_.erase(it);
-            ++next_chunk_;
-            std::rethrow_exception(e);
-          }
-        current_ = std::move(*slots_[next_chunk_]);
-        slots_[next_chunk_].reset();
-        ++next_chunk_;
-        pos_ = 0;
+        std::unique_lock lk(m_);
+        if (next_chunk_ == chunks_) return std::nullopt;
+        wait(lk, [&] { return arrived_[next_chunk_] != 0; });
+        if (arrived_[next_chunk_] == failed_chunk) {
+          std::exception_ptr e;
+          for (auto it = errors_.begin(); it != errors_.end(); ++it)
+            if (it->first == next_chunk_) {
+              e = it->second;
+              errors_.erase(it);
+              break;
+            }
+          ++next_chunk_;
+          pos_ = avail_ = std::min(items_, next_chunk_ * chunksize_);
+          std::rethrow_exception(e);
+        }
+        while (next_chunk_ < chunks_ && arrived_[next_chunk_] == arrived_chunk) ++next_chunk_;
+        avail_ = std::min(items_, next_chunk_ * chunksize_);
       } else {
+        if (pos_ < taken_.size()) return std::optional<R>(std::move(taken_[pos_++]));
+        std::unique_lock lk(m_);
         wait(lk, [&] { return !ready_.empty() || !errors_.empty() || chunks_left_ == 0; });
         if (!errors_.empty()) {
           auto e = errors_.front().second;
@@ -342,9 +572,9 @@ class stream_state {
           std::rethrow_exception(e);
         }
         if (ready_.empty()) return std::nullopt;
-        R r = std::move(ready_.front());
-        ready_.pop_front();
-        return std::optional<R>(std::move(r));
+        taken_.clear();
+        std::swap(taken_, ready_);
+        pos_ = 0;
       }
     }
   }
@@ -352,12 +582,8 @@ class stream_state {
   std::size_t size() const noexcept { return items_; }
 
  private:
-  void arrived() {
-    --chunks_left_;
-    // release: pairs with the acquire load of the thread helping in wait().
-    arrivals_.fetch_add(1, std::memory_order_release);
-    cv_.notify_all();
-  }
+  static constexpr std::uint8_t arrived_chunk = 1, failed_chunk = 2;
+
   // Waits for pred() under lk; first helps the pool take results in, as in async_state.
   template <class Pred>
   void wait(std::unique_lock<std::mutex>& lk, Pred pred) {
@@ -372,33 +598,20 @@ class stream_state {
   std::mutex m_;
   std::condition_variable cv_;
   const bool ordered_;
-  std::vector<std::optional<std::vector<R>>> slots_;  // ordered: per chunk
-  std::deque<R> ready_;                               // unordered
-  std::vector<std::pair<std::size_t, std::exception_ptr>> errors_;
+  const std::size_t items_, chunksize_, chunks_;
   std::size_t chunks_left_;
-  std::size_t items_;
-  std::size_t next_chunk_ = 0;
-  std::vector<R> current_;
+  std::vector<R> scratch_;  // one chunk's results, decoded
+  // ordered: each item's result in place, and per chunk 0, arrived_chunk or failed_chunk
+  std::vector<std::optional<R>> placed_;
+  std::vector<std::uint8_t> arrived_;
+  std::size_t next_chunk_ = 0, avail_ = 0;
+  // unordered: results not yet taken by the consumer, and those it took
+  std::vector<R> ready_, taken_;
   std::size_t pos_ = 0;
+  std::vector<std::pair<std::size_t, std::exception_ptr>> errors_;
   std::weak_ptr<callback_executor> exec_;
   std::atomic<std::uint64_t> arrivals_{0};
 };
-
-template <class R>
-class stream_chunk_sink final : public task_sink {
- public:
-  stream_chunk_sink(std::shared_ptr<stream_state<R>> s, std::size_t index)
-      : s_(std::move(s)), index_(index) {}
-  void succeeded(std::span<const std::byte> bytes) override {
-    s_->deliver(index_, decode<std::vector<R>>(bytes));
-  }
-  void failed(std::exception_ptr e) override { s_->fail(index_, std::move(e)); }
-
- private:
-  std::shared_ptr<stream_state<R>> s_;
-  std::size_t index_;
-};
-
 }  // namespace detail
 
 // The lazy range imap() and imap_unordered() return: single pass, usable in range-for.
@@ -509,15 +722,11 @@ class pool_front {
     static_assert(std::is_void_v<R> || encodable<R>,
                   "shmkit::pool: the result type of f must be a codec type");
     auto state = detail::make_async_state<R>(rt_);
-    detail::task_request t;
-    t.entry = &detail::apply_entry<Fd, std::decay_t<Args>...>;
-    t.fn_word = detail::word_of(f);
-    t.payload = encode(std::tuple<detail::state_t<Fd>, std::tuple<std::decay_t<Args>...>>(
+    auto payload = encode(std::tuple<detail::state_t<Fd>, std::tuple<std::decay_t<Args>...>>(
         detail::state_of(f), std::tuple<std::decay_t<Args>...>(std::forward<Args>(args)...)));
-    t.sink = std::make_shared<detail::value_sink<R>>(state);
-    std::vector<detail::task_request> v;
-    v.push_back(std::move(t));
-    rt_->submit(std::move(v));
+    rt_->submit_batch(std::make_shared<detail::single_batch<R>>(
+        &detail::apply_entry<Fd, std::decay_t<Args>...>, detail::word_of(f), std::move(payload),
+        state));
     return async_result<R>(std::move(state));
   }
 
@@ -539,28 +748,6 @@ class pool_front {
   std::shared_ptr<Runtime> rt_;
 
  private:
-  // One task per chunk: the callable's state and the chunk's items as the payload, and the
-  // sink make_sink(i) gives for chunk i.
-  template <class F, class Item, class MakeSink>
-  static std::vector<detail::task_request> chunk_tasks(const F& f,
-                                                       std::vector<std::vector<Item>>& chunks,
-                                                       detail::task_entry entry,
-                                                       MakeSink make_sink) {
-    using Fd = std::decay_t<F>;
-    std::vector<detail::task_request> tasks;
-    tasks.reserve(chunks.size());
-    for (std::size_t i = 0; i < chunks.size(); ++i) {
-      detail::task_request t;
-      t.entry = entry;
-      t.fn_word = detail::word_of(f);
-      t.payload = encode(std::tuple<detail::state_t<Fd>, std::vector<Item>>(detail::state_of(f),
-                                                                           std::move(chunks[i])));
-      t.sink = make_sink(i);
-      tasks.push_back(std::move(t));
-    }
-    return tasks;
-  }
-
   template <class R, class Item, class F, class Items>
   async_result<std::vector<R>> chunked(const F& f, const Items& items, std::size_t chunksize,
                                        detail::task_entry entry) {
@@ -568,19 +755,15 @@ class pool_front {
     static_assert(encodable<Item>, "shmkit::pool: the items must be codec types");
     const std::size_t n = std::ranges::size(items);
     if (chunksize == 0) chunksize = detail::default_chunksize(n, processes(), sizeof(Item));
-    auto chunks = detail::to_chunks(items, chunksize);
-    auto c = std::make_shared<detail::map_collector<R>>();
-    c->chunks.resize(chunks.size());
-    c->left = chunks.size();
-    c->state = detail::make_async_state<std::vector<R>>(rt_);
-    async_result<std::vector<R>> result(c->state);
-    if (chunks.empty()) {
-      c->state->set_value({});
+    auto state = detail::make_async_state<std::vector<R>>(rt_);
+    async_result<std::vector<R>> result(state);
+    if (n == 0) {
+      state->set_value({});
       return result;
     }
-    rt_->submit(chunk_tasks(f, chunks, entry, [&](std::size_t i) {
-      return std::make_shared<detail::map_chunk_sink<R>>(c, i);
-    }));
+    auto target = std::make_shared<detail::map_target<R>>((n + chunksize - 1) / chunksize, state);
+    rt_->submit_batch(std::make_shared<detail::chunk_batch<F, Item, detail::map_target<R>>>(
+        entry, f, items, chunksize, std::move(target)));
     return result;
   }
 
@@ -592,16 +775,13 @@ class pool_front {
     using R = detail::map_result_t<Fd, Item>;
     static_assert(encodable<R>, "shmkit::pool: the result type of f must be a codec type");
     if (chunksize == 0) chunksize = 1;
-    auto chunks = detail::to_chunks(items, chunksize);
-    auto s = std::make_shared<detail::stream_state<R>>(chunks.size(), std::ranges::size(items),
-                                                       ordered, rt_);
-    if (!chunks.empty())
-      rt_->submit(chunk_tasks(f, chunks, &detail::map_entry<Fd, Item>, [&](std::size_t i) {
-        return std::make_shared<detail::stream_chunk_sink<R>>(s, i);
-      }));
+    const std::size_t n = std::ranges::size(items);
+    auto s = std::make_shared<detail::stream_state<R>>(n, chunksize, ordered, rt_);
+    if (n != 0)
+      rt_->submit_batch(std::make_shared<detail::chunk_batch<Fd, Item, detail::stream_state<R>>>(
+          &detail::map_entry<Fd, Item>, f, items, chunksize, s));
     return result_stream<R>(std::move(s));
   }
-
 };
 
 }  // namespace detail
