@@ -93,18 +93,23 @@ struct task_request {
   std::shared_ptr<task_sink> sink;
 };
 
+// The error an encoded task_failure reports: remote_error(type name, message, pid, traceback).
+// Throws shmkit::error when the bytes do not decode.
+inline remote_error remote_error_from(std::span<const std::byte> failure, pid_t pid) {
+  auto f = decode<task_failure>(failure);
+  return remote_error(std::move(f.type_name), std::move(f.message), pid, std::move(f.traceback));
+}
+
 // Hands a task's outcome to its sink on the result thread: `payload` is the result (ok) or an
-// encoded task_failure, which becomes remote_error(type name, message, pid, traceback). What the sink
-// throws (a result that does not decode) fails it instead.
+// encoded task_failure (see remote_error_from). What the sink throws (a result that does not
+// decode) fails it instead.
 inline void deliver_outcome(task_sink& sink, bool ok, std::span<const std::byte> payload,
                             pid_t pid) {
   try {
     if (ok) {
       sink.succeeded(payload);
     } else {
-      auto f = decode<task_failure>(payload);
-      sink.failed(std::make_exception_ptr(
-          remote_error(std::move(f.type_name), std::move(f.message), pid, std::move(f.traceback))));
+      sink.failed(std::make_exception_ptr(remote_error_from(payload, pid)));
     }
   } catch (...) {
     sink.failed(std::current_exception());
@@ -142,13 +147,12 @@ class task_batch {
   // threads at once for results; failures may come from the submitting thread).
   virtual void deliver(std::span<const task_outcome> outcomes) noexcept = 0;
 
-  // The failure an outcome that is not a result reports: its error, or remote_error(type
-  // name, message, pid) from its bytes.
+  // The failure an outcome that is not a result reports: its error, or the remote_error its
+  // bytes encode (remote_error_from).
   static std::exception_ptr failure_of(const task_outcome& o) noexcept {
     if (o.error) return o.error;
     try {
-      auto f = decode<task_failure>(o.bytes);
-      return std::make_exception_ptr(remote_error(f.type_name, f.message, o.pid));
+      return std::make_exception_ptr(remote_error_from(o.bytes, o.pid));
     } catch (...) {
       return std::current_exception();
     }
