@@ -37,6 +37,11 @@
 //   with the parent, also when the parent is killed with SIGKILL. Linux sends that signal when
 //   the *thread* that called start() ends: start daemons from a thread that lives as long as
 //   you want them to.
+// - A multithreaded parent: the child holds only the thread that called start(), and any lock
+//   another thread held at the fork stays held in it. glibc's malloc, stdio and dynamic loader
+//   reset theirs, so a callable may allocate, print and throw; locks of your own (or of a
+//   runtime that does not prepare for fork, such as GCC 12's AddressSanitizer allocator) may
+//   deadlock the child. The pool never forks from a multithreaded process (see pool.hpp).
 // - What survives kill -9 of the parent: a non-daemon child runs on (reparented), as in Python;
 //   a daemon child is killed. Kill -9 of the child: exitcode() is -9, and a half-written
 //   exception record is never reported (it is published last, with release order).
