@@ -9,7 +9,6 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
-#include <cxxabi.h>
 #include <fmt/format.h>
 #include <iostream>
 #ifdef __GLIBCXX__
@@ -269,8 +268,7 @@ bool iostreams_buffer_apart() noexcept {
   } catch (...) {
     code = 1;
     try {
-      const std::type_info* t = abi::__cxa_current_exception_type();
-      const std::string type = t != nullptr ? demangle(t->name()) : "unknown";
+      const std::string type = current_exception_type_name();
       write_record(rec, type, non_std_message(type), last_throw_trace());
     } catch (...) {
       write_record(rec, "unknown", "(a non-std exception that could not be recorded)");

@@ -1,12 +1,10 @@
 // SPDX-License-Identifier: MIT
 #include "shmkit/detail/task.hpp"
 
-#include <cxxabi.h>
 #include <dlfcn.h>
 #include <exception>
 #include <fmt/format.h>
 #include <link.h>
-#include <memory>
 #include <typeinfo>
 #include <unistd.h>
 
@@ -14,11 +12,6 @@
 #include "shmkit/error.hpp"
 
 namespace shmkit::detail {
-
-std::string current_exception_type_name() {
-  const std::type_info* t = abi::__cxa_current_exception_type();
-  return t == nullptr ? "unknown" : demangle(t->name());
-}
 
 bool run_task(task_entry entry, std::uint64_t fn_word, std::span<const std::byte> in,
               std::vector<std::byte>& out) noexcept {

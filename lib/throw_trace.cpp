@@ -11,6 +11,7 @@
 #include <cstring>
 #include <exception>
 #include <cxxabi.h>
+#include <typeinfo>
 #include <dlfcn.h>
 #include <fmt/format.h>
 #include <link.h>
@@ -75,6 +76,11 @@ std::string demangle(const char* name) {
   std::unique_ptr<char, void (*)(void*)> d(abi::__cxa_demangle(name, nullptr, nullptr, &status),
                                            std::free);
   return status == 0 && d ? std::string(d.get()) : std::string(name);
+}
+
+std::string current_exception_type_name() {
+  const std::type_info* t = abi::__cxa_current_exception_type();
+  return t == nullptr ? "unknown" : demangle(t->name());
 }
 
 void enable_throw_traces() noexcept {

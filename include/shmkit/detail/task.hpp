@@ -179,9 +179,6 @@ struct task_failure {
 bool run_task(task_entry entry, std::uint64_t fn_word, std::span<const std::byte> in,
               std::vector<std::byte>& out) noexcept;
 
-// The demangled dynamic type of the exception being handled ("int", "std::runtime_error").
-std::string current_exception_type_name();
-
 // An address in the program image as (module path, offset), valid in another process running
 // the same program where ASLR placed the modules elsewhere. Throws shmkit::error when the
 // address is in no loaded module.

@@ -29,6 +29,10 @@ namespace shmkit::detail {
 // name itself when it does not demangle.
 std::string demangle(const char* name);
 
+// The demangled dynamic type of the exception being handled ("int", "std::runtime_error");
+// "unknown" when none is.
+std::string current_exception_type_name();
+
 // Turns capture on for every thread of this process (for the rest of its life).
 void enable_throw_traces() noexcept;
 
