@@ -41,7 +41,6 @@
 #include <condition_variable>
 #include <csignal>
 #include <cstdlib>
-#include <cxxabi.h>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -54,6 +53,7 @@
 #include <unistd.h>
 #include <unordered_map>
 
+#include "shmkit/detail/throw_trace.hpp"
 #include "shmkit/process.hpp"
 
 namespace shmkit::detail {
@@ -112,13 +112,6 @@ std::tuple<bool, std::int64_t, std::vector<std::byte>> run_in_local_worker(
   const bool ok = run_task(reinterpret_cast<task_entry>(static_cast<std::uintptr_t>(entry)), fn,
                            payload, out);
   return {ok, static_cast<std::int64_t>(::getpid()), std::move(out)};
-}
-
-std::string type_name_of(const std::exception& e) {
-  int status = 0;
-  std::unique_ptr<char, void (*)(void*)> name(
-      abi::__cxa_demangle(typeid(e).name(), nullptr, nullptr, &status), std::free);
-  return status == 0 && name ? std::string(name.get()) : std::string(typeid(e).name());
 }
 
 // Where the launcher's environment already says, before MPI_Init, which rank this process
@@ -871,7 +864,7 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
     if (dynamic_cast<const worker_lost_error*>(&e) != nullptr)
       return outcome{id, outcome_kind::lost, 0, encode(std::string(e.what()))};
     return outcome{id, outcome_kind::failed, ::getpid(),
-                   encode(task_failure{type_name_of(e), e.what()})};
+                   encode(task_failure{demangle(typeid(e).name()), e.what()})};
   }
 
   // Hands a task to the local pool; its outcome comes back through report().
