@@ -201,7 +201,11 @@ mapping check_header(int fd, std::string_view name, segment_spec spec) {
                               spec.type.name);
       } else {
         const std::uint64_t want = mapped_extent(*h);
-        if (state == header_state::corrupted)
+        struct stat now {};
+        if (state == header_state::corrupted && ::fstat(fd, &now) == 0 &&
+            static_cast<std::size_t>(now.st_size) > file_size)
+          wait = true;  // a grower extended the file after our fstat: map it again
+        else if (state == header_state::corrupted)
           problem = fmt::format("shmkit: {} is corrupted: its header describes {} bytes but the "
                                 "file holds {}",
                                 what, want, file_size);
