@@ -22,13 +22,17 @@
 // mapping, re-read `version`; if it moved, retry; after a few tries, or while it is odd, take
 // the mutex and read under it.
 // Fast sets (dict_set of a present key, same value size, at most 8 bytes): no lock, no
-// version change, one atomic store of the entry's value word, made only while the setter's
-// identity sits in a setter slot and it saw the lock free and no snapshot running (claimed,
-// then checked, seq_cst). Whoever shuts fast sets out (the mutex's holder, right after
-// locking; a snapshot, after raising its bit in `scanning`) then waits for the setter slots to
-// empty, so a fast store never lands on an entry being freed or read under the lock; entries
-// never move (a growing table copies offsets), so a store validated by `version` is in place.
-// Lock-free readers load a value word of <= 8 bytes as one atomic word. See fast_set().
+// version change, one atomic store of the key's value word, which lives in the dict's table
+// beside its slot (values of at most 8 bytes are kept there, not in their entries, so that
+// the lines a lookup reads are never written by a fast set). A setter makes its store only
+// while its identity sits in its own setter slot and it saw the lock free and no snapshot
+// running (stored, fenced, then checked). Whoever shuts fast sets out (the mutex's holder,
+// right after locking; a snapshot, after raising its bit in `scanning`) then waits for the
+// setter slots to empty, so a fast store never lands on an entry being freed or read under
+// the lock; a store validated by `version` is in place (a table that moves changes it). The
+// fence is a seq_cst fence, or, while fast sets run undisturbed, none at all: the shutters
+// then call heavy_fence() (membarrier) instead; see "the fast-set gate" and fast_set().
+// Lock-free readers load a value word of <= 8 bytes as one atomic word.
 // Recovery: the mutex's next holder finds `version` odd or `busy` set (its holder died in the
 // middle) and repairs before anything else: it re-applies a committed journal, then rebuilds
 // the whole heap from what is reachable (mark and sweep), which returns every block the dead
@@ -59,7 +63,9 @@ using u64 = std::uint64_t;
 using u32 = std::uint32_t;
 
 constexpr u64 root_magic = 0x52474e4d4b4d4853ull;  // "SHMKMNGR"
-constexpr u32 root_layout = 2;  // 2: fast-setter and scanner slots in the root
+// 2: fast-setter and scanner slots in the root; 3: setter slots owned by a thread, and fast
+// sets without a fence (`light`).
+constexpr u32 root_layout = 3;
 constexpr std::size_t journal_capacity = 6;
 constexpr std::size_t max_name = 200;
 
@@ -123,7 +129,11 @@ struct container_block {
   u32 inline_size;  // lists: raw items of this many bytes live in the slots
   u64 body;         // dict: table block; list: list_body block
 };
-struct table_block {  // followed by `capacity` slots
+// A dict's table: slots, then the values of at most 8 bytes (inline values), slot by slot.
+// Such a value lives in the table, not in its entry, so that a fast set's store (which
+// misses when another process set a key of that cache line last) touches no line that a
+// lookup reads: keys and slots stay in every reader's cache while values change.
+struct table_block {  // followed by `capacity` slots, then `capacity` value words
   u64 capacity;       // a power of two
   u64 count;          // live entries
   u64 tombstones;     // erased slots
@@ -139,8 +149,16 @@ constexpr u64 min_table = 8;
 constexpr u64 slot_offset(u64 table, u64 index) {
   return table + header_bytes + sizeof(table_block) + index * 8;
 }
+constexpr u64 table_payload(u64 cap) { return sizeof(table_block) + cap * 16; }
+// The value word of slot `index` in a table of `cap` slots.
+constexpr u64 value_word_offset(u64 table, u64 cap, u64 index) {
+  return slot_offset(table, cap + index);
+}
 
-struct entry_block {  // followed by the key, padding to 8, then the value (at least 8 bytes)
+// A value of at most 8 bytes lives in its slot's value word (zero-padded), others in the
+// entry after the key.
+constexpr bool inline_value(u64 value_len) { return value_len <= 8; }
+struct entry_block {  // followed by the key, padding to 8, then the value unless inline
   u64 hash;
   u64 key_len;
   u64 value_len;
@@ -150,7 +168,7 @@ constexpr u64 round8(u64 n) { return (n + 7) & ~u64(7); }
 constexpr bool power_of_two(u64 n) { return n != 0 && (n & (n - 1)) == 0; }
 constexpr u64 entry_value_at(u64 key_len) { return sizeof(entry_block) + round8(key_len); }
 constexpr u64 entry_payload(u64 key_len, u64 value_len) {
-  return entry_value_at(key_len) + std::max<u64>(round8(value_len), 8);
+  return entry_value_at(key_len) + (inline_value(value_len) ? 0 : round8(value_len));
 }
 
 constexpr std::size_t max_chunks = 40;
@@ -211,9 +229,26 @@ struct heap_state {  // touched only by the mutex holder; rebuilt by recovery
 };
 
 constexpr std::size_t scanner_slots = 16;
-constexpr std::size_t setter_slots = 16;
+constexpr std::size_t setter_slots = 64;  // one bit each in `setters_owned`
+// A thread's own slot for its fast sets (see fast_set), on a cache line of its own so that
+// setters in different processes do not share one.
 struct setter_slot {
-  alignas(64) std::atomic<u64> active{0};
+  // Identity of the thread that owns the slot: claimed once (compare-and-swap from 0, or
+  // from a dead owner's identity) and kept while it lives. Only the owner stores `active`.
+  alignas(64) std::atomic<u64> owner{0};
+  // The owner's identity while it is inside a fast set, 0 when idle (or when a drainer took
+  // it back from a dead owner).
+  std::atomic<u64> active{0};
+};
+
+// States of manager_root::light, see fast_set().
+enum light_state : u32 {
+  light_off = 0,       // every fast set fences (seq_cst); drainers fence normally
+  light_on = 1,        // fast setters of registered processes skip the fence; drainers call
+                       // heavy_fence() before they look at the setter slots
+  light_clearing = 2,  // being switched off: fast sets fence, drainers call heavy_fence()
+  light_banning = 3,   // as clearing, then banned: a drainer could not call heavy_fence()
+  light_banned = 4,    // off for good in this segment; drainers fence normally
 };
 
 struct manager_root {
@@ -225,13 +260,18 @@ struct manager_root {
   std::atomic<u64> directory{0};
   u64 magic = root_magic;
   u32 layout = root_layout;
-  u32 reserved = 0;
+  // A light_state: whether fast sets may skip their fence (see fast_set). Every fast set reads
+  // it; setters turn it on after a quiet spell, drainers turn it off.
+  std::atomic<u32> light{light_off};
   // Bit i: the snapshot claiming scanners[i] is running; fast sets stay off meanwhile. Every
   // fast set reads it; only snapshots write it, so its line stays in every reader's cache
   // (the words before it keep their places from layout 1, so that an older build opening
   // this segment reads its layout number and says so).
   std::atomic<u64> scanning{0};
   u64 scanners_checked = 0;  // mutex holder only: when dead scanners were last looked for (ns)
+  // Bit i: setters[i] has (or had) an owner; drainers look at those slots only. Set by a
+  // thread claiming a free slot, never cleared (a dead owner's slot is taken over as it is).
+  std::atomic<u64> setters_owned{0};
 
   alignas(64) std::atomic<u32> journal_count{0};  // n > 0: the n entries below are committed
   u32 journal_reserved = 0;
@@ -239,8 +279,6 @@ struct manager_root {
 
   // Identity of each snapshot in progress (see dict_scan); 0 when the slot is free.
   alignas(64) std::atomic<u64> scanners[scanner_slots]{};
-  // Identity of the thread inside a fast set (see fast_set), one cache line each so that
-  // setters in different processes do not share one; 0 when idle.
   setter_slot setters[setter_slots]{};
 
   alignas(64) heap_state heap{};
@@ -249,6 +287,11 @@ static_assert(std::atomic<u64>::is_always_lock_free);
 static_assert(std::atomic<u32>::is_always_lock_free);
 static_assert(std::atomic_ref<u64>::is_always_lock_free);
 static_assert(std::is_standard_layout_v<manager_root>);
+// A fast set reads the lock word, then `light` and `scanning`: two lines, the second one
+// written only when a snapshot starts or ends and when light fast sets are switched.
+static_assert(offsetof(manager_root, light) / 64 == offsetof(manager_root, scanning) / 64);
+static_assert(offsetof(manager_root, setters_owned) / 64 == offsetof(manager_root, scanning) / 64);
+static_assert(setter_slots <= 64);
 
 constexpr u64 root_at = payload_alignment;  // the root starts the payload
 
@@ -593,7 +636,7 @@ std::vector<std::pair<u64, u64>> reachable(const space& s) {
         const u64 tsize = add(c->body, block_kind::table, sizeof(table_block));
         const auto* t = payload<table_block>(s, c->body);
         if (!power_of_two(t->capacity) ||
-            t->capacity > (tsize - header_bytes - sizeof(table_block)) / 8)
+            t->capacity > (tsize - header_bytes - sizeof(table_block)) / 16)
           throw torn{};
         const u64* slots = reinterpret_cast<const u64*>(t + 1);
         u64 count = 0;
@@ -641,6 +684,47 @@ std::vector<std::pair<u64, u64>> reachable(const space& s) {
 }
 
 // --- the fast-set gate ----------------------------------------------------------------------
+//
+// Fast sets (fast_set()) store without the lock while the gate is open: the lock free and no
+// snapshot running. Whoever closes the gate (the lock's holder, right after locking; a
+// snapshot, after raising its bit in `scanning`) is a drainer: it then waits for the fast sets
+// under way (drain_setters()), so that no fast store lands after its drain.
+//
+// The handshake, Dekker-style. A setter stores its identity in its own slot (`active`),
+// fences, loads `light`, then the lock word and `scanning`, and stores its value only if the
+// gate is open. A drainer closes the gate with a read-modify-write, makes a seq_cst fence,
+// loads `light`, calls heavy_fence() when `light` is not off (nor banned), then loads each
+// owned slot and waits while it holds a setter. The setter's fence is a seq_cst fence, except
+// when its process registered for light fences (register_light_fences()) and it read
+// light_on: then it is light_fence() alone, and the set makes no locked instruction. For every
+// setter S that stores and every drainer D, either D sees S's slot taken (and waits for S to
+// finish), or S's gate loads see D's gate closed:
+//   (a) S fenced (seq_cst): fence against fence, as in any Dekker handshake.
+//   (b) S light, D read light_on, clearing or banning: D's heavy_fence() ran a full fence F on
+//       S's CPU. If S's slot store precedes F, it is visible to D's slot loads, which follow
+//       the heavy fence. Otherwise S's loads follow F, which follows D's read-modify-write: S
+//       sees the gate closed (or opened again by D when done: then D's writes are visible to
+//       S, whose check of `version` afterwards sees them).
+//   (c) S light (it read light_on, written by W1), D read light_off or light_banned (written
+//       by W0). Either W0 precedes W1 in the modification order of `light`: W1 is a setter's
+//       seq_cst switch from off to on, so D's gate RMW < D's load of `light` < W1 <= S's load
+//       of `light` < S's gate loads in the seq_cst total order, and S sees the gate closed.
+//       Or W1 precedes W0: the first write after W1 was a drainer's switch to clearing or
+//       banning (C1), and W0 is, or follows, a switch from there to off or banned (C0) made by
+//       a drainer D'' that read C1's value, then called heavy_fence() and drained. S read
+//       `light` before C1, so (as in (b), with D''s fence) S's slot store was visible to D'''s
+//       drain, which waited for S to finish before C0; D read C0 or a later read-modify-write
+//       (every write to `light` is one, so C0's release sequence goes on): S's store happens
+//       before D's drain.
+// So a setter loads `light` before the gate words (the order matters for (c)), all seq_cst
+// (plain loads on x86). A drain while light is on costs a heavy_fence() (a system call and an
+// interrupt to each CPU running a registered process, about 10 us here), so the first drainer
+// to see light on switches it off, and setters switch it on again only after light_after fast
+// sets in a row with no write in between (see fast_set()).
+// A drainer whose heavy_fence() fails (a process that may not call membarrier, beside others
+// that registered) bans light sets for good: it switches `light` to banning, sleeps 10 ms,
+// then drains. That one path relies on time (a light setter's slot store leaves its CPU's
+// store buffer within nanoseconds) instead of a fence.
 
 // Waits until the thread `id` has left the fast-set slot `word` (it stays there for a few
 // loads and one store), or takes the slot back from it when it died there.
@@ -653,6 +737,7 @@ void wait_for_setter(std::atomic<u64>& word, u64 id) {
     if (!identity_alive(id)) {
       u64 expected = id;
       // acq_rel: a dead setter's one value store is done or never happens; either is fine.
+      // When the CAS fails, the slot's new owner (who took it over) is in it: see the gate.
       word.compare_exchange_strong(expected, 0, std::memory_order_acq_rel,
                                    std::memory_order_acquire);
       return;
@@ -666,17 +751,49 @@ void wait_for_setter(std::atomic<u64>& word, u64 id) {
   }
 }
 
-// Waits until no fast set is under way. The caller has made fast sets fail first (it holds
-// the writers' lock, or its bit is up in `scanning`) with a seq_cst store or read-modify-write
-// followed by a seq_cst fence: Dekker-style with fast_set(), which claims its slot (seq_cst)
-// before it loads the lock and `scanning` (seq_cst), either the setter sees the gate closed
-// and stores nothing, or we see its slot taken here and wait until it is done.
+// Waits for every owned slot to be idle.
+void drain_slots(manager_root* r) {
+  // seq_cst: a slot is marked owned (seq_cst) before its first fast set: a bit we miss here
+  // was set after this load, and its setter's gate loads see our gate closed.
+  u64 owned = r->setters_owned.load(std::memory_order_seq_cst);
+  while (owned != 0) {
+    const auto i = static_cast<std::size_t>(std::countr_zero(owned));
+    owned &= owned - 1;
+    std::atomic<u64>& active = r->setters[i].active;
+    const u64 id = active.load(std::memory_order_seq_cst);
+    if (id != 0) wait_for_setter(active, id);
+  }
+}
+
+// Waits until no fast set is under way: see the handshake above. The caller has closed the
+// gate (it holds the writers' lock, or its bit is up in `scanning`) with a read-modify-write.
 void drain_setters(manager_root* r) {
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  for (setter_slot& slot : r->setters) {
-    const u64 id = slot.active.load(std::memory_order_seq_cst);
-    if (id != 0) wait_for_setter(slot.active, id);
+  u32 l = r->light.load(std::memory_order_seq_cst);
+  if (l == light_off || l == light_banned) [[likely]] {
+    drain_slots(r);
+    return;
   }
+  // Light sets are (or were just) on: switch them off, since drainers come, and fence them.
+  // seq_cst: read-modify-writes only (see (c) above). On failure `l` is what we found.
+  if (l == light_on && r->light.compare_exchange_strong(l, light_clearing, std::memory_order_seq_cst))
+    l = light_clearing;
+  if (heavy_fence()) [[likely]] {
+    drain_slots(r);
+    // We read `l` (clearing or banning) before our heavy fence and drained after it: every
+    // setter that read light_on before that switch is done (see (c)).
+    if (l == light_clearing || l == light_banning)
+      r->light.compare_exchange_strong(l, l == light_clearing ? light_off : light_banned,
+                                       std::memory_order_seq_cst);
+    return;
+  }
+  r->light.exchange(light_banning, std::memory_order_seq_cst);
+  std::atomic<u32> never{0};
+  const time_point until = clock::now() + std::chrono::milliseconds(10);
+  while (clock::now() < until) futex_wait(&never, 0, until);
+  drain_slots(r);
+  u32 banning = light_banning;
+  r->light.compare_exchange_strong(banning, light_banned, std::memory_order_seq_cst);
 }
 
 // A scanner killed in its snapshot leaves its bit up, which keeps fast sets off (every set
@@ -1028,7 +1145,7 @@ struct probe_result {
   u64 index;   // the key's slot, or where it would go (first tombstone or empty slot met)
   u64 entry;   // 0 when absent
   bool reuses_tombstone;
-  bytes_view value;  // the entry's value when present
+  bytes_view value;  // the value when present (in the table when inline)
 };
 
 // A dict's current table, checked.
@@ -1037,6 +1154,7 @@ struct table_view {
   const table_block* header;
   u64 cap;
   const u64* slots;
+  const u64* values() const noexcept { return slots + cap; }
 };
 
 table_view table_of(const space& s, u64 root) {
@@ -1044,9 +1162,18 @@ table_view table_of(const space& s, u64 root) {
   const u64 size = s.check_block(table, block_kind::table, sizeof(table_block));
   const auto* t = payload<table_block>(s, table);
   const u64 cap = load(t->capacity);
-  // Against the block's own size, which check_block bounded: cap * 8 could overflow.
-  if (!power_of_two(cap) || cap > (size - header_bytes - sizeof(table_block)) / 8) throw torn{};
+  // Against the block's own size, which check_block bounded: cap * 16 could overflow.
+  if (!power_of_two(cap) || cap > (size - header_bytes - sizeof(table_block)) / 16) throw torn{};
   return {table, t, cap, reinterpret_cast<const u64*>(t + 1)};
+}
+
+// Where the value of the entry `e` in slot j lies: its slot's value word when inline.
+bytes_view value_of(const table_view& tv, u64 j, const entry_block* en, u64 key_len,
+                    u64 value_len) {
+  const std::byte* at = inline_value(value_len)
+                            ? reinterpret_cast<const std::byte*>(tv.values() + j)
+                            : reinterpret_cast<const std::byte*>(en) + entry_value_at(key_len);
+  return {at, static_cast<std::size_t>(value_len)};
 }
 
 // memcmp(a, b, n) == 0, without a library call for the short keys most dicts have.
@@ -1063,7 +1190,8 @@ inline bool same_bytes(const std::byte* a, const std::byte* b, u64 n) noexcept {
 }
 
 probe_result probe(const space& s, u64 root, key_ref key) {
-  const auto [table, t, cap, slots] = table_of(s, root);
+  const table_view tv = table_of(s, root);
+  const auto [table, t, cap, slots] = tv;
   const u64 mask = cap - 1;
   const u64 tag = slot_tag(key.hash);
   u64 insert_at = ~u64(0);
@@ -1079,6 +1207,9 @@ probe_result probe(const space& s, u64 root, key_ref key) {
       continue;
     }
     if ((slot & 0xffff) != tag) continue;
+    // Most likely the key's: start fetching its inline value word (for writing: sets and
+    // updates write it) while the key is compared.
+    __builtin_prefetch(tv.values() + i, 1);
     const u64 e = slot_entry(slot);
     const u64 esize = s.check_block(e, block_kind::entry, sizeof(entry_block));
     const auto* en = payload<entry_block>(s, e);
@@ -1090,9 +1221,7 @@ probe_result probe(const space& s, u64 root, key_ref key) {
       throw torn{};
     if (!same_bytes(reinterpret_cast<const std::byte*>(en + 1), key.data.data(), key_len))
       continue;
-    return {table, i, e, false,
-            {reinterpret_cast<const std::byte*>(en) + entry_value_at(key_len),
-             static_cast<std::size_t>(value_len)}};
+    return {table, i, e, false, value_of(tv, i, en, key_len, value_len)};
   }
   if (insert_at != ~u64(0)) return {table, insert_at, 0, true, {}};
   throw torn{};  // a full table without tombstones: never built so
@@ -1100,24 +1229,107 @@ probe_result probe(const space& s, u64 root, key_ref key) {
 
 // --- fast sets -----------------------------------------------------------------------------
 
-// Which setter slot this thread tries first: spread by identity, moved on when taken.
-thread_local std::size_t setter_hint = setter_slots;
+// What a thread keeps about its fast sets (process-local).
+struct setter_thread {
+  std::size_t slot = setter_slots;  // its slot in the root it used last (checked each time)
+  u64 light_for = 0;    // self_identity() when it registered for light fences (0: not yet);
+                        // a forked child has another identity, so it registers again
+  u64 quiet_version = 1;  // `version` during its last fenced fast sets (odd: none)
+  u32 quiet_sets = 0;     // fenced fast sets in a row at that version
+  u32 claim_later = 0;    // fast sets to go before it tries again to claim a slot
+  u64 light_sets = 0;     // statistic: fast sets made without a fence
+};
+thread_local setter_thread setter_tls;
+
+// This thread's own setter slot in `r`: found or claimed (compare-and-swap of the owner from
+// 0, or else from a dead owner's identity, which reads /proc); nullptr when all are owned by
+// live threads. The search starts at a place drawn from the identity, so a thread tends to
+// own the same slot in every manager and finds it at once. Owners never go back to 0, so the
+// first slot met that is free or ours is ours if we own one.
+[[gnu::noinline]] setter_slot* claim_setter_slot(manager_root* r, u64 me) {
+  setter_thread& st = setter_tls;
+  if (st.claim_later != 0) {
+    --st.claim_later;
+    return nullptr;
+  }
+  const std::size_t first = static_cast<std::size_t>((me >> 32) * 0x9e3779b97f4a7c15ull >> 58);
+  for (std::size_t n = 0; n < setter_slots; ++n) {
+    const std::size_t i = (first + n) % setter_slots;
+    std::atomic<u64>& owner = r->setters[i].owner;
+    u64 o = owner.load(std::memory_order_relaxed);  // relaxed: confirmed by the CAS below
+    // seq_cst: claimed, then marked owned (seq_cst, see drain_slots()) before the first set.
+    if (o == 0 && owner.compare_exchange_strong(o, me, std::memory_order_seq_cst,
+                                                std::memory_order_relaxed)) {
+      r->setters_owned.fetch_or(u64(1) << i, std::memory_order_seq_cst);
+      o = me;
+    }
+    if (o == me) {
+      st.slot = i;
+      return &r->setters[i];
+    }
+  }
+  for (std::size_t n = 0; n < setter_slots; ++n) {
+    const std::size_t i = (first + n) % setter_slots;
+    std::atomic<u64>& owner = r->setters[i].owner;
+    u64 o = owner.load(std::memory_order_relaxed);
+    // seq_cst: as above; the slot's bit is up already. Its `active` may still hold the dead
+    // owner: drainers take it back, or our first set overwrites it (see wait_for_setter()).
+    if (!identity_alive(o) &&
+        owner.compare_exchange_strong(o, me, std::memory_order_seq_cst,
+                                      std::memory_order_relaxed)) {
+      r->setters_owned.fetch_or(u64(1) << i, std::memory_order_seq_cst);
+      st.slot = i;
+      return &r->setters[i];
+    }
+  }
+  st.claim_later = 4096;  // all taken by live threads: take the lock meanwhile
+  return nullptr;
+}
+
+setter_slot* own_setter_slot(manager_root* r, u64 me) {
+  const std::size_t i = setter_tls.slot;
+  // relaxed: only this thread stores its identity there, and nobody replaces it while we live.
+  if (i < setter_slots && r->setters[i].owner.load(std::memory_order_relaxed) == me) [[likely]]
+    return &r->setters[i];
+  return claim_setter_slot(r, me);
+}
+
+// After light_after fenced fast sets in a row with no write in between: registers this process
+// for light fences (once) and switches light sets on, unless drainers switched them off for
+// good. seq_cst: the switch W1 of case (c) in the handshake above.
+[[gnu::noinline]] void switch_light_on(manager_root* r, u64 me) {
+  setter_thread& st = setter_tls;
+  if (st.light_for != me) {
+    if (!register_light_fences()) return;
+    st.light_for = me;
+  }
+  u32 off = light_off;
+  r->light.compare_exchange_strong(off, light_on, std::memory_order_seq_cst);
+}
+
+}  // namespace
+
+std::uint32_t manager_light_after = 4096;
+std::uint64_t manager_light_sets() noexcept { return setter_tls.light_sets; }
+
+namespace {
 
 // set() of a key already present whose value keeps its size of at most 8 bytes, without the
-// lock: one atomic store into the entry's value word. Returns false when it cannot (the key
-// is absent, the size changes, a writer holds the lock, a snapshot is running, the slot is
-// taken): the caller then takes the writers' lock.
+// lock: one atomic store into the key's value word (in the table). Returns false when it
+// cannot (the key is absent, the size changes, a writer holds the lock, a snapshot is
+// running, no setter slot is free): the caller then takes the writers' lock.
 //
 // Why it is safe: the entry is found by an optimistic probe validated by `version` (as a read
-// is), and the store is made only while this thread's identity sits in a setter slot and
+// is), and the store is made only while this thread's identity sits in its setter slot and
 // the gate is open: the lock free and no snapshot running, both checked after the slot was
-// claimed. Whoever closes the gate (a lock holder, a scanner) then waits for the slots to
-// empty (drain_setters), so no fast store lands while the lock is held or a snapshot reads:
-// an entry is never freed, moved or read for a read-modify-write under a fast store. Killed
-// at any instruction, a fast setter leaves the old value or the new one (one aligned 8-byte
-// store), and at most its slot taken, which the next drainer takes back (identity_alive).
-// Fast sets do not move `version`: a lock-free reader loads the value word atomically, and
-// what version validates (the entry's place and size) fast sets do not change.
+// taken (the handshake under "the fast-set gate"). Whoever closes the gate (a lock holder, a
+// scanner) then waits for the slots to empty (drain_setters), so no fast store lands while
+// the lock is held or a snapshot reads: an entry is never freed, moved or read for a
+// read-modify-write under a fast store. Killed at any instruction, a fast setter leaves the
+// old value or the new one (one aligned 8-byte store), and at most its slot busy, which the
+// next drainer takes back (identity_alive), and its slot owned, which another thread takes
+// over. Fast sets do not move `version`: a lock-free reader loads the value word atomically,
+// and what version validates (the entry's place and size) fast sets do not change.
 bool fast_set(manager_core& core, u64 root, key_ref key, const value_source& value) {
   if (value.size > 8) return false;
   std::byte bytes[8]{};
@@ -1125,7 +1337,7 @@ bool fast_set(manager_core& core, u64 root, key_ref key, const value_source& val
   u64 word;
   std::memcpy(&word, bytes, 8);
   const u64 me = self_identity();
-  if (setter_hint >= setter_slots) setter_hint = static_cast<std::size_t>((me >> 32) % setter_slots);
+  setter_thread& st = setter_tls;
   for (int attempt = 0; attempt < 2; ++attempt) {
     core.refresh();
     const space s(core);
@@ -1142,15 +1354,16 @@ bool fast_set(manager_core& core, u64 root, key_ref key, const value_source& val
     } catch (const torn&) {
       continue;
     }
-    std::atomic<u64>& slot = r->setters[setter_hint].active;
-    u64 idle = 0;
-    // seq_cst: the store half of the Dekker handshake with drain_setters(), see there.
-    if (!slot.compare_exchange_strong(idle, me, std::memory_order_seq_cst,
-                                      std::memory_order_relaxed)) {
-      setter_hint = (setter_hint + 1) % setter_slots;  // another thread's: try another next time
-      return false;
-    }
-    // seq_cst: the load half of the handshake (the lock word, then the snapshots' bits).
+    setter_slot* slot = own_setter_slot(r, me);
+    if (slot == nullptr) return false;
+    // relaxed: ordered before the gate loads by the fence below (seq_cst, or light against the
+    // drainers' heavy_fence()): the store half of the handshake.
+    slot->active.store(me, std::memory_order_relaxed);
+    light_fence();
+    // seq_cst, all the gate loads: the load half of the handshake; `light` first.
+    const bool light =
+        st.light_for == me && r->light.load(std::memory_order_seq_cst) == light_on;
+    if (!light) std::atomic_thread_fence(std::memory_order_seq_cst);
     const bool closed = r->lock.owner.load(std::memory_order_seq_cst) != 0 ||
                         r->scanning.load(std::memory_order_seq_cst) != 0;
     // acquire fence: the probe's loads happen before the re-read of `version`, as in read().
@@ -1164,8 +1377,20 @@ bool fast_set(manager_core& core, u64 root, key_ref key, const value_source& val
     }
     // release: pairs with the acquire load in wait_for_setter(): a drainer that sees the slot
     // free sees the value store.
-    slot.store(0, std::memory_order_release);
-    if (ok) return true;
+    slot->active.store(0, std::memory_order_release);
+    if (ok) {
+      if (light) {
+        ++st.light_sets;
+      } else if (v != st.quiet_version) {
+        st.quiet_version = v;
+        st.quiet_sets = 1;
+      } else if (++st.quiet_sets >= manager_light_after) {
+        st.quiet_sets = 0;
+        switch_light_on(r, me);
+      }
+      return true;
+    }
+    st.quiet_sets = 0;
     if (closed) return false;
   }
   return false;
@@ -1183,7 +1408,8 @@ bytes_view stable_value(const space& s, const probe_result& p, u64& word) {
   return {reinterpret_cast<const std::byte*>(&word), p.value.size()};
 }
 
-bytes_view entry_value(const space& s, u64 e) {
+// The value of the entry `e` in slot j (a snapshot's pass).
+bytes_view entry_value(const space& s, const table_view& tv, u64 j, u64 e) {
   const u64 esize = size_of(s, e);
   const auto* en = payload<entry_block>(s, e);
   const u64 key_len = load(en->key_len);
@@ -1191,8 +1417,7 @@ bytes_view entry_value(const space& s, u64 e) {
   if (key_len > esize || value_len > esize ||
       entry_payload(key_len, value_len) > esize - header_bytes)
     throw torn{};
-  return {reinterpret_cast<const std::byte*>(en) + entry_value_at(key_len),
-          static_cast<std::size_t>(value_len)};
+  return value_of(tv, j, en, key_len, value_len);
 }
 
 bytes_view entry_key(const space& s, u64 e) {
@@ -1200,36 +1425,54 @@ bytes_view entry_key(const space& s, u64 e) {
   return {reinterpret_cast<const std::byte*>(en + 1), static_cast<std::size_t>(load(en->key_len))};
 }
 
-// A new entry block holding key and value. Throws what the allocation or value.fill throw.
-u64 make_entry(txn& t, key_ref key, const value_source& value) {
+// The word an inline value is stored as (zero-padded). Throws what value.fill throws.
+u64 inline_word(const value_source& value) {
+  std::byte bytes[8]{};
+  value.fill({bytes, value.size});
+  u64 w;
+  std::memcpy(&w, bytes, 8);
+  return w;
+}
+
+// A new entry block holding the key, and the value unless it is inline (then `word` receives
+// it, for the slot's value word). Throws what the allocation or value.fill throw.
+u64 make_entry(txn& t, key_ref key, const value_source& value, u64& word) {
+  word = 0;
+  if (inline_value(value.size)) word = inline_word(value);
   const u64 e = t.alloc(entry_payload(key.data.size(), value.size), block_kind::entry);
   const space& s = t.sp();
   auto* en = payload<entry_block>(s, e);
   *en = {key.hash, key.data.size(), value.size};
   if (!key.data.empty()) std::memcpy(en + 1, key.data.data(), key.data.size());
-  std::byte* v = reinterpret_cast<std::byte*>(en) + entry_value_at(key.data.size());
-  std::memset(v, 0, std::max<u64>(round8(value.size), 8));
-  value.fill({v, value.size});
+  if (!inline_value(value.size)) {
+    std::byte* v = reinterpret_cast<std::byte*>(en) + entry_value_at(key.data.size());
+    std::memset(v, 0, round8(value.size));
+    value.fill({v, value.size});
+  }
   return e;
 }
 
-// A new table of `cap` slots holding the live entries of `old` (0: none).
+// A new table of `cap` slots holding the live entries of `old` (0: none) and their inline
+// values.
 u64 make_table(txn& t, u64 cap, u64 old) {
-  const u64 table = t.alloc(sizeof(table_block) + cap * 8, block_kind::table);
+  const u64 table = t.alloc(table_payload(cap), block_kind::table);
   const space& s = t.sp();
   auto* nt = payload<table_block>(s, table);
   *nt = {cap, 0, 0, 0};
   u64* slots = reinterpret_cast<u64*>(nt + 1);
-  std::memset(slots, 0, cap * 8);
+  u64* values = slots + cap;
+  std::memset(slots, 0, cap * 16);
   if (old != 0) {
     const auto* ot = payload<table_block>(s, old);
     const u64* oslots = reinterpret_cast<const u64*>(ot + 1);
+    const u64* ovalues = oslots + ot->capacity;
     for (u64 j = 0; j < ot->capacity; ++j) {
       const u64 e = slot_entry(oslots[j]);
       if (e == 0) continue;
       u64 i = payload<entry_block>(s, e)->hash & (cap - 1);
       while (slots[i] != slot_empty) i = (i + 1) & (cap - 1);
       slots[i] = oslots[j];
+      values[i] = ovalues[j];
       ++nt->count;
     }
   }
@@ -1241,18 +1484,17 @@ void dict_store(txn& t, u64 root, key_ref key, const probe_result& p, const valu
   const space& s = t.sp();
   if (p.entry != 0) {
     const bytes_view old = p.value;
-    if (old.size() <= 8 && value.size == old.size()) {
-      // Same small size: overwrite the value's word in place, one store.
-      std::byte word[8]{};
-      value.fill({word, value.size});
-      u64 w;
-      std::memcpy(&w, word, 8);
+    if (inline_value(old.size()) && value.size == old.size()) {
+      // Same inline size: overwrite the value word in place, one store.
       const u64 where = static_cast<u64>(old.data() - s.base());
-      t.commit_word(where, w);
+      t.commit_word(where, inline_word(value));
       return;
     }
-    const u64 e = make_entry(t, key, value);
+    u64 word;
+    const u64 e = make_entry(t, key, value, word);
+    const u64 cap = payload<table_block>(s, p.table)->capacity;
     t.stage(slot_offset(p.table, p.index), slot_pack(e, key.hash));
+    if (inline_value(value.size)) t.stage(value_word_offset(p.table, cap, p.index), word);
     t.retire(p.entry);
     t.commit();
     return;
@@ -1263,22 +1505,26 @@ void dict_store(txn& t, u64 root, key_ref key, const probe_result& p, const valu
     // Too full: a new table (bigger unless tombstones were the problem) with the new entry.
     u64 ncap = std::max(min_table, cap);
     while ((count + 1) * 2 > ncap) ncap *= 2;
-    const u64 e = make_entry(t, key, value);
+    u64 word;
+    const u64 e = make_entry(t, key, value, word);
     const u64 table = make_table(t, ncap, p.table);
     auto* nt = payload<table_block>(t.sp(), table);
     u64* slots = reinterpret_cast<u64*>(nt + 1);
     u64 i = key.hash & (ncap - 1);
     while (slots[i] != slot_empty) i = (i + 1) & (ncap - 1);
     slots[i] = slot_pack(e, key.hash);
+    slots[ncap + i] = word;
     ++nt->count;
     t.stage(root + header_bytes + offsetof(container_block, body), table);
     t.retire(p.table);  // the table only: its entries live on in the new one
     t.commit();
     return;
   }
-  const u64 e = make_entry(t, key, value);
+  u64 word;
+  const u64 e = make_entry(t, key, value, word);
   const u64 tb_at = p.table + header_bytes;
   t.stage(slot_offset(p.table, p.index), slot_pack(e, key.hash));
+  if (inline_value(value.size)) t.stage(value_word_offset(p.table, cap, p.index), word);
   t.stage(tb_at + offsetof(table_block, count), count + 1);
   if (p.reuses_tombstone) t.stage(tb_at + offsetof(table_block, tombstones), tombs - 1);
   t.commit();
@@ -1782,14 +2028,14 @@ void manager_core::dict_scan(std::uint64_t root, function_ref<void()> restart,
   const scan_claim claim(space(*this).root());
   auto pass = [&](const space& s) {
     restart();
-    const auto [table, t, cap, slots] = table_of(s, root);
-    for (u64 j = 0; j < cap; ++j) {
-      const u64 e = slot_entry(load(slots[j]));
+    const table_view tv = table_of(s, root);
+    for (u64 j = 0; j < tv.cap; ++j) {
+      const u64 e = slot_entry(load(tv.slots[j]));
       if (e == 0) continue;
       const u64 esize = s.check_block(e, block_kind::entry, sizeof(entry_block));
       const bytes_view k = entry_key(s, e);
       if (k.size() > esize) throw torn{};
-      visit(k, entry_value(s, e));
+      visit(k, entry_value(s, tv, j, e));
     }
     return 0;
   };

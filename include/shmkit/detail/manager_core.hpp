@@ -61,6 +61,13 @@ enum class write_step : int {
 };
 extern void (*manager_fault_hook)(write_step step) noexcept;
 
+// Fast sets without a fence (lib/manager.cpp, "the fast-set gate"): a thread switches them on
+// after this many fenced fast sets in a row with no write in between; tests lower it to race
+// the switch with lock holders and snapshots.
+extern std::uint32_t manager_light_after;
+// How many fast sets the calling thread made without a fence (a statistic for tests).
+std::uint64_t manager_light_sets() noexcept;
+
 enum class container_kind : std::uint32_t { dict = 1, list = 2 };
 
 // What a container holds, as recorded in the manager's directory and checked on every open.
