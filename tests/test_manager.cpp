@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "shmkit/detail/inspect.hpp"
+#include "shmkit/detail/wait.hpp"
 #include "shmkit/manager.hpp"
 #include "shmkit/shared.hpp"
 #include "support.hpp"
@@ -41,6 +42,17 @@ std::string error_of(Fn&& fn) {
   }
   return "(no shmkit::error thrown)";
 }
+
+// Sets manager_light_after for a scope (children forked meanwhile inherit it).
+struct light_after_guard {
+  explicit light_after_guard(std::uint32_t n) : saved(shmkit::detail::manager_light_after) {
+    shmkit::detail::manager_light_after = n;
+  }
+  ~light_after_guard() { shmkit::detail::manager_light_after = saved; }
+  light_after_guard(const light_after_guard&) = delete;
+  light_after_guard& operator=(const light_after_guard&) = delete;
+  std::uint32_t saved;
+};
 
 }  // namespace
 
@@ -595,8 +607,13 @@ BOOST_AUTO_TEST_CASE(snapshots_are_one_moment) {
 // k2 to 1, 2, 3, ...; a churner inserts and erases other keys of the same dict (the table
 // grows, fills with tombstones, is rebuilt) and erases and re-inserts a key a third setter
 // sets; two snapshot readers check that no snapshot shows a moment that never was (k2 ahead of
-// k1, or k1 more than one step ahead), and gets never see a value go back.
-BOOST_AUTO_TEST_CASE(fast_sets_race_erase_growth_and_snapshots) {
+// k1, or k1 more than one step ahead), and gets never see a value go back. `light_after`: how
+// soon setters switch to fast sets without a fence (see lib/manager.cpp); returns how many
+// sets the two setters made so.
+namespace {
+
+std::uint64_t race_fast_sets(std::uint32_t light_after) {
+  const light_after_guard light(light_after);
   shmkit::manager mgr(64 * 1024);  // small: the churn makes it grow
   auto d = mgr.dict<std::string, long>("fast");
   constexpr int setters = 2;
@@ -619,6 +636,7 @@ BOOST_AUTO_TEST_CASE(fast_sets_race_erase_growth_and_snapshots) {
   const std::size_t capacity_before = mgr.stats().capacity_bytes;
   shmkit::value<int> stop(0);
   shmkit::array<long> done(setters);
+  shmkit::array<std::uint64_t> light_sets(setters);
   std::vector<pid_t> kids;
   for (int w = 0; w < setters; ++w)
     kids.push_back(spawn([&, w] {
@@ -628,6 +646,7 @@ BOOST_AUTO_TEST_CASE(fast_sets_race_erase_growth_and_snapshots) {
         d.set(k2(w), r);
       }
       done[static_cast<std::size_t>(w)] = r - 1;
+      light_sets[static_cast<std::size_t>(w)] = shmkit::detail::manager_light_sets();
     }));
   const pid_t toggler = spawn([&] {
     for (long r = 1; stop.load() == 0; ++r) d.set("toggled", r);
@@ -678,6 +697,108 @@ BOOST_AUTO_TEST_CASE(fast_sets_race_erase_growth_and_snapshots) {
   d.set("toggled", 0);
   BOOST_TEST(mgr.stats().used_bytes == used_before);
   mgr.verify();
+  return light_sets[0] + light_sets[1];
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(fast_sets_race_erase_growth_and_snapshots) {
+  race_fast_sets(shmkit::detail::manager_light_after);
+}
+
+// The same race with setters that switch to fast sets without a fence after two sets in a row
+// with no write in between, so that the switch itself (on by a setter, off by every lock
+// holder and snapshot, each then calling membarrier) races everything too.
+BOOST_AUTO_TEST_CASE(light_fast_sets_race_erase_growth_and_snapshots) {
+  const std::uint64_t light = race_fast_sets(1);
+  if (shmkit::detail::register_light_fences())
+    BOOST_TEST(light > 0u, "light sets: " << light);  // the light path did run
+  else
+    BOOST_TEST_MESSAGE("no membarrier here: fast sets always fenced");
+}
+
+namespace {
+
+// Setter w's chain: keys c{w}.0 .. c{w}.63, set in order to round 1, 2, 3, ...; at every
+// moment they read r+1, ..., r+1, r, ..., r, and each value names its key (a store landing
+// under another key shows).
+constexpr int chain_keys = 64;
+std::string chain_key(int w, int j) { return "c" + std::to_string(w) + "." + std::to_string(j); }
+long chain_value(int w, int j, long r) { return (long(w) << 48) | (long(j) << 40) | r; }
+
+// Whether setter w's chain in `get`'s view is one moment of the setter's sequence.
+template <class Get>
+bool chain_ok(int w, Get&& get) {
+  long first = 0, prev = 0;
+  for (int j = 0; j < chain_keys; ++j) {
+    const long v = get(chain_key(w, j));
+    if ((v >> 40) != (chain_value(w, j, 0) >> 40)) return false;
+    const long r = v & ((long(1) << 40) - 1);
+    if (j == 0) first = r;
+    if (j > 0 && r > prev) return false;
+    prev = r;
+  }
+  return first - prev <= 1;
+}
+
+}  // namespace
+
+// Fast sets without a fence (switched on after two quiet sets, switched off by every lock
+// holder and snapshot) racing snapshots, a churner that inserts and erases keys (the table
+// grows and is rebuilt, entries are freed) and updates under the lock: every snapshot is one
+// moment of each setter's chain, no value lands under another key, gets never go back.
+BOOST_AUTO_TEST_CASE(light_fast_sets_never_land_in_a_snapshot) {
+  const light_after_guard light(1);
+  shmkit::manager mgr;
+  auto d = mgr.dict<std::string, long>("chain");
+  constexpr int setters = 2;
+  for (int w = 0; w < setters; ++w)
+    for (int j = 0; j < chain_keys; ++j) d.set(chain_key(w, j), chain_value(w, j, 0));
+  d.set("counter", 0);
+  shmkit::value<int> stop(0);
+  shmkit::array<std::uint64_t> light_sets(setters);
+  std::vector<pid_t> kids;
+  for (int w = 0; w < setters; ++w)
+    kids.push_back(spawn([&, w] {
+      for (long r = 1; stop.load() == 0; ++r)
+        for (int j = 0; j < chain_keys; ++j) d.set(chain_key(w, j), chain_value(w, j, r));
+      light_sets[static_cast<std::size_t>(w)] = shmkit::detail::manager_light_sets();
+    }));
+  kids.push_back(spawn([&] {  // the churner
+    for (int i = 0; stop.load() == 0; ++i) {
+      d.set("x." + std::to_string(i % 2000), i);
+      if (i % 3 == 2) d.erase("x." + std::to_string((i + 1000) % 2000));
+      if (i % 7 == 0) d.update("counter", [](long& v) { ++v; });
+    }
+  }));
+  std::vector<pid_t> readers;
+  for (int p = 0; p < 2; ++p)
+    readers.push_back(spawn([&] {
+      std::vector<long> last(setters, 0);
+      for (int i = 0; i < 600; ++i) {
+        std::map<std::string, long> m;
+        for (auto& [k, v] : d.items()) m[k] = v;
+        for (int w = 0; w < setters; ++w) {
+          CHILD_CHECK(chain_ok(w, [&](const std::string& k) { return m.at(k); }));
+          const long g = d.get(chain_key(w, chain_keys - 1)) & ((long(1) << 40) - 1);
+          CHILD_CHECK(g >= last[w]);
+          last[w] = g;
+        }
+      }
+    }));
+  const bool readers_ok = wait_all_ok(readers);
+  stop.store(1);
+  BOOST_TEST(wait_all_ok(kids));
+  BOOST_TEST(readers_ok);
+  for (int w = 0; w < setters; ++w)
+    BOOST_TEST(chain_ok(w, [&](const std::string& k) { return d.get(k); }));
+  mgr.verify();
+  const std::uint64_t n = light_sets[0] + light_sets[1];
+  BOOST_TEST_MESSAGE("fast sets without a fence: " << n);
+  if (shmkit::detail::register_light_fences())
+    BOOST_TEST(n > 0u, "light sets: " << n);  // the light path did run
+  else
+    BOOST_TEST_MESSAGE("no membarrier here: fast sets always fenced");
 }
 
 // What the shmkit command shows for a manager: its containers, their types and sizes.

@@ -20,6 +20,7 @@
 #include <sys/wait.h>
 #include <vector>
 
+#include "shmkit/detail/wait.hpp"
 #include "shmkit/manager.hpp"
 #include "shmkit/shared.hpp"
 #include "support.hpp"
@@ -395,7 +396,7 @@ bool fast_invariant(const std::vector<long>& r) {
 }
 
 void fast_writer(const std::string& name, int w, std::uint64_t seed,
-                 std::atomic_ref<std::uint64_t> progress) {
+                 std::atomic_ref<std::uint64_t> progress, std::atomic_ref<std::uint64_t> light) {
   shmkit::manager m(shmkit::open_only, name);
   auto d = m.dict<std::string, long>("fast");
   std::mt19937_64 rng(seed);
@@ -423,24 +424,36 @@ void fast_writer(const std::string& name, int w, std::uint64_t seed,
         d.set(k, static_cast<long>(n));
     }
     progress.fetch_add(1);
+    light.store(shmkit::detail::manager_light_sets());
   }
 }
 
 }  // namespace
 
-// Four fast setters, one of them killed at a random moment in each of 100 rounds (and,
+namespace {
+
+// Four fast setters, one of them killed at a random moment in each of `rounds` rounds (and,
 // every few rounds, a snapshot reader killed in the middle of its snapshots), while a reader
 // checks snapshots and gets all along: no snapshot mixes two moments, no value is torn or
 // lands under another key, and nobody hangs (a setter's slot and a snapshot's claim left by
-// the dead are taken back).
-BOOST_AUTO_TEST_CASE(kill_fast_setters) {
+// the dead are taken back, a dead setter's slot is taken over). `light_after`: how soon
+// setters switch to fast sets without a fence; returns how many sets were made so (as far as
+// the setters reported before they were killed).
+std::uint64_t kill_fast_setters_rounds(int rounds, std::uint32_t light_after) {
+  const std::uint32_t saved_light_after = shmkit::detail::manager_light_after;
+  shmkit::detail::manager_light_after = light_after;  // the children inherit it
+  struct restore {
+    std::uint32_t n;
+    ~restore() { shmkit::detail::manager_light_after = n; }
+  } restore_light_after{saved_light_after};
   const name_guard g(unique_name("fastcrash"));
   shmkit::manager m(shmkit::create_only, g.name, 64 * 1024);
   auto d = m.dict<std::string, long>("fast");
   for (int w = 0; w < fast_writers; ++w)
     for (int j = 0; j < fast_keys; ++j) d.set(fast_key(w, j), fast_value(w, j, 0));
-  // shared[w]: setter w's calls; [4]: the reader's passes; [5]: stop.
-  shmkit::array<std::uint64_t> shared(6);
+  // shared[w]: setter w's calls; [4]: the reader's passes; [5]: stop; [6 + w]: setter w's
+  // sets without a fence; [10]: those of the setters killed so far.
+  shmkit::array<std::uint64_t> shared(11);
   auto counter = [&](std::size_t i) { return std::atomic_ref<std::uint64_t>(shared[i]); };
   std::vector<pid_t> setters(fast_writers), others;
   struct stopper {
@@ -455,7 +468,10 @@ BOOST_AUTO_TEST_CASE(kill_fast_setters) {
   auto start_setter = [&](int w) {
     const std::uint64_t seed = rng();
     setters[static_cast<std::size_t>(w)] = spawn(
-        [&, w, seed] { fast_writer(g.name, w, seed, counter(static_cast<std::size_t>(w))); });
+        [&, w, seed] {
+          fast_writer(g.name, w, seed, counter(static_cast<std::size_t>(w)),
+                      counter(6 + static_cast<std::size_t>(w)));
+        });
   };
   for (int w = 0; w < fast_writers; ++w) start_setter(w);
   auto snapshot_ok = [&](shmkit::shared_dict<std::string, long>& dd) {
@@ -485,7 +501,7 @@ BOOST_AUTO_TEST_CASE(kill_fast_setters) {
       counter(4).fetch_add(1);
     }
   }));
-  for (int round = 0; round < 100; ++round) {
+  for (int round = 0; round < rounds; ++round) {
     const int w = static_cast<int>(rng() % fast_writers);
     const std::uint64_t start = counter(static_cast<std::size_t>(w)).load();
     const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
@@ -505,6 +521,7 @@ BOOST_AUTO_TEST_CASE(kill_fast_setters) {
     }
     ::usleep(static_cast<useconds_t>(rng() % 2000));
     kill_and_reap(setters[static_cast<std::size_t>(w)]);
+    counter(10).fetch_add(counter(6 + static_cast<std::size_t>(w)).exchange(0));
     BOOST_REQUIRE(snapshot_ok(d));
     start_setter(w);
   }
@@ -517,6 +534,25 @@ BOOST_AUTO_TEST_CASE(kill_fast_setters) {
   BOOST_TEST(passes > 0u);
   BOOST_TEST(snapshot_ok(d));
   m.verify();
+  std::uint64_t light = counter(10).load();
+  for (int w = 0; w < fast_writers; ++w) light += counter(6 + static_cast<std::size_t>(w)).load();
+  return light;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(kill_fast_setters) {
+  kill_fast_setters_rounds(100, shmkit::detail::manager_light_after);
+}
+
+// The same with setters that switch to fast sets without a fence after two quiet sets: setters
+// killed in light sets (their slots left busy and owned by the dead, taken back and taken
+// over), while every lock holder and snapshot switches light sets off again.
+BOOST_AUTO_TEST_CASE(kill_light_fast_setters) {
+  const std::uint64_t light = kill_fast_setters_rounds(60, 1);
+  BOOST_TEST_MESSAGE("fast sets without a fence: " << light);
+  if (shmkit::detail::register_light_fences())
+    BOOST_TEST(light > 0u);  // the light path did run
 }
 
 namespace {
