@@ -1189,7 +1189,8 @@ inline bool same_bytes(const std::byte* a, const std::byte* b, u64 n) noexcept {
   return n == 0 || std::memcmp(a, b, n) == 0;
 }
 
-probe_result probe(const space& s, u64 root, key_ref key) {
+// `to_write`: the caller means to write the key's value (see the prefetch below).
+probe_result probe(const space& s, u64 root, key_ref key, bool to_write = false) {
   const table_view tv = table_of(s, root);
   const auto [table, t, cap, slots] = tv;
   const u64 mask = cap - 1;
@@ -1207,9 +1208,12 @@ probe_result probe(const space& s, u64 root, key_ref key) {
       continue;
     }
     if ((slot & 0xffff) != tag) continue;
-    // Most likely the key's: start fetching its inline value word (for writing: sets and
-    // updates write it) while the key is compared.
-    __builtin_prefetch(tv.values() + i, 1);
+    // Most likely the key's: start fetching its inline value word while the key is compared
+    // (for writing only when it will be written: readers in several processes share it).
+    if (to_write)
+      __builtin_prefetch(tv.values() + i, 1);
+    else
+      __builtin_prefetch(tv.values() + i, 0);
     const u64 e = slot_entry(slot);
     const u64 esize = s.check_block(e, block_kind::entry, sizeof(entry_block));
     const auto* en = payload<entry_block>(s, e);
@@ -1347,7 +1351,7 @@ bool fast_set(manager_core& core, u64 root, key_ref key, const value_source& val
     if ((v & 1) != 0) return false;
     u64 where;
     try {
-      const probe_result p = probe(s, root, key);
+      const probe_result p = probe(s, root, key, true);
       // Unvalidated yet: a wrong answer here only sends us to the lock.
       if (p.entry == 0 || p.value.size() != value.size) return false;
       where = static_cast<u64>(p.value.data() - s.base());
@@ -1924,7 +1928,7 @@ bool manager_core::dict_contains(std::uint64_t root, key_ref key) {
 void manager_core::dict_set(std::uint64_t root, key_ref key, value_source value) {
   if (fast_set(*this, root, key, value)) return;
   write(*this, [&](txn& t) {
-    dict_store(t, root, key, probe(t.sp(), root, key), value);
+    dict_store(t, root, key, probe(t.sp(), root, key, true), value);
     return 0;
   });
 }
@@ -1932,7 +1936,7 @@ void manager_core::dict_set(std::uint64_t root, key_ref key, value_source value)
 void manager_core::dict_update(std::uint64_t root, key_ref key,
                                function_ref<value_source(const bytes_view*)> fn) {
   write(*this, [&](txn& t) {
-    const probe_result p = probe(t.sp(), root, key);
+    const probe_result p = probe(t.sp(), root, key, true);
     value_source v = [&] {
       if (p.entry == 0) return fn(nullptr);
       return fn(&p.value);
@@ -2194,6 +2198,17 @@ detail_lines inspect_manager(const segment_header&, std::span<const std::byte> p
   if (owner != 0)
     lines.emplace_back("writer", fmt::format("pid {} holds the lock{}", identity_pid(owner),
                                              identity_alive(owner) ? "" : " (dead)"));
+  const u64 owned = r->setters_owned.load(std::memory_order_relaxed);
+  if (owned != 0) {
+    const u32 light = r->light.load(std::memory_order_relaxed);
+    lines.emplace_back(
+        "fast sets",
+        fmt::format("{}, {} setter slots owned",
+                    light == light_on                                  ? "without a fence"
+                    : light == light_banned || light == light_banning ? "fenced for good"
+                                                                       : "fenced",
+                    std::popcount(owned)));
+  }
   if ((r->version.load(std::memory_order_relaxed) & 1) != 0 ||
       r->busy.load(std::memory_order_relaxed) != 0)
     lines.emplace_back("write in progress",

@@ -808,6 +808,7 @@ BOOST_AUTO_TEST_CASE(inspected_by_the_shmkit_command) {
   auto d = mgr.dict<std::string, int>("scores");
   d.set("a", 1);
   d.set("b", 2);
+  d.set("a", 3);  // a fast set: this thread claims a setter slot
   mgr.list<double>("samples").push_back(1.5);
   const auto report = shmkit::detail::inspect_file("shmkit." + g.name);
   BOOST_TEST(report.details_problem == "");
@@ -816,6 +817,7 @@ BOOST_AUTO_TEST_CASE(inspected_by_the_shmkit_command) {
   BOOST_TEST(lines["  scores"] == "shared_dict<std::string, int>, 2 entries");
   BOOST_TEST(lines["  samples"] == "shared_list<double>, 1 items");
   BOOST_TEST(contains(lines["memory"], "free"));
+  BOOST_TEST(lines["fast sets"] == "fenced, 1 setter slots owned");
 }
 
 BOOST_AUTO_TEST_CASE(stats_are_consistent) {
