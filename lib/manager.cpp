@@ -129,30 +129,41 @@ struct container_block {
   u32 inline_size;  // lists: raw items of this many bytes live in the slots
   u64 body;         // dict: table block; list: list_body block
 };
-// A dict's table: slots, then the values of at most 8 bytes (inline values), slot by slot.
-// Such a value lives in the table, not in its entry, so that a fast set's store (which
-// misses when another process set a key of that cache line last) touches no line that a
-// lookup reads: keys and slots stay in every reader's cache while values change.
-struct table_block {  // followed by `capacity` slots, then `capacity` value words
+// A dict's table, compact as Python's dict: `capacity` slots (open addressing) that lead to
+// positions in two dense arrays kept in insertion order, the entries' offsets and the
+// values of at most 8 bytes (inline values). Such a value lives in the table, not in its
+// entry, so that a fast set's store (which misses when another process set a value of that
+// cache line last) touches no line that a lookup reads: slots, positions and keys stay in
+// every reader's cache while values change. In insertion order, keys used in the order they
+// were added walk both arrays in order, which the hardware prefetches.
+struct table_block {  // followed by `capacity` slots, then dense_capacity() entries, values
   u64 capacity;       // a power of two
   u64 count;          // live entries
   u64 tombstones;     // erased slots
-  u64 reserved;
+  u64 used;           // positions handed out (erased ones hold entry 0); <= dense_capacity
 };
-// Slot: entry offset << 16 | 16 bits of the key's hash; empty and tombstone have offset 0.
+// Slot: (position + 1) << 16 | 16 bits of the key's hash; empty and tombstone have 0 there.
 constexpr u64 slot_empty = 0;
 constexpr u64 slot_tombstone = 1;
-constexpr u64 slot_entry(u64 slot) { return slot >> 16; }
-constexpr u64 slot_pack(u64 entry, u64 hash) { return (entry << 16) | (hash >> 48); }
+constexpr bool slot_live(u64 slot) { return (slot >> 16) != 0; }
+constexpr u64 slot_pos(u64 slot) { return (slot >> 16) - 1; }
+constexpr u64 slot_pack(u64 pos, u64 hash) { return ((pos + 1) << 16) | (hash >> 48); }
 constexpr u64 slot_tag(u64 hash) { return hash >> 48; }
 constexpr u64 min_table = 8;
+// Positions a table of `cap` slots hands out before it is rebuilt (its load limit).
+constexpr u64 dense_capacity(u64 cap) { return cap / 4 * 3; }
+constexpr u64 table_payload(u64 cap) {
+  return sizeof(table_block) + cap * 8 + dense_capacity(cap) * 16;
+}
 constexpr u64 slot_offset(u64 table, u64 index) {
   return table + header_bytes + sizeof(table_block) + index * 8;
 }
-constexpr u64 table_payload(u64 cap) { return sizeof(table_block) + cap * 16; }
-// The value word of slot `index` in a table of `cap` slots.
-constexpr u64 value_word_offset(u64 table, u64 cap, u64 index) {
-  return slot_offset(table, cap + index);
+// The entry offset and the value word at position `pos` of a table of `cap` slots.
+constexpr u64 dense_entry_offset(u64 table, u64 cap, u64 pos) {
+  return slot_offset(table, cap + pos);
+}
+constexpr u64 dense_value_offset(u64 table, u64 cap, u64 pos) {
+  return slot_offset(table, cap + dense_capacity(cap) + pos);
 }
 
 // A value of at most 8 bytes lives in its slot's value word (zero-padded), others in the
@@ -635,13 +646,22 @@ std::vector<std::pair<u64, u64>> reachable(const space& s) {
       if (c->kind == static_cast<u32>(container_kind::dict)) {
         const u64 tsize = add(c->body, block_kind::table, sizeof(table_block));
         const auto* t = payload<table_block>(s, c->body);
-        if (!power_of_two(t->capacity) ||
-            t->capacity > (tsize - header_bytes - sizeof(table_block)) / 16)
+        const u64 cap = t->capacity;
+        if (!power_of_two(cap) || cap > (tsize - header_bytes) / 20 ||
+            table_payload(cap) > tsize - header_bytes || t->used > dense_capacity(cap))
           throw torn{};
         const u64* slots = reinterpret_cast<const u64*>(t + 1);
+        const u64* entries = slots + cap;
         u64 count = 0;
-        for (u64 j = 0; j < t->capacity; ++j) {
-          const u64 e = slot_entry(slots[j]);
+        for (u64 j = 0; j < cap; ++j) {
+          if (!slot_live(slots[j])) continue;
+          if (slot_pos(slots[j]) >= t->used || entries[slot_pos(slots[j])] == 0) throw torn{};
+          ++count;
+        }
+        if (count != t->count) throw torn{};
+        count = 0;
+        for (u64 pos = 0; pos < t->used; ++pos) {
+          const u64 e = entries[pos];
           if (e == 0) continue;
           ++count;
           const u64 esize = add(e, block_kind::entry, sizeof(entry_block));
@@ -962,9 +982,9 @@ class txn {
   // Frees a block, and for a table or list body everything hanging from it.
   void free_tree(const retired& x) noexcept {
     if (x.kind == block_kind::table) {
-      const u64 cap = payload<table_block>(s_, x.off)->capacity;
-      for (u64 j = 0; j < cap; ++j) {
-        const u64 e = slot_entry(*s_.at<u64>(slot_offset(x.off, j)));
+      const auto* t = payload<table_block>(s_, x.off);
+      for (u64 pos = 0; pos < t->used; ++pos) {
+        const u64 e = *s_.at<u64>(dense_entry_offset(x.off, t->capacity, pos));
         if (e != 0) release(e);
       }
     } else if (x.kind == block_kind::list_body) {
@@ -1146,6 +1166,7 @@ struct probe_result {
   u64 entry;   // 0 when absent
   bool reuses_tombstone;
   bytes_view value;  // the value when present (in the table when inline)
+  u64 pos = 0;       // the key's position when present
 };
 
 // A dict's current table, checked.
@@ -1154,7 +1175,16 @@ struct table_view {
   const table_block* header;
   u64 cap;
   const u64* slots;
-  const u64* values() const noexcept { return slots + cap; }
+  const u64* entries() const noexcept { return slots + cap; }
+  const u64* values() const noexcept { return slots + cap + dense_capacity(cap); }
+  // The entry at the position a live slot names; throws torn when it cannot be right.
+  u64 entry_of(u64 slot) const {
+    const u64 pos = slot_pos(slot);
+    if (pos >= dense_capacity(cap)) throw torn{};
+    const u64 e = load(entries()[pos]);
+    if (e == 0) throw torn{};
+    return e;
+  }
 };
 
 table_view table_of(const space& s, u64 root) {
@@ -1162,16 +1192,19 @@ table_view table_of(const space& s, u64 root) {
   const u64 size = s.check_block(table, block_kind::table, sizeof(table_block));
   const auto* t = payload<table_block>(s, table);
   const u64 cap = load(t->capacity);
-  // Against the block's own size, which check_block bounded: cap * 16 could overflow.
-  if (!power_of_two(cap) || cap > (size - header_bytes - sizeof(table_block)) / 16) throw torn{};
+  // Against the block's own size, which check_block bounded: cap * 20 could overflow.
+  if (!power_of_two(cap) || cap > (size - header_bytes) / 20 ||
+      table_payload(cap) > size - header_bytes)
+    throw torn{};
   return {table, t, cap, reinterpret_cast<const u64*>(t + 1)};
 }
 
-// Where the value of the entry `e` in slot j lies: its slot's value word when inline.
-bytes_view value_of(const table_view& tv, u64 j, const entry_block* en, u64 key_len,
+// Where the value of the entry `en` at position `pos` lies: the position's value word when
+// inline.
+bytes_view value_of(const table_view& tv, u64 pos, const entry_block* en, u64 key_len,
                     u64 value_len) {
   const std::byte* at = inline_value(value_len)
-                            ? reinterpret_cast<const std::byte*>(tv.values() + j)
+                            ? reinterpret_cast<const std::byte*>(tv.values() + pos)
                             : reinterpret_cast<const std::byte*>(en) + entry_value_at(key_len);
   return {at, static_cast<std::size_t>(value_len)};
 }
@@ -1210,11 +1243,12 @@ probe_result probe(const space& s, u64 root, key_ref key, bool to_write = false)
     if ((slot & 0xffff) != tag) continue;
     // Most likely the key's: start fetching its inline value word while the key is compared
     // (for writing only when it will be written: readers in several processes share it).
+    const u64 e = tv.entry_of(slot);
+    const u64 pos = slot_pos(slot);
     if (to_write)
-      __builtin_prefetch(tv.values() + i, 1);
+      __builtin_prefetch(tv.values() + pos, 1);
     else
-      __builtin_prefetch(tv.values() + i, 0);
-    const u64 e = slot_entry(slot);
+      __builtin_prefetch(tv.values() + pos, 0);
     const u64 esize = s.check_block(e, block_kind::entry, sizeof(entry_block));
     const auto* en = payload<entry_block>(s, e);
     const u64 key_len = load(en->key_len);
@@ -1225,7 +1259,7 @@ probe_result probe(const space& s, u64 root, key_ref key, bool to_write = false)
       throw torn{};
     if (!same_bytes(reinterpret_cast<const std::byte*>(en + 1), key.data.data(), key_len))
       continue;
-    return {table, i, e, false, value_of(tv, i, en, key_len, value_len)};
+    return {table, i, e, false, value_of(tv, pos, en, key_len, value_len), pos};
   }
   if (insert_at != ~u64(0)) return {table, insert_at, 0, true, {}};
   throw torn{};  // a full table without tombstones: never built so
@@ -1412,8 +1446,8 @@ bytes_view stable_value(const space& s, const probe_result& p, u64& word) {
   return {reinterpret_cast<const std::byte*>(&word), p.value.size()};
 }
 
-// The value of the entry `e` in slot j (a snapshot's pass).
-bytes_view entry_value(const space& s, const table_view& tv, u64 j, u64 e) {
+// The value of the entry `e` at position `pos` (a snapshot's pass).
+bytes_view entry_value(const space& s, const table_view& tv, u64 pos, u64 e) {
   const u64 esize = size_of(s, e);
   const auto* en = payload<entry_block>(s, e);
   const u64 key_len = load(en->key_len);
@@ -1421,7 +1455,7 @@ bytes_view entry_value(const space& s, const table_view& tv, u64 j, u64 e) {
   if (key_len > esize || value_len > esize ||
       entry_payload(key_len, value_len) > esize - header_bytes)
     throw torn{};
-  return value_of(tv, j, en, key_len, value_len);
+  return value_of(tv, pos, en, key_len, value_len);
 }
 
 bytes_view entry_key(const space& s, u64 e) {
@@ -1456,28 +1490,35 @@ u64 make_entry(txn& t, key_ref key, const value_source& value, u64& word) {
   return e;
 }
 
+// Appends entry `e` (value word `word`) to a table being built: its next position, and a slot.
+void table_append(const space& s, u64 table, u64 e, u64 hash, u64 word) {
+  auto* nt = payload<table_block>(s, table);
+  const u64 cap = nt->capacity;
+  u64* slots = reinterpret_cast<u64*>(nt + 1);
+  const u64 pos = nt->used++;
+  slots[cap + pos] = e;
+  slots[cap + dense_capacity(cap) + pos] = word;
+  u64 i = hash & (cap - 1);
+  while (slots[i] != slot_empty) i = (i + 1) & (cap - 1);
+  slots[i] = slot_pack(pos, hash);
+  ++nt->count;
+}
+
 // A new table of `cap` slots holding the live entries of `old` (0: none) and their inline
-// values.
+// values, in their order.
 u64 make_table(txn& t, u64 cap, u64 old) {
   const u64 table = t.alloc(table_payload(cap), block_kind::table);
   const space& s = t.sp();
   auto* nt = payload<table_block>(s, table);
   *nt = {cap, 0, 0, 0};
-  u64* slots = reinterpret_cast<u64*>(nt + 1);
-  u64* values = slots + cap;
-  std::memset(slots, 0, cap * 16);
+  std::memset(nt + 1, 0, table_payload(cap) - sizeof(table_block));
   if (old != 0) {
     const auto* ot = payload<table_block>(s, old);
-    const u64* oslots = reinterpret_cast<const u64*>(ot + 1);
-    const u64* ovalues = oslots + ot->capacity;
-    for (u64 j = 0; j < ot->capacity; ++j) {
-      const u64 e = slot_entry(oslots[j]);
-      if (e == 0) continue;
-      u64 i = payload<entry_block>(s, e)->hash & (cap - 1);
-      while (slots[i] != slot_empty) i = (i + 1) & (cap - 1);
-      slots[i] = oslots[j];
-      values[i] = ovalues[j];
-      ++nt->count;
+    const u64* oentries = reinterpret_cast<const u64*>(ot + 1) + ot->capacity;
+    const u64* ovalues = oentries + dense_capacity(ot->capacity);
+    for (u64 pos = 0; pos < ot->used; ++pos) {
+      const u64 e = oentries[pos];
+      if (e != 0) table_append(s, table, e, payload<entry_block>(s, e)->hash, ovalues[pos]);
     }
   }
   return table;
@@ -1494,31 +1535,26 @@ void dict_store(txn& t, u64 root, key_ref key, const probe_result& p, const valu
       t.commit_word(where, inline_word(value));
       return;
     }
+    // Another size: a new entry at the same position (the slot stays).
     u64 word;
     const u64 e = make_entry(t, key, value, word);
     const u64 cap = payload<table_block>(s, p.table)->capacity;
-    t.stage(slot_offset(p.table, p.index), slot_pack(e, key.hash));
-    if (inline_value(value.size)) t.stage(value_word_offset(p.table, cap, p.index), word);
+    t.stage(dense_entry_offset(p.table, cap, p.pos), e);
+    if (inline_value(value.size)) t.stage(dense_value_offset(p.table, cap, p.pos), word);
     t.retire(p.entry);
     t.commit();
     return;
   }
   const auto* tb = payload<table_block>(s, p.table);
-  const u64 cap = tb->capacity, count = tb->count, tombs = tb->tombstones;
-  if ((count + tombs + 1) * 4 > cap * 3) {
+  const u64 cap = tb->capacity, count = tb->count, tombs = tb->tombstones, used = tb->used;
+  if ((count + tombs + 1) * 4 > cap * 3 || used == dense_capacity(cap)) {
     // Too full: a new table (bigger unless tombstones were the problem) with the new entry.
     u64 ncap = std::max(min_table, cap);
     while ((count + 1) * 2 > ncap) ncap *= 2;
     u64 word;
     const u64 e = make_entry(t, key, value, word);
     const u64 table = make_table(t, ncap, p.table);
-    auto* nt = payload<table_block>(t.sp(), table);
-    u64* slots = reinterpret_cast<u64*>(nt + 1);
-    u64 i = key.hash & (ncap - 1);
-    while (slots[i] != slot_empty) i = (i + 1) & (ncap - 1);
-    slots[i] = slot_pack(e, key.hash);
-    slots[ncap + i] = word;
-    ++nt->count;
+    table_append(t.sp(), table, e, key.hash, word);
     t.stage(root + header_bytes + offsetof(container_block, body), table);
     t.retire(p.table);  // the table only: its entries live on in the new one
     t.commit();
@@ -1527,8 +1563,11 @@ void dict_store(txn& t, u64 root, key_ref key, const probe_result& p, const valu
   u64 word;
   const u64 e = make_entry(t, key, value, word);
   const u64 tb_at = p.table + header_bytes;
-  t.stage(slot_offset(p.table, p.index), slot_pack(e, key.hash));
-  if (inline_value(value.size)) t.stage(value_word_offset(p.table, cap, p.index), word);
+  // Position `used` is reachable from no slot until the commit below: written directly.
+  store(*s.at<u64>(dense_entry_offset(p.table, cap, used)), e);
+  store(*s.at<u64>(dense_value_offset(p.table, cap, used)), word);
+  t.stage(slot_offset(p.table, p.index), slot_pack(used, key.hash));
+  t.stage(tb_at + offsetof(table_block, used), used + 1);
   t.stage(tb_at + offsetof(table_block, count), count + 1);
   if (p.reuses_tombstone) t.stage(tb_at + offsetof(table_block, tombstones), tombs - 1);
   t.commit();
@@ -1956,6 +1995,7 @@ bool manager_core::dict_erase(std::uint64_t root, key_ref key) {
     t.stage(slot_offset(p.table, p.index), slot_tombstone);
     t.stage(tb_at + offsetof(table_block, count), count - 1);
     t.stage(tb_at + offsetof(table_block, tombstones), tombs + 1);
+    t.stage(dense_entry_offset(p.table, tb->capacity, p.pos), 0);
     t.retire(p.entry);
     t.commit();
     return true;
@@ -2033,13 +2073,15 @@ void manager_core::dict_scan(std::uint64_t root, function_ref<void()> restart,
   auto pass = [&](const space& s) {
     restart();
     const table_view tv = table_of(s, root);
-    for (u64 j = 0; j < tv.cap; ++j) {
-      const u64 e = slot_entry(load(tv.slots[j]));
+    const u64 used = load(tv.header->used);
+    if (used > dense_capacity(tv.cap)) throw torn{};
+    for (u64 pos = 0; pos < used; ++pos) {  // in insertion order
+      const u64 e = load(tv.entries()[pos]);
       if (e == 0) continue;
       const u64 esize = s.check_block(e, block_kind::entry, sizeof(entry_block));
       const bytes_view k = entry_key(s, e);
       if (k.size() > esize) throw torn{};
-      visit(k, entry_value(s, tv, j, e));
+      visit(k, entry_value(s, tv, pos, e));
     }
     return 0;
   };

@@ -626,10 +626,11 @@ std::uint64_t race_fast_sets(std::uint32_t light_after) {
   }
   d.set("toggled", 0);
   // The leak check at the end compares the bytes in use with the churn keys gone. A hash table
-  // does not shrink, so let it grow to what the churn needs first; then fill the free space
-  // with ballast, so that the churn still makes the segment grow while the others race.
-  for (int i = 0; i < 3000; ++i) d.set("churn." + std::to_string(i), 0);
-  for (int i = 0; i < 3000; ++i) d.erase("churn." + std::to_string(i));
+  // does not shrink, so let it grow to what the churn may need first (up to its 3000 keys
+  // live at once; 4500 make sure); then fill the free space with ballast, so that the churn
+  // still makes the segment grow while the others race.
+  for (int i = 0; i < 4500; ++i) d.set("churn." + std::to_string(i), 0);
+  for (int i = 0; i < 4500; ++i) d.erase("churn." + std::to_string(i));
   auto ballast = mgr.dict<int, std::string>("ballast");
   for (int i = 0; mgr.free_bytes() > 8 * 1024; ++i) ballast.set(i, std::string(200, 'b'));
   const std::size_t used_before = mgr.stats().used_bytes;
