@@ -23,8 +23,8 @@
 // the mutex and read under it.
 // Fast sets (dict_set of a present key, same value size, at most 8 bytes): no lock, no
 // version change, one atomic store of the key's value word, which lives in the dict's table
-// beside its slot (values of at most 8 bytes are kept there, not in their entries, so that
-// the lines a lookup reads are never written by a fast set). A setter makes its store only
+// at the key's position (values of at most 8 bytes are kept there, not in their entries, so
+// that the lines a lookup reads are never written by a fast set). A setter makes its store only
 // while its identity sits in its own setter slot and it saw the lock free and no snapshot
 // running (stored, fenced, then checked). Whoever shuts fast sets out (the mutex's holder,
 // right after locking; a snapshot, after raising its bit in `scanning`) then waits for the
