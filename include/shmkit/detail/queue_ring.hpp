@@ -202,6 +202,9 @@ void queue_check_opened(const queue_state* st, std::size_t payload, bool joinabl
 // Wakes up to n sleepers (INT_MAX: all) that a waker has seen counted (see wake() and
 // queue_run::sleepers for the two ways of seeing them): takes their counts and makes the
 // system call.
+// Set by a thread that has just woken a sleeper, for its next wait (see queue_ring::block()).
+inline thread_local bool woke_sleeper = false;
+
 inline void wake_counted(waitpoint& wp, int n) noexcept {
   // relaxed: the caller's fence or seq_cst load ordered us; seq below carries the wake-up.
   std::uint32_t counted = wp.waiters.load(std::memory_order_relaxed);
@@ -211,6 +214,7 @@ inline void wake_counted(waitpoint& wp, int n) noexcept {
   } while (take != 0 &&
            !wp.waiters.compare_exchange_weak(counted, counted - take, std::memory_order_relaxed));
   if (take == 0) return;
+  woke_sleeper = true;
   wp.seq.fetch_add(1, std::memory_order_seq_cst);
   futex_wake(&wp.seq, n == INT_MAX ? INT_MAX : static_cast<int>(take));
 }
