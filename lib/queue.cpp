@@ -192,6 +192,14 @@ namespace {
 // runs on another CPU at the time. A spin that ends in vain halves the next one (down to a
 // few looks); one that succeeds restores the full budget; every 16th wait after a run of
 // misses spins fully again, to notice when the other side has moved to another CPU.
+//
+// A thread that has just woken a sleeper spins for woken_spin on its next wait, whatever its
+// record: the answer of a peer it woke comes after the peer's wake-up latency (tens of
+// microseconds on a virtual machine, more than spin_budget), and a wait that sleeps through
+// it makes the peer sleep in turn. Without this, two processes that exchange messages stay in
+// that state once either has slept once (a ping-pong of ~2 us per round trip instead of
+// ~0.1 us); with it, the first answer is caught spinning and both sides spin again.
+constexpr std::chrono::microseconds woken_spin{100};
 struct spin_record {
   const void* wp = nullptr;
   unsigned misses = 0;
@@ -214,7 +222,10 @@ bool queue_ring::block(waitpoint& wp, Attempt&& attempt, std::optional<time_poin
   if (spin > spin.zero()) {
     spin_record& rec = spin_record_of(&wp);
     const bool probe = ++rec.waits % 16 == 0;
-    const auto budget = probe ? spin : spin / (1u << std::min(rec.misses, 7u));
+    const auto budget = woke_sleeper ? std::max<std::chrono::nanoseconds>(spin, woken_spin)
+                        : probe      ? spin
+                                     : spin / (1u << std::min(rec.misses, 7u));
+    woke_sleeper = false;
     // One pause between looks (a pause is tens of cycles on current x86: more would add
     // that much to every hand-over caught while spinning); the clock every 16 looks.
     const auto end = clock::now() + budget;

@@ -97,7 +97,7 @@
 //    (later wakers make a needless system call, never miss one).
 // 8. put_many and get_many claim a run of slots at once: a process killed inside one costs
 //    at most the messages of that call (each message still whole or lost, never torn or
-//    doubled). With compact slots a run of up to 16 is claimed by its first slot's word
+//    doubled). With compact slots a run of up to 64 is claimed by its first slot's word
 //    alone (queue_ring.hpp); a dead claimant's run is recovered as a whole, as in point 3.
 #pragma once
 
@@ -231,11 +231,11 @@ class queue {
   }
 
   // Puts all of vs in order, blocking as needed: each run of free slots is taken with one
-  // claim and woken with one wake-up (with compact slots, a run is up to 16 slots). Throws
+  // claim and woken with one wake-up (with compact slots, a run is up to 64 slots). Throws
   // like put(); on a throw, a prefix of vs is in.
   void put_many(std::span<const T> vs);
   // Blocks until at least one message is there, then returns up to n (one claim, one
-  // wake-up for the producers; with compact slots, one per run of up to 16 of the messages
+  // wake-up for the producers; with compact slots, one per run of up to 64 of the messages
   // there). Throws like get(); n == 0 returns nothing at once.
   std::vector<T> get_many(std::size_t n);
   // The same into `out`, resized to the number got, its elements reused as by get(T&).

@@ -549,7 +549,7 @@ BOOST_AUTO_TEST_CASE(two_hundred_rounds_of_kill_9, *boost::unit_test::timeout(24
 
 namespace {
 
-constexpr std::uint64_t max_get = 40;  // the most one consumer's call asks for
+constexpr std::uint64_t max_get = 70;  // the most one consumer's call asks for
 
 void produce_raw(shmkit::queue<std::uint64_t>& q, ledger& l, std::uint64_t round, int p,
                  std::uint64_t seed) {
@@ -557,7 +557,7 @@ void produce_raw(shmkit::queue<std::uint64_t>& q, ledger& l, std::uint64_t round
   std::uint64_t seq = 0;
   std::vector<std::uint64_t> batch;
   while (seq < per_producer) {
-    const std::uint64_t k = std::min<std::uint64_t>(1 + rng() % 40, per_producer - seq);
+    const std::uint64_t k = std::min<std::uint64_t>(1 + rng() % max_get, per_producer - seq);
     batch.clear();
     for (std::uint64_t j = 0; j < k; ++j) batch.push_back(tag_of(round, p, seq + j));
     l.attempting[p].store(seq + k);

@@ -53,7 +53,7 @@ inline constexpr std::size_t queue_slot_bytes = 128;
 inline constexpr std::size_t queue_inline_bytes = 96;  // message bytes stored in the slot
 inline constexpr std::size_t queue_page_bytes = 256;   // heap allocation unit
 inline constexpr std::size_t queue_default_heap_bytes = std::size_t(16) << 20;
-inline constexpr std::uint32_t queue_layout = 0x51550005;  // "QU", layout 5
+inline constexpr std::uint32_t queue_layout = 0x51550006;  // "QU", layout 6
 inline constexpr std::size_t queue_max_capacity = std::size_t(1) << 32;
 inline constexpr std::size_t queue_max_batch = 1024;  // slots one claim takes at most
 
@@ -63,8 +63,24 @@ inline constexpr std::uint64_t consumer_bit = std::uint64_t(1) << 62;  // in cla
 inline constexpr std::uint64_t skip_bit = std::uint64_t(1) << 62;      // in other words
 inline constexpr int lap_shift = 58;
 inline constexpr int run_shift = 54;
-inline constexpr std::uint64_t max_run = 16;  // positions one claim word covers at most
+inline constexpr std::uint64_t max_run = 64;  // positions one claim word covers at most
 inline constexpr std::uint64_t id_mask = (std::uint64_t(1) << run_shift) - 1;
+
+// A run length takes 4 bits: codes 0..11 are runs of 1..12, codes 12..15 runs of 16, 24, 32
+// and 64. A claimant takes the longest run it may encode (run_floor()) of those it found
+// claimable.
+inline constexpr std::uint64_t long_runs[4] = {16, 24, 32, 64};
+constexpr std::uint64_t run_code(std::uint64_t run) noexcept {
+  return run <= 12 ? run - 1 : run == 16 ? 12 : run == 24 ? 13 : run == 32 ? 14 : 15;
+}
+constexpr std::uint64_t run_length(std::uint64_t code) noexcept {
+  return code < 12 ? code + 1 : long_runs[code - 12];
+}
+// The longest run of at most n positions (1 <= n <= max_run) that a claim word can say.
+constexpr std::uint64_t run_floor(std::uint64_t n) noexcept {
+  if (n < 16) return n <= 12 ? n : 12;
+  return n >= 64 ? 64 : n >= 32 ? 32 : n >= 24 ? 24 : 16;
+}
 
 constexpr std::uint64_t free_word(std::uint64_t lap) noexcept { return lap << 1; }
 constexpr std::uint64_t full_word(std::uint64_t lap) noexcept { return (lap << 1) | 1; }
@@ -72,18 +88,24 @@ constexpr std::uint64_t skip_word(std::uint64_t lap) noexcept { return full_word
 constexpr std::uint64_t claim_word(std::uint64_t lap, bool consumer, std::uint64_t id,
                                    std::uint64_t run = 1) noexcept {
   return claim_bit | (consumer ? consumer_bit : 0) | ((lap & 0xf) << lap_shift) |
-         ((run - 1) << run_shift) | (id & id_mask);
+         (run_code(run) << run_shift) | (id & id_mask);
 }
 constexpr bool is_claim(std::uint64_t w) noexcept { return (w & claim_bit) != 0; }
 constexpr std::uint64_t claimant(std::uint64_t w) noexcept { return w & id_mask; }
 // Positions a claim word covers (its run, itself included).
-constexpr std::uint64_t run_of(std::uint64_t w) noexcept { return ((w >> run_shift) & 0xf) + 1; }
+constexpr std::uint64_t run_of(std::uint64_t w) noexcept {
+  return run_length((w >> run_shift) & 0xf);
+}
 // Laps between a claim word and lap L, modulo 16, as a signed number (-8 .. 7).
 constexpr int lap_delta(std::uint64_t w, std::uint64_t lap) noexcept {
   const int d = static_cast<int>(((w >> lap_shift) - lap) & 0xf);
   return d >= 8 ? d - 16 : d;
 }
-static_assert(run_of(claim_word(5, true, 77, 16)) == 16 && run_of(claim_word(5, false, 77)) == 1);
+static_assert(run_of(claim_word(5, true, 77, 16)) == 16 && run_of(claim_word(5, false, 77)) == 1 &&
+              run_of(claim_word(5, true, 77, 12)) == 12 && run_of(claim_word(5, true, 77, 24)) == 24 &&
+              run_of(claim_word(5, true, 77, 32)) == 32 && run_of(claim_word(5, true, 77, 64)) == 64 &&
+              run_floor(13) == 12 && run_floor(15) == 12 && run_floor(16) == 16 && run_floor(31) == 24 && run_floor(63) == 32 &&
+              run_floor(64) == 64);
 static_assert(lap_delta(claim_word(17, false, 1), 18) == -1 &&
               lap_delta(claim_word(17, false, 1), 15) == 2 &&
               claimant(claim_word(3, true, id_mask, 16)) == id_mask);
@@ -202,6 +224,9 @@ void queue_check_opened(const queue_state* st, std::size_t payload, bool joinabl
 // Wakes up to n sleepers (INT_MAX: all) that a waker has seen counted (see wake() and
 // queue_run::sleepers for the two ways of seeing them): takes their counts and makes the
 // system call.
+// Set by a thread that has just woken a sleeper, for its next wait (see queue_ring::block()).
+inline thread_local bool woke_sleeper = false;
+
 inline void wake_counted(waitpoint& wp, int n) noexcept {
   // relaxed: the caller's fence or seq_cst load ordered us; seq below carries the wake-up.
   std::uint32_t counted = wp.waiters.load(std::memory_order_relaxed);
@@ -211,6 +236,7 @@ inline void wake_counted(waitpoint& wp, int n) noexcept {
   } while (take != 0 &&
            !wp.waiters.compare_exchange_weak(counted, counted - take, std::memory_order_relaxed));
   if (take == 0) return;
+  woke_sleeper = true;
   wp.seq.fetch_add(1, std::memory_order_seq_cst);
   futex_wake(&wp.seq, n == INT_MAX ? INT_MAX : static_cast<int>(take));
 }
@@ -598,6 +624,7 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
           ++mates;
           return true;
         });
+        mates = seqw::run_floor(1 + mates) - 1;  // what one claim word can say
       }
       // seq_cst: acquire as above; release so that whoever reads our claim word also sees
       // the counter value we read (the position bound recovery relies on); seq_cst as the
