@@ -653,7 +653,9 @@ std::uint64_t race_fast_sets(std::uint32_t light_after) {
     for (long r = 1; stop.load() == 0; ++r) d.set("toggled", r);
   });
   const pid_t churner = spawn([&] {
-    for (int i = 0; stop.load() == 0; ++i) {
+    // At least 5000 rounds, whatever the readers' pace: enough that the table is rebuilt and
+    // the segment grows during the race.
+    for (int i = 0; i < 5000 || stop.load() == 0; ++i) {
       d.set("churn." + std::to_string(i % 3000), i);
       if (i % 3 == 2) d.erase("churn." + std::to_string((i + 1500) % 3000));
       if (i % 50 == 0) {
