@@ -796,7 +796,8 @@ void drain_setters(manager_root* r) {
   }
   // Light sets are (or were just) on: switch them off, since drainers come, and fence them.
   // seq_cst: read-modify-writes only (see (c) above). On failure `l` is what we found.
-  if (l == light_on && r->light.compare_exchange_strong(l, light_clearing, std::memory_order_seq_cst))
+  if (l == light_on &&
+      r->light.compare_exchange_strong(l, light_clearing, std::memory_order_seq_cst))
     l = light_clearing;
   if (heavy_fence()) [[likely]] {
     drain_slots(r);
@@ -1309,7 +1310,7 @@ thread_local setter_thread setter_tls;
   for (std::size_t n = 0; n < setter_slots; ++n) {
     const std::size_t i = (first + n) % setter_slots;
     std::atomic<u64>& owner = r->setters[i].owner;
-    u64 o = owner.load(std::memory_order_relaxed);
+    u64 o = owner.load(std::memory_order_relaxed);  // relaxed: confirmed by the CAS below
     // seq_cst: as above; the slot's bit is up already. Its `active` may still hold the dead
     // owner: drainers take it back, or our first set overwrites it (see wait_for_setter()).
     if (!identity_alive(o) &&
@@ -2240,6 +2241,7 @@ detail_lines inspect_manager(const segment_header&, std::span<const std::byte> p
   if (owner != 0)
     lines.emplace_back("writer", fmt::format("pid {} holds the lock{}", identity_pid(owner),
                                              identity_alive(owner) ? "" : " (dead)"));
+  // relaxed: a report of the moment, ordered with nothing (as the lock word above).
   const u64 owned = r->setters_owned.load(std::memory_order_relaxed);
   if (owned != 0) {
     const u32 light = r->light.load(std::memory_order_relaxed);
