@@ -60,6 +60,7 @@
 #include <mutex>
 #include <optional>
 #include <span>
+#include <sys/prctl.h>
 #include <thread>
 #include <type_traits>
 #include <typeinfo>
@@ -325,8 +326,12 @@ class outbox {
     std::vector<pack> out;
     std::lock_guard lk(m_);
     out.swap(packs_);
+    // relaxed: a hint for ready(); the packs themselves are read under m_.
+    ready_.store(false, std::memory_order_relaxed);
     return out;
   }
+  // Whether an outcome waits (a hint, without the lock).
+  bool ready() const noexcept { return ready_.load(std::memory_order_relaxed); }
   // Waits up to `d` for an outcome.
   void wait_for(std::chrono::microseconds d) {
     std::unique_lock lk(m_);
@@ -354,9 +359,12 @@ class outbox {
                   result_record{id, pid, payload.size(), static_cast<std::uint64_t>(kind)},
                   payload);
     ++packs_.back().count;
+    // relaxed: a hint for ready(); the packs themselves are read under m_.
+    ready_.store(true, std::memory_order_relaxed);
   }
 
   std::mutex m_;
+  std::atomic<bool> ready_{false};  // process-local, not in shared memory
   std::condition_variable cv_;
   std::vector<pack> packs_;
 };
@@ -462,8 +470,25 @@ std::optional<message> try_receive(MPI_Comm comm, int source, int tag) {
 // after an idle spell waits (mpi4py.futures backs off to 1 ms the same way). While a message is
 // expected soon the naps stop growing earlier (see the callers): it waits less, while the polls
 // (each of which may preempt a local worker) stay few next to the work.
-constexpr auto busy_nap = 128us;  // a worker rank waiting for the task that refills it
+constexpr auto busy_nap = 32us;  // a worker rank waiting for the task that refills it
 constexpr auto refill_window = 2ms;  // how long after a result a worker rank expects one
+// Linux lets a thread's timed sleeps overshoot by its timer slack, 50 us by default: more
+// than the naps above. The polling threads ask for 1 us while they poll (restored after).
+class precise_naps {
+ public:
+  precise_naps() noexcept : old_(::prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)) {
+    ::prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+  }
+  ~precise_naps() {
+    if (old_ > 0) ::prctl(PR_SET_TIMERSLACK, static_cast<unsigned long>(old_), 0, 0, 0);
+  }
+  precise_naps(const precise_naps&) = delete;
+  precise_naps& operator=(const precise_naps&) = delete;
+
+ private:
+  int old_;
+};
+
 class backoff {
  public:
   void reset() noexcept {
@@ -753,6 +778,7 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
   // ---- rank 0 ----------------------------------------------------------------------------
 
   void result_loop() {
+    precise_naps precise;
     backoff nap;
     try {
       for (;;) {
@@ -1150,6 +1176,7 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
   }
 
   void serve() noexcept {
+    precise_naps precise;
     try {
       serve_loop();
     } catch (const std::exception& e) {
@@ -1330,11 +1357,16 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
         nap.reset();
         continue;
       }
+      // Idle with tasks in the local pool: take its results off its queue on this thread for
+      // a while (pool_runtime::help), which saves the hand-over through its result thread.
+      if (local_ && running > 0 && local_->rt->help([&] { return outbox_->ready(); })) {
+        nap.reset();
+        continue;
+      }
       // Idle: wait for an outcome of the local pool, or the next poll of MPI. Polls come
       // often only while rank 0 may send a task (it sends more as results reach it); each
       // poll preempts a local worker.
-      const bool expecting = running > 0 &&
-                             std::chrono::steady_clock::now() - last_result_ < refill_window;
+      const bool expecting = std::chrono::steady_clock::now() - last_result_ < refill_window;
       // A large result moves only while this rank calls MPI (rendezvous protocol): nap
       // briefly until its send completes (as rank 0 does for its sends).
       const auto d = nap.next(!sends.empty() ? 50us : expecting ? busy_nap : 1000us);
