@@ -683,6 +683,7 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
       const std::size_t n = batch->size();
       if (n == 0) return;
       pending_.push_back(pending_batch{std::move(batch), 0});
+      pending_tasks_ += n;
       outstanding_ += n;
       // relaxed: read only by the SIGTERM message.
       unfinished_tasks.store(static_cast<long>(outstanding_), std::memory_order_relaxed);
@@ -841,6 +842,7 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
     std::lock_guard lk(m_);
     if (pending_.empty()) return;  // failed meanwhile (fail_everything)
     auto& p = pending_.front();
+    pending_tasks_ -= next - p.next;
     p.next = next;
     if (p.next >= p.batch->size()) pending_.pop_front();
   }
@@ -924,7 +926,17 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
       period_start_[r] = now;
       period_count_[r] = 0;
     }
-    const std::size_t room = window_[r] - held_[r];
+    // Room up to the window, but beyond the capacity no more than a fair share of what is
+    // pending: a short burst of tasks is spread over the ranks even when a rank's window
+    // (learned from tiny tasks) would take it all.
+    std::size_t share;
+    {
+      std::lock_guard lk(m_);
+      share = (pending_tasks_ + static_cast<std::size_t>(size_ - 2)) / static_cast<std::size_t>(size_ - 1);
+    }
+    const std::size_t free_capacity = capacity_[r] > held_[r] ? capacity_[r] - held_[r] : 0;
+    const std::size_t room = std::max<std::size_t>(
+        1, std::min(window_[r] - held_[r], std::max(share, free_capacity)));
     std::vector<std::uint64_t> table_addresses;
     std::vector<portable_address> table;
     auto index_of = [&](std::uint64_t address) -> std::uint32_t {
@@ -1112,6 +1124,7 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
     {
       std::lock_guard lk(m_);
       pending.swap(pending_);
+      pending_tasks_ = 0;
     }
     for (auto& p : pending) fail_tasks(*p.batch, p.next, p.batch->size(), e);
     for (auto& [id, f] : inflight_) fail_tasks(*f.batch, f.index, f.index + 1, e);
@@ -1407,6 +1420,7 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
   std::condition_variable wake_;  // the result thread waits here for work
   std::condition_variable idle_;  // join() waits here for outstanding_ == 0
   std::deque<pending_batch> pending_;
+  std::size_t pending_tasks_ = 0;  // tasks of pending_ not yet sent
   posted_jobs posted_;
   std::size_t outstanding_ = 0;
   bool closed_ = false, stop_ = false, drop_ = false, broken_ = false, thread_done_ = false;
