@@ -470,7 +470,8 @@ std::optional<message> try_receive(MPI_Comm comm, int source, int tag) {
 // after an idle spell waits (mpi4py.futures backs off to 1 ms the same way). While a message is
 // expected soon the naps stop growing earlier (see the callers): it waits less, while the polls
 // (each of which may preempt a local worker) stay few next to the work.
-constexpr auto busy_nap = 32us;  // a worker rank waiting for the task that refills it
+constexpr auto busy_nap = 128us;  // a worker rank waiting for the task that refills it
+constexpr auto empty_nap = 32us;  // ... while it has none (its local pool waits too)
 constexpr auto refill_window = 2ms;  // how long after a result a worker rank expects one
 // Linux lets a thread's timed sleeps overshoot by its timer slack, 50 us by default: more
 // than the naps above. The polling threads ask for 1 us while they poll (restored after).
@@ -1323,6 +1324,7 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
     std::size_t running = 0;  // tasks received whose outcome is not yet sent (or dropped)
     std::vector<open_send> sends;
     backoff nap;
+    bool helped = false;  // this idle spell has helped the local pool already
     for (;;) {
       bool busy = false;
       for (auto it = sends.begin(); it != sends.end();) {
@@ -1368,21 +1370,33 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
       }
       if (busy) {
         nap.reset();
+        helped = false;
         continue;
       }
-      // Idle with tasks in the local pool: take its results off its queue on this thread for
-      // a while (pool_runtime::help), which saves the hand-over through its result thread.
-      if (local_ && running > 0 && local_->rt->help([&] { return outbox_->ready(); })) {
-        nap.reset();
-        continue;
+      // Newly idle with tasks in the local pool: take its results off its queue on this
+      // thread for a while (pool_runtime::help, whose spin shrinks while it finds none), which
+      // saves the hand-over through its result thread. Once per idle spell: long tasks are
+      // not slowed by a spinning neighbour.
+      if (local_ && running > 0 && !helped) {
+        helped = true;
+        if (local_->rt->help([&] { return outbox_->ready(); })) {
+          nap.reset();
+          continue;
+        }
       }
       // Idle: wait for an outcome of the local pool, or the next poll of MPI. Polls come
-      // often only while rank 0 may send a task (it sends more as results reach it); each
-      // poll preempts a local worker.
-      const bool expecting = std::chrono::steady_clock::now() - last_result_ < refill_window;
+      // often only while rank 0 is about to send a task: a result went out lately and the
+      // rank holds less than its capacity (with more, rank 0 refills it as results reach
+      // it, and an outcome wakes this thread anyway); each poll preempts a local worker.
+      const bool expecting = running < capacity_here_ &&
+                             std::chrono::steady_clock::now() - last_result_ < refill_window;
       // A large result moves only while this rank calls MPI (rendezvous protocol): nap
       // briefly until its send completes (as rank 0 does for its sends).
-      const auto d = nap.next(!sends.empty() ? 50us : expecting ? busy_nap : 1000us);
+      // With tasks in the local pool, each poll preempts a worker, for a refill that is not
+      // urgent yet: polls come more often only once the rank has none.
+      const auto d = nap.next(!sends.empty() ? 50us
+                              : expecting    ? (running == 0 ? empty_nap : busy_nap)
+                                             : 1000us);
       if (d > 0us) outbox_->wait_for(d);
     }
     for (auto& s : sends) check(MPI_Wait(&s.req, MPI_STATUS_IGNORE), "MPI_Wait");
