@@ -12,6 +12,7 @@
 // SHMKIT_BENCH_MPI_IN_FLIGHT sets mpi_pool_options::tasks_in_flight (default 2 per local
 // process): the least a rank holds; for tiny tasks rank 0 keeps more on it (about 2 ms of its
 // measured rate) and packs them, so the chunksize-1 rates no longer hang on it.
+#include <unistd.h>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -19,7 +20,6 @@
 #include <ctime>
 #include <numeric>
 #include <string>
-#include <unistd.h>
 
 #include "harness.hpp"
 #include "pool_work.hpp"
@@ -57,8 +57,8 @@ void relaunch_under_mpirun() {
   std::printf("bench_mpi_pool: running under %s -np %s --bind-to none --oversubscribe\n",
               SHMKIT_MPIEXEC, np.c_str());
   std::fflush(stdout);
-  ::execl(SHMKIT_MPIEXEC, SHMKIT_MPIEXEC, "-np", np.c_str(), "--bind-to", "none",
-          "--oversubscribe", self.c_str(), static_cast<char*>(nullptr));
+  ::execl(SHMKIT_MPIEXEC, SHMKIT_MPIEXEC, "-np", np.c_str(), "--bind-to", "none", "--oversubscribe",
+          self.c_str(), static_cast<char*>(nullptr));
   std::perror("bench_mpi_pool: cannot start mpirun; measuring one rank");
 }
 
@@ -75,10 +75,11 @@ int main(int argc, char** argv) {
   if (!pool.is_root()) return 0;
 
   const int workers = pool.processes();  // local pool processes over the worker ranks
-  table t(fmt::format("mpi_pool ({} ranks on this machine: rank 0 dispatches, {} worker "
-                      "rank(s) run tasks in local pools of {} processes in all, {} tasks in "
-                      "flight per process)",
-                      pool.size(), pool.worker_ranks(), workers, options.tasks_in_flight));
+  table t(
+      fmt::format("mpi_pool ({} ranks on this machine: rank 0 dispatches, {} worker "
+                  "rank(s) run tasks in local pools of {} processes in all, {} tasks in "
+                  "flight per process)",
+                  pool.size(), pool.worker_ranks(), workers, options.tasks_in_flight));
 #ifdef SHMKIT_HAVE_LOCAL_POOL
   shmkit::pool local(workers);
   auto local_figure = [&](auto&& measure) { return measure(local); };
@@ -140,8 +141,8 @@ int main(int argc, char** argv) {
     // inverse is the most tasks per second one dispatching rank can sustain, however many
     // worker ranks there are.
     t.row("rank 0 CPU per task, chunksize 1", "us", better::lower, rank0_us, {});
-    t.row("rank 0 dispatch ceiling (1 / CPU per task)", "tasks/s", better::higher,
-          1e6 / rank0_us, {{"measured rate in the same run", count / wall}});
+    t.row("rank 0 dispatch ceiling (1 / CPU per task)", "tasks/s", better::higher, 1e6 / rank0_us,
+          {{"measured rate in the same run", count / wall}});
   }
   {
     // Submitted one at a time, all before the first get(): they travel packed.

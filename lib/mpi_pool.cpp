@@ -45,26 +45,26 @@
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
+#include <fmt/format.h>
+#include <sys/prctl.h>
+#include <unistd.h>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <climits>
 #include <condition_variable>
 #include <csignal>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <fmt/format.h>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <span>
-#include <sys/prctl.h>
 #include <thread>
 #include <type_traits>
 #include <typeinfo>
-#include <unistd.h>
 #include <unordered_map>
 
 #include "shmkit/detail/throw_trace.hpp"
@@ -203,17 +203,22 @@ std::string mpi_text(int code) {
 
 void check(int rc, const char* call) {
   if (rc != MPI_SUCCESS)
-    throw mpi_failure(fmt::format("shmkit::mpi_pool: {} failed on rank {}: {}", call,
-                                  world_rank(), mpi_text(rc)));
+    throw mpi_failure(fmt::format("shmkit::mpi_pool: {} failed on rank {}: {}", call, world_rank(),
+                                  mpi_text(rc)));
 }
 
 const char* level_name(int level) {
   switch (level) {
-    case MPI_THREAD_SINGLE: return "MPI_THREAD_SINGLE";
-    case MPI_THREAD_FUNNELED: return "MPI_THREAD_FUNNELED";
-    case MPI_THREAD_SERIALIZED: return "MPI_THREAD_SERIALIZED";
-    case MPI_THREAD_MULTIPLE: return "MPI_THREAD_MULTIPLE";
-    default: return "an unknown level";
+    case MPI_THREAD_SINGLE:
+      return "MPI_THREAD_SINGLE";
+    case MPI_THREAD_FUNNELED:
+      return "MPI_THREAD_FUNNELED";
+    case MPI_THREAD_SERIALIZED:
+      return "MPI_THREAD_SERIALIZED";
+    case MPI_THREAD_MULTIPLE:
+      return "MPI_THREAD_MULTIPLE";
+    default:
+      return "an unknown level";
   }
 }
 
@@ -235,15 +240,17 @@ class record_reader {
   bool next(Record& r, std::size_t& payload_at) {
     if (at_ == in_.size()) return false;
     if (in_.size() - at_ < sizeof r)
-      throw error(fmt::format("shmkit::mpi_pool: a pack of {} bytes ends inside a record at "
-                              "byte {}",
-                              in_.size(), at_));
+      throw error(
+          fmt::format("shmkit::mpi_pool: a pack of {} bytes ends inside a record at "
+                      "byte {}",
+                      in_.size(), at_));
     std::memcpy(&r, in_.data() + at_, sizeof r);
     at_ += sizeof r;
     if (r.bytes > in_.size() - at_)
-      throw error(fmt::format("shmkit::mpi_pool: a record claims a payload of {} bytes with "
-                              "{} left in its pack",
-                              r.bytes, in_.size() - at_));
+      throw error(
+          fmt::format("shmkit::mpi_pool: a record claims a payload of {} bytes with "
+                      "{} left in its pack",
+                      r.bytes, in_.size() - at_));
     payload_at = at_;
     at_ += r.bytes;
     return true;
@@ -258,8 +265,8 @@ class record_reader {
 std::pair<std::vector<portable_address>, std::size_t> read_table(std::span<const std::byte> in) {
   std::uint64_t hs = 0;
   if (in.size() < sizeof hs || (std::memcpy(&hs, in.data(), sizeof hs), hs > in.size() - sizeof hs))
-    throw error(fmt::format("shmkit::mpi_pool: a task pack of {} bytes has no function table",
-                            in.size()));
+    throw error(
+        fmt::format("shmkit::mpi_pool: a task pack of {} bytes has no function table", in.size()));
   return {decode<std::vector<portable_address>>(in.subspan(sizeof hs, hs)), sizeof hs + hs};
 }
 
@@ -365,6 +372,7 @@ class outbox {
 
   std::mutex m_;
   std::atomic<bool> ready_{false};  // process-local, not in shared memory
+  static_assert(std::atomic<bool>::is_always_lock_free);
   std::condition_variable cv_;
   std::vector<pack> packs_;
 };
@@ -409,7 +417,9 @@ class forwarded_batch final : public task_batch {
 class request_batch final : public task_batch {
  public:
   explicit request_batch(task_request t)
-      : task_batch(t.entry, t.fn_word, 1), payload_(std::move(t.payload)), sink_(std::move(t.sink)) {}
+      : task_batch(t.entry, t.fn_word, 1),
+        payload_(std::move(t.payload)),
+        sink_(std::move(t.sink)) {}
   void payload(std::size_t, std::vector<std::byte>& out) const override {
     out.assign(payload_.begin(), payload_.end());
   }
@@ -440,9 +450,10 @@ struct local_pool {
 // MPI counts are ints: a message must stay below 2 GiB.
 void check_message_size(std::size_t bytes, const char* what) {
   if (bytes > static_cast<std::size_t>(INT_MAX))
-    throw error(fmt::format("shmkit::mpi_pool: {} of {} bytes exceeds MPI's limit of {} bytes per "
-                            "message; use a smaller chunksize",
-                            what, bytes, INT_MAX));
+    throw error(
+        fmt::format("shmkit::mpi_pool: {} of {} bytes exceeds MPI's limit of {} bytes per "
+                    "message; use a smaller chunksize",
+                    what, bytes, INT_MAX));
 }
 
 struct message {
@@ -470,8 +481,8 @@ std::optional<message> try_receive(MPI_Comm comm, int source, int tag) {
 // after an idle spell waits (mpi4py.futures backs off to 1 ms the same way). While a message is
 // expected soon the naps stop growing earlier (see the callers): it waits less, while the polls
 // (each of which may preempt a local worker) stay few next to the work.
-constexpr auto busy_nap = 128us;  // a worker rank waiting for the task that refills it
-constexpr auto empty_nap = 32us;  // ... while it has none (its local pool waits too)
+constexpr auto busy_nap = 128us;     // a worker rank waiting for the task that refills it
+constexpr auto empty_nap = 32us;     // ... while it has none (its local pool waits too)
 constexpr auto refill_window = 2ms;  // how long after a result a worker rank expects one
 // Linux lets a thread's timed sleeps overshoot by its timer slack, 50 us by default: more
 // than the naps above. The polling threads ask for 1 us while they poll (restored after).
@@ -509,8 +520,8 @@ class backoff {
 };
 
 // What rank 0 prints when mpirun stops the job (it sends SIGTERM, then SIGKILL, to every rank
-// when one dies or calls MPI_Abort): how many of the pool's tasks were unfinished. Installed only where
-// SIGTERM had its default action, and put back by finalize().
+// when one dies or calls MPI_Abort): how many of the pool's tasks were unfinished. Installed only
+// where SIGTERM had its default action, and put back by finalize().
 std::atomic<long> unfinished_tasks{0};
 static_assert(std::atomic<long>::is_always_lock_free);
 
@@ -542,15 +553,16 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
       throw std::invalid_argument(fmt::format(
           "shmkit::mpi_pool: tasks_in_flight must be at least 1, not {}", opts_.tasks_in_flight));
     if (opts_.local_processes < 0)
-      throw std::invalid_argument(fmt::format(
-          "shmkit::mpi_pool: local_processes must be 0 (one per CPU) or more, not {}",
-          opts_.local_processes));
+      throw std::invalid_argument(
+          fmt::format("shmkit::mpi_pool: local_processes must be 0 (one per CPU) or more, not {}",
+                      opts_.local_processes));
     int initialized = 0, finalized = 0;
     MPI_Initialized(&initialized);
     MPI_Finalized(&finalized);
     if (finalized != 0)
-      throw error("shmkit::mpi_pool: MPI is already finalized; make the pool before "
-                  "MPI_Finalize");
+      throw error(
+          "shmkit::mpi_pool: MPI is already finalized; make the pool before "
+          "MPI_Finalize");
     if (initialized == 0) {
       // The local pool is forked here, before MPI_Init, when the launcher says this is a
       // worker rank: MPI has then started no thread (Open MPI starts progress threads in
@@ -578,10 +590,11 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
     }
     if (level_ < MPI_THREAD_SERIALIZED) {
       if (owns_mpi_) MPI_Finalize();
-      throw error(fmt::format("shmkit::mpi_pool: MPI gives thread support {}; the pool needs "
-                              "MPI_THREAD_SERIALIZED or MPI_THREAD_MULTIPLE, since its result "
-                              "thread makes the MPI calls",
-                              level_name(level_)));
+      throw error(
+          fmt::format("shmkit::mpi_pool: MPI gives thread support {}; the pool needs "
+                      "MPI_THREAD_SERIALIZED or MPI_THREAD_MULTIPLE, since its result "
+                      "thread makes the MPI calls",
+                      level_name(level_)));
     }
     check(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");
     check(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
@@ -613,8 +626,8 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
                              ? opts_.local_processes
                              : default_local_processes(node_size - root_here));
       } catch (const std::exception& e) {
-        std::fprintf(stderr, "shmkit::mpi_pool: rank %d cannot start its local pool: %s\n",
-                     rank_, e.what());
+        std::fprintf(stderr, "shmkit::mpi_pool: rank %d cannot start its local pool: %s\n", rank_,
+                     e.what());
         std::fflush(stderr);
         MPI_Abort(MPI_COMM_WORLD, 1);
         std::_Exit(1);
@@ -854,7 +867,8 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
     while (first < last) {
       const std::size_t n = std::min<std::size_t>(last - first, 1024);
       out.clear();
-      for (std::size_t i = first; i < first + n; ++i) out.push_back(task_outcome{i, false, {}, 0, e});
+      for (std::size_t i = first; i < first + n; ++i)
+        out.push_back(task_outcome{i, false, {}, 0, e});
       b.deliver(out);
       finished(n);
       first += n;
@@ -933,11 +947,12 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
     std::size_t share;
     {
       std::lock_guard lk(m_);
-      share = (pending_tasks_ + static_cast<std::size_t>(size_ - 2)) / static_cast<std::size_t>(size_ - 1);
+      share = (pending_tasks_ + static_cast<std::size_t>(size_ - 2)) /
+              static_cast<std::size_t>(size_ - 1);
     }
     const std::size_t free_capacity = capacity_[r] > held_[r] ? capacity_[r] - held_[r] : 0;
-    const std::size_t room = std::max<std::size_t>(
-        1, std::min(window_[r] - held_[r], std::max(share, free_capacity)));
+    const std::size_t room =
+        std::max<std::size_t>(1, std::min(window_[r] - held_[r], std::max(share, free_capacity)));
     std::vector<std::uint64_t> table_addresses;
     std::vector<portable_address> table;
     auto index_of = [&](std::uint64_t address) -> std::uint32_t {
@@ -953,7 +968,8 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
     bool consumed = false;
     auto full = [&] {
       return packed == room || body.size() >= pack_bytes ||
-             (held_[r] + packed >= capacity_[r] && held_bytes_[r] + body.size() >= max_window_bytes);
+             (held_[r] + packed >= capacity_[r] &&
+              held_bytes_[r] + body.size() >= max_window_bytes);
     };
     while (!full()) {
       auto p = peek_pending();
@@ -974,7 +990,8 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
         try {
           b.payload(i, scratch_);
           check_message_size(scratch_.size() + sizeof(task_record) + 4096, "a task");
-        } catch (...) {  // this task cannot be sent: its arguments do not encode, or it is too large
+        } catch (
+            ...) {  // this task cannot be sent: its arguments do not encode, or it is too large
           fail_tasks(b, i, i + 1, std::current_exception());
           continue;
         }
@@ -982,7 +999,8 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
           break;  // a large task travels in a pack of its own
         const std::uint64_t id = next_id_++;
         append_record(body, task_record{id, entry, fn, scratch_.size()}, scratch_);
-        inflight_.emplace(id, inflight_task{p->batch, i, r, sizeof(task_record) + scratch_.size(), now});
+        inflight_.emplace(
+            id, inflight_task{p->batch, i, r, sizeof(task_record) + scratch_.size(), now});
         ++packed;
       }
       consumed = consumed || i != p->next;
@@ -1067,8 +1085,12 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
       const pid_t pid = rec.pid != 0 ? static_cast<pid_t>(rec.pid) : pids_[f.rank];
       const auto payload = bytes.subspan(at, rec.bytes);
       switch (static_cast<outcome_kind>(rec.kind)) {
-        case outcome_kind::ok: outcomes_.push_back(task_outcome{f.index, true, payload, pid, nullptr}); break;
-        case outcome_kind::failed: outcomes_.push_back(task_outcome{f.index, false, payload, pid, nullptr}); break;
+        case outcome_kind::ok:
+          outcomes_.push_back(task_outcome{f.index, true, payload, pid, nullptr});
+          break;
+        case outcome_kind::failed:
+          outcomes_.push_back(task_outcome{f.index, false, payload, pid, nullptr});
+          break;
         case outcome_kind::lost: {
           std::string why;
           try {
@@ -1076,17 +1098,25 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
           } catch (const std::exception& e) {
             why = e.what();
           }
-          outcomes_.push_back(task_outcome{
-              f.index, false, {}, pid,
-              std::make_exception_ptr(worker_lost_error(fmt::format(
-                  "shmkit::mpi_pool: rank {} (pid {}) lost the task: {}", f.rank, pids_[f.rank], why)))});
+          outcomes_.push_back(
+              task_outcome{f.index,
+                           false,
+                           {},
+                           pid,
+                           std::make_exception_ptr(worker_lost_error(
+                               fmt::format("shmkit::mpi_pool: rank {} (pid {}) lost the task: {}",
+                                           f.rank, pids_[f.rank], why)))});
           break;
         }
         default:
           outcomes_.push_back(task_outcome{
-              f.index, false, {}, pid,
-              std::make_exception_ptr(error(fmt::format(
-                  "shmkit::mpi_pool: rank {} sent a result of unknown kind {}", f.rank, rec.kind)))});
+              f.index,
+              false,
+              {},
+              pid,
+              std::make_exception_ptr(
+                  error(fmt::format("shmkit::mpi_pool: rank {} sent a result of unknown kind {}",
+                                    f.rank, rec.kind)))});
       }
     }
     flush();
@@ -1214,8 +1244,8 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
       start_local_pool(n);
       return true;
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "shmkit::mpi_pool: rank %d cannot replace its local pool: %s\n",
-                   rank_, e.what());
+      std::fprintf(stderr, "shmkit::mpi_pool: rank %d cannot replace its local pool: %s\n", rank_,
+                   e.what());
       return false;
     }
   }
@@ -1420,12 +1450,12 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0;
   int size_ = 1;
-  std::vector<int> pids_;  // by rank
+  std::vector<int> pids_;              // by rank
   std::vector<std::size_t> capacity_;  // by rank: tasks it may hold at least
   int processes_ = 0;                  // processes running tasks, over the worker ranks
   std::size_t capacity_here_ = 1;      // worker ranks: the tasks rank 0 may keep here at least
   std::chrono::steady_clock::time_point last_result_{};  // worker ranks: last result sent
-  std::chrono::microseconds turnaround_{128};  // rank 0: usual dispatch-to-result time
+  std::chrono::microseconds turnaround_{128};            // rank 0: usual dispatch-to-result time
   std::thread thread_;
 
   // Rank 0. m_ guards pending_, outstanding_ and the flags; the rest belongs to the
@@ -1452,8 +1482,8 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
   std::unordered_map<std::uint64_t, portable_address> portable_;
   std::uint64_t next_id_ = 1;
   int cursor_ = 0;
-  std::vector<std::byte> scratch_;         // a task's payload while its pack is made
-  std::vector<task_outcome> outcomes_;     // a result pack's outcomes while they are delivered
+  std::vector<std::byte> scratch_;      // a task's payload while its pack is made
+  std::vector<task_outcome> outcomes_;  // a result pack's outcomes while they are delivered
 
   // Worker ranks: (module, offset) -> address here.
   std::map<std::pair<std::string, std::uint64_t>, std::uint64_t> local_addresses_;
@@ -1466,8 +1496,7 @@ class runtime final : public mpi_runtime, public std::enable_shared_from_this<ru
 
 }  // namespace
 
-std::shared_ptr<mpi_runtime> mpi_runtime::start(int* argc, char*** argv,
-                                                mpi_pool_options options) {
+std::shared_ptr<mpi_runtime> mpi_runtime::start(int* argc, char*** argv, mpi_pool_options options) {
   auto rt = std::make_shared<runtime>(argc, argv, options);
   rt->begin();
   return rt;

@@ -25,6 +25,8 @@
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
+#include <fcntl.h>
+#include <unistd.h>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -36,12 +38,10 @@
 #include <string>
 #include <string_view>
 #include <thread>
-#include <fcntl.h>
-#include <unistd.h>
 
+#include "pool_tasks.hpp"
 #include "shmkit/detail/identity.hpp"
 #include "shmkit/mpi_pool.hpp"
-#include "pool_tasks.hpp"
 
 using namespace std::chrono_literals;
 namespace utf = boost::unit_test;
@@ -173,9 +173,10 @@ void crashing_tasks_fail_and_the_ranks_live_on() {
   // The error callback gets it too.
   std::atomic<int> lost{0};
   auto r = pool().apply_async(abort_now, 0);
-  r.then([](int) {}, [&](const std::exception& e) {
-    if (dynamic_cast<const shmkit::worker_lost_error*>(&e) != nullptr) lost.fetch_add(1);
-  });
+  r.then([](int) {},
+         [&](const std::exception& e) {
+           if (dynamic_cast<const shmkit::worker_lost_error*>(&e) != nullptr) lost.fetch_add(1);
+         });
   BOOST_CHECK_THROW(r.get(), shmkit::worker_lost_error);
   BOOST_CHECK(eventually([&] { return lost.load() == 1; }));
   // A crash amid many tiny tasks submitted one at a time (deep windows, packed): the task
@@ -193,7 +194,8 @@ void crashing_tasks_fail_and_the_ranks_live_on() {
             if (v == i) ok[i].fetch_add(1);
           },
           [&, i](const std::exception& e) {
-            if (dynamic_cast<const shmkit::worker_lost_error*>(&e) != nullptr) failed[i].fetch_add(1);
+            if (dynamic_cast<const shmkit::worker_lost_error*>(&e) != nullptr)
+              failed[i].fetch_add(1);
           });
     }
     for (auto& r : rs) r.wait();
@@ -263,7 +265,7 @@ BOOST_AUTO_TEST_CASE(map_of_100000_tasks_equals_the_serial_result, *utf::timeout
   std::iota(items.begin(), items.end(), 0L);
   std::vector<long> serial;
   for (long x : items) serial.push_back(square(x));
-  BOOST_CHECK(pool().map(square, items) == serial);  // default chunks
+  BOOST_CHECK(pool().map(square, items) == serial);      // default chunks
   BOOST_CHECK(pool().map(square, items, 10) == serial);  // 10,000 messages
   // Explicit chunk sizes, including 1 and one larger than the input.
   for (std::size_t chunk : {1u, 7u, 5000u}) {
@@ -290,8 +292,8 @@ BOOST_AUTO_TEST_CASE(callables_of_every_allowed_kind_starmap_and_apply, *utf::ti
   BOOST_CHECK_EQUAL(pool().apply(add, 20, 22), 42);
   BOOST_CHECK_EQUAL(pool().apply(shout, std::string("hi")), "HI!");
   BOOST_CHECK_NE(pool().apply(my_pid, 0), ::getpid());
-  BOOST_CHECK((pool().map_async(square, std::vector<long>{1, 2, 3}).get() ==
-               std::vector<long>{1, 4, 9}));
+  BOOST_CHECK(
+      (pool().map_async(square, std::vector<long>{1, 2, 3}).get() == std::vector<long>{1, 4, 9}));
 }
 
 BOOST_AUTO_TEST_CASE(imap_keeps_order_and_imap_unordered_yields_each_once, *utf::timeout(120)) {
@@ -403,10 +405,11 @@ BOOST_AUTO_TEST_CASE(a_throwing_task_reaches_the_caller_and_the_pool_stays_usabl
   std::atomic<int> err_called{0};
   std::string err_text;
   auto r = pool().apply_async(fail_on_13, 13);
-  r.then([](int) {}, [&](const std::exception& e) {
-    err_text = e.what();
-    err_called.fetch_add(1);
-  });
+  r.then([](int) {},
+         [&](const std::exception& e) {
+           err_text = e.what();
+           err_called.fetch_add(1);
+         });
   BOOST_CHECK_THROW(r.get(), shmkit::remote_error);
   BOOST_CHECK(eventually([&] { return err_called.load() > 0; }));
   BOOST_CHECK_EQUAL(err_called.load(), 1);
@@ -513,8 +516,7 @@ BOOST_AUTO_TEST_CASE(local_pools_forked_after_mpi_init_run_tasks_and_survive_cra
   crashing_tasks_fail_and_the_ranks_live_on();
 }
 
-BOOST_AUTO_TEST_CASE(terminate_fails_what_is_pending_and_releases_the_ranks,
-                     *utf::timeout(120)) {
+BOOST_AUTO_TEST_CASE(terminate_fails_what_is_pending_and_releases_the_ranks, *utf::timeout(120)) {
   auto running = pool().map_async(slow_identity, std::vector<int>(40, 200), 1);
   // Tiny tasks, one per item: many in flight on each rank when terminate() comes, or done.
   std::vector<long> tiny(400'000);
@@ -522,9 +524,11 @@ BOOST_AUTO_TEST_CASE(terminate_fails_what_is_pending_and_releases_the_ranks,
   auto tiny_map = pool().map_async(square, tiny, 1);
   auto single = pool().apply_async(slow_identity, 200);
   std::atomic<int> lost{0};
-  single.then([](int) {}, [&](const std::exception& e) {
-    if (dynamic_cast<const shmkit::worker_lost_error*>(&e) != nullptr) lost.fetch_add(1);
-  });
+  single.then([](int) {},
+              [&](const std::exception& e) {
+                if (dynamic_cast<const shmkit::worker_lost_error*>(&e) != nullptr)
+                  lost.fetch_add(1);
+              });
   std::this_thread::sleep_for(100ms);
   pool().terminate();
   BOOST_CHECK_THROW(running.get(), shmkit::worker_lost_error);
@@ -549,8 +553,8 @@ namespace {
 int check_no_process_left(const std::vector<std::uint64_t>& identities, const char* what) {
   for (auto id : identities) {
     if (!eventually([&] { return !shmkit::detail::identity_alive(id); })) {
-      std::fprintf(stderr, "test_mpi_pool: %s process %d still runs 60 s after shutdown\n",
-                   what, static_cast<int>(shmkit::detail::identity_pid(id)));
+      std::fprintf(stderr, "test_mpi_pool: %s process %d still runs 60 s after shutdown\n", what,
+                   static_cast<int>(shmkit::detail::identity_pid(id)));
       return 1;
     }
   }
