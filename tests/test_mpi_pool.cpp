@@ -25,6 +25,8 @@
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
+#include <fcntl.h>
+#include <unistd.h>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -36,12 +38,10 @@
 #include <string>
 #include <string_view>
 #include <thread>
-#include <fcntl.h>
-#include <unistd.h>
 
+#include "pool_tasks.hpp"
 #include "shmkit/detail/identity.hpp"
 #include "shmkit/mpi_pool.hpp"
-#include "pool_tasks.hpp"
 
 using namespace std::chrono_literals;
 namespace utf = boost::unit_test;
@@ -173,11 +173,46 @@ void crashing_tasks_fail_and_the_ranks_live_on() {
   // The error callback gets it too.
   std::atomic<int> lost{0};
   auto r = pool().apply_async(abort_now, 0);
-  r.then([](int) {}, [&](const std::exception& e) {
-    if (dynamic_cast<const shmkit::worker_lost_error*>(&e) != nullptr) lost.fetch_add(1);
-  });
+  r.then([](int) {},
+         [&](const std::exception& e) {
+           if (dynamic_cast<const shmkit::worker_lost_error*>(&e) != nullptr) lost.fetch_add(1);
+         });
   BOOST_CHECK_THROW(r.get(), shmkit::worker_lost_error);
   BOOST_CHECK(eventually([&] { return lost.load() == 1; }));
+  // A crash amid many tiny tasks submitted one at a time (deep windows, packed): the task
+  // that crashes fails with worker_lost_error; every other task succeeds, or fails the same
+  // way when its local worker had just finished it (see shmkit::pool); each outcome comes once.
+  {
+    constexpr int n = 20'000;
+    std::vector<std::atomic<int>> ok(n), failed(n);
+    std::vector<shmkit::async_result<int>> rs;
+    rs.reserve(n);
+    for (int i = 0; i < n; ++i) {
+      rs.push_back(pool().apply_async(abort_on_5, i));
+      rs.back().then(
+          [&, i](int v) {
+            if (v == i) ok[i].fetch_add(1);
+          },
+          [&, i](const std::exception& e) {
+            if (dynamic_cast<const shmkit::worker_lost_error*>(&e) != nullptr)
+              failed[i].fetch_add(1);
+          });
+    }
+    for (auto& r : rs) r.wait();
+    auto total = [&] {
+      int t = 0;
+      for (int i = 0; i < n; ++i) t += ok[i].load() + failed[i].load();
+      return t;
+    };
+    BOOST_CHECK(eventually([&] { return total() >= n; }));
+    BOOST_CHECK_EQUAL(failed[5].load(), 1);
+    int lost = 0;
+    for (int i = 0; i < n; ++i) {
+      BOOST_REQUIRE_EQUAL(ok[i].load() + failed[i].load(), 1);
+      lost += failed[i].load();
+    }
+    BOOST_TEST_MESSAGE("tasks lost with the crashing one: " << lost - 1);
+  }
   // A task that kills its local pool's supervisor: the rank makes a new local pool.
   BOOST_CHECK_THROW(pool().apply(kill_my_supervisor, 0), shmkit::worker_lost_error);
   BOOST_CHECK_EQUAL(pool().apply(add, 2, 3), 5);
@@ -230,7 +265,7 @@ BOOST_AUTO_TEST_CASE(map_of_100000_tasks_equals_the_serial_result, *utf::timeout
   std::iota(items.begin(), items.end(), 0L);
   std::vector<long> serial;
   for (long x : items) serial.push_back(square(x));
-  BOOST_CHECK(pool().map(square, items) == serial);  // default chunks
+  BOOST_CHECK(pool().map(square, items) == serial);      // default chunks
   BOOST_CHECK(pool().map(square, items, 10) == serial);  // 10,000 messages
   // Explicit chunk sizes, including 1 and one larger than the input.
   for (std::size_t chunk : {1u, 7u, 5000u}) {
@@ -257,8 +292,8 @@ BOOST_AUTO_TEST_CASE(callables_of_every_allowed_kind_starmap_and_apply, *utf::ti
   BOOST_CHECK_EQUAL(pool().apply(add, 20, 22), 42);
   BOOST_CHECK_EQUAL(pool().apply(shout, std::string("hi")), "HI!");
   BOOST_CHECK_NE(pool().apply(my_pid, 0), ::getpid());
-  BOOST_CHECK((pool().map_async(square, std::vector<long>{1, 2, 3}).get() ==
-               std::vector<long>{1, 4, 9}));
+  BOOST_CHECK(
+      (pool().map_async(square, std::vector<long>{1, 2, 3}).get() == std::vector<long>{1, 4, 9}));
 }
 
 BOOST_AUTO_TEST_CASE(imap_keeps_order_and_imap_unordered_yields_each_once, *utf::timeout(120)) {
@@ -279,6 +314,16 @@ BOOST_AUTO_TEST_CASE(imap_keeps_order_and_imap_unordered_yields_each_once, *utf:
   for (long x : pool().imap_unordered(square, many, 16)) seen.insert(x);
   BOOST_REQUIRE_EQUAL(seen.size(), many.size());
   for (long i : many) BOOST_REQUIRE_EQUAL(seen.count(square(i)), 1u);
+
+  // One item per task, many at once on each rank (the window grows with the rank's rate).
+  std::vector<long> more(100'000);
+  std::iota(more.begin(), more.end(), 0L);
+  std::vector<int> count(more.size(), 0);
+  for (long x : pool().imap_unordered(scaler{2}, more)) {
+    BOOST_REQUIRE(x % 2 == 0 && x / 2 >= 0 && x / 2 < static_cast<long>(more.size()));
+    ++count[static_cast<std::size_t>(x / 2)];
+  }
+  for (std::size_t i = 0; i < count.size(); ++i) BOOST_REQUIRE_EQUAL(count[i], 1);
 }
 
 BOOST_AUTO_TEST_CASE(apply_async_callbacks_run_once_on_the_result_thread, *utf::timeout(300)) {
@@ -360,10 +405,11 @@ BOOST_AUTO_TEST_CASE(a_throwing_task_reaches_the_caller_and_the_pool_stays_usabl
   std::atomic<int> err_called{0};
   std::string err_text;
   auto r = pool().apply_async(fail_on_13, 13);
-  r.then([](int) {}, [&](const std::exception& e) {
-    err_text = e.what();
-    err_called.fetch_add(1);
-  });
+  r.then([](int) {},
+         [&](const std::exception& e) {
+           err_text = e.what();
+           err_called.fetch_add(1);
+         });
   BOOST_CHECK_THROW(r.get(), shmkit::remote_error);
   BOOST_CHECK(eventually([&] { return err_called.load() > 0; }));
   BOOST_CHECK_EQUAL(err_called.load(), 1);
@@ -383,6 +429,53 @@ BOOST_AUTO_TEST_CASE(a_throwing_task_reaches_the_caller_and_the_pool_stays_usabl
 BOOST_AUTO_TEST_CASE(a_task_that_kills_its_process_fails_with_worker_lost_error,
                      *utf::timeout(300) * utf::precondition(with_local_pools())) {
   crashing_tasks_fail_and_the_ranks_live_on();
+}
+
+// Tasks submitted one at a time from two threads, of several functions (a function pointer,
+// a callable with state, failures among them): they travel packed with whatever else is
+// pending, and each gets its own outcome, once.
+BOOST_AUTO_TEST_CASE(tasks_submitted_one_by_one_of_mixed_functions_each_get_their_own_outcome,
+                     *utf::timeout(300)) {
+  constexpr int n = 6000;
+  std::vector<shmkit::async_result<int>> ints(n, shmkit::async_result<int>(nullptr));
+  std::vector<shmkit::async_result<long>> longs(n, shmkit::async_result<long>(nullptr));
+  std::vector<shmkit::async_result<std::string>> words(n,
+                                                       shmkit::async_result<std::string>(nullptr));
+  std::vector<std::atomic<int>> outcomes(n);
+  auto submit = [&](int from, int to) {
+    for (int i = from; i < to; ++i) {
+      ints[i] = i % 7 == 0 ? pool().apply_async(fail_on_13, 13) : pool().apply_async(add, i, 1);
+      ints[i].then([&, i](int) { outcomes[i].fetch_add(1); },
+                   [&, i](const std::exception&) { outcomes[i].fetch_add(1); });
+      longs[i] = pool().apply_async(scaler{3}, static_cast<long>(i));
+      words[i] = pool().apply_async(shout, std::to_string(i));
+    }
+  };
+  std::thread other(submit, 0, n / 2);
+  submit(n / 2, n);
+  other.join();
+  for (int i = 0; i < n; ++i) {
+    if (i % 7 == 0) {
+      try {
+        ints[i].get();
+        BOOST_FAIL("task " << i << " did not fail");
+      } catch (const shmkit::remote_error& e) {
+        BOOST_REQUIRE_EQUAL(e.type_name(), "std::invalid_argument");
+        BOOST_REQUIRE_EQUAL(std::string(e.what()), "thirteen is unlucky");
+      }
+    } else {
+      BOOST_REQUIRE_EQUAL(ints[i].get(), i + 1);
+    }
+    BOOST_REQUIRE_EQUAL(longs[i].get(), 3L * i);
+    BOOST_REQUIRE_EQUAL(words[i].get(), std::to_string(i) + "!");
+  }
+  auto total = [&] {
+    int t = 0;
+    for (auto& c : outcomes) t += c.load();
+    return t;
+  };
+  BOOST_CHECK(eventually([&] { return total() >= n; }));
+  for (int i = 0; i < n; ++i) BOOST_REQUIRE_EQUAL(outcomes[i].load(), 1);
 }
 
 // Last: it shuts the pool down.
@@ -423,19 +516,30 @@ BOOST_AUTO_TEST_CASE(local_pools_forked_after_mpi_init_run_tasks_and_survive_cra
   crashing_tasks_fail_and_the_ranks_live_on();
 }
 
-BOOST_AUTO_TEST_CASE(terminate_fails_what_is_pending_and_releases_the_ranks,
-                     *utf::timeout(120)) {
+BOOST_AUTO_TEST_CASE(terminate_fails_what_is_pending_and_releases_the_ranks, *utf::timeout(120)) {
   auto running = pool().map_async(slow_identity, std::vector<int>(40, 200), 1);
+  // Tiny tasks, one per item: many in flight on each rank when terminate() comes, or done.
+  std::vector<long> tiny(400'000);
+  std::iota(tiny.begin(), tiny.end(), 0L);
+  auto tiny_map = pool().map_async(square, tiny, 1);
   auto single = pool().apply_async(slow_identity, 200);
   std::atomic<int> lost{0};
-  single.then([](int) {}, [&](const std::exception& e) {
-    if (dynamic_cast<const shmkit::worker_lost_error*>(&e) != nullptr) lost.fetch_add(1);
-  });
+  single.then([](int) {},
+              [&](const std::exception& e) {
+                if (dynamic_cast<const shmkit::worker_lost_error*>(&e) != nullptr)
+                  lost.fetch_add(1);
+              });
   std::this_thread::sleep_for(100ms);
   pool().terminate();
   BOOST_CHECK_THROW(running.get(), shmkit::worker_lost_error);
   BOOST_CHECK_THROW(single.get(), shmkit::worker_lost_error);
   BOOST_CHECK(eventually([&] { return lost.load() == 1; }));
+  try {
+    const auto squares = tiny_map.get();
+    BOOST_REQUIRE_EQUAL(squares.size(), tiny.size());
+    for (std::size_t i = 0; i < tiny.size(); ++i) BOOST_REQUIRE_EQUAL(squares[i], square(tiny[i]));
+  } catch (const shmkit::worker_lost_error&) {
+  }
   BOOST_CHECK_THROW(pool().apply(add, 1, 2), std::logic_error);
   pool().terminate();  // twice is harmless
 }
@@ -449,8 +553,8 @@ namespace {
 int check_no_process_left(const std::vector<std::uint64_t>& identities, const char* what) {
   for (auto id : identities) {
     if (!eventually([&] { return !shmkit::detail::identity_alive(id); })) {
-      std::fprintf(stderr, "test_mpi_pool: %s process %d still runs 60 s after shutdown\n",
-                   what, static_cast<int>(shmkit::detail::identity_pid(id)));
+      std::fprintf(stderr, "test_mpi_pool: %s process %d still runs 60 s after shutdown\n", what,
+                   static_cast<int>(shmkit::detail::identity_pid(id)));
       return 1;
     }
   }

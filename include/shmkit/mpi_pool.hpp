@@ -33,16 +33,25 @@
 // - Tasks and results are codec bytes in MPI messages; what can be sent is what shmkit::pool
 //   sends (function pointers, captureless lambdas, callables with serialize()); functions
 //   travel as (module, offset) pairs, so every rank must run the same program. Each worker rank
-//   holds up to tasks_in_flight tasks per local process (default 2: one running, one waiting),
-//   so the next task is there when one ends; rank 0 learns each rank's capacity when the pool
-//   starts. map chunks as shmkit::pool does (n / (4 x processes())), imap sends one item per
-//   message unless given a chunksize.
+//   holds at least tasks_in_flight tasks per local process (default 2: one running, one
+//   waiting), so the next task is there when one ends; rank 0 learns each rank's capacity when
+//   the pool starts. For tasks short next to the trip through MPI, rank 0 keeps more on a rank:
+//   about 2 ms of the rank's work at its measured completion rate (at most 16384 tasks, and
+//   beyond the capacity only while the rank holds under 16 MiB of them, and no more than a
+//   fair share of what is pending), forgotten after 5 ms without tasks. Tasks travel in packs:
+//   whatever is pending when a rank has room goes in one message (up to 256 KiB), so tasks
+//   submitted one at a time (apply_async, imap's items) are packed as results come back in
+//   groups, while a task submitted to an idle pool leaves at once, alone; results come back
+//   packed the same way. map chunks as shmkit::pool does (n / (4 x processes())), imap makes
+//   one task per item unless given a chunksize.
 // - Idle ranks poll MPI with growing naps (up to 1 ms, as mpi4py.futures does) instead of
 //   spinning in a blocking receive: an idle pool costs almost no CPU, and the first task after
 //   an idle spell may wait up to that long. While tasks are out, rank 0's naps stop at an
-//   eighth of a task's usual turnaround (16 us to 1 ms), and a worker rank's at 128 us for
-//   2 ms after it sent a result (its next task is due): short tasks are not held up, long
-//   ones are not interrupted by thousands of polls.
+//   eighth of a task's usual turnaround (16 us to 1 ms), and a worker rank's at 32 us for
+//   2 ms after it sent a result (its next task is due); a worker rank waiting for its local
+//   pool takes the pool's results itself for up to 100 us first. Short tasks are not held up,
+//   long ones are not interrupted by thousands of polls. The polling threads set their timer
+//   slack to 1 us, so a nap is not stretched by Linux's default 50 us.
 // - Errors: an exception escaping f on a worker rank reaches the caller as shmkit::remote_error
 //   (type name, message, the pid of the process that ran it) and the pool stays usable. A task
 //   that kills its local worker (abort, segfault, kill -9) reaches the caller as
@@ -83,8 +92,9 @@ struct mpi_pool_options {
   // false: no local pool; a worker rank runs its tasks itself, one at a time, and a task that
   // crashes kills the rank.
   bool local_pool = true;
-  // Tasks (chunks) a worker rank holds at once per local process (per rank without a local
-  // pool): one runs while the others wait.
+  // Tasks (chunks) a worker rank holds at least per local process (per rank without a local
+  // pool): one runs while the others wait. Rank 0 keeps more on a rank whose tasks are short
+  // next to the trip through MPI (see the contract).
   int tasks_in_flight = 2;
 };
 
