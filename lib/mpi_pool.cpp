@@ -413,30 +413,6 @@ class forwarded_batch final : public task_batch {
   std::shared_ptr<outbox> out_;
 };
 
-// A task handed to submit() rather than submit_batch(), as a batch of one.
-class request_batch final : public task_batch {
- public:
-  explicit request_batch(task_request t)
-      : task_batch(t.entry, t.fn_word, 1),
-        payload_(std::move(t.payload)),
-        sink_(std::move(t.sink)) {}
-  void payload(std::size_t, std::vector<std::byte>& out) const override {
-    out.assign(payload_.begin(), payload_.end());
-  }
-  void deliver(std::span<const task_outcome> outcomes) noexcept override {
-    for (const task_outcome& o : outcomes) {
-      if (o.error)
-        sink_->failed(o.error);
-      else
-        deliver_outcome(*sink_, o.ok, o.bytes, o.pid);
-    }
-  }
-
- private:
-  std::vector<std::byte> payload_;
-  std::shared_ptr<task_sink> sink_;
-};
-
 // A worker rank's local shmkit::pool, driven through its runtime (it takes the forwarded
 // batches as they are); terminated when dropped, as shmkit::pool's destructor does.
 struct local_pool {

@@ -178,28 +178,6 @@ std::string describe_status(int status) {
   return fmt::format("ended with wait status {}", status);
 }
 
-// A task_request (the task_runtime interface) as a batch of one.
-class request_batch final : public task_batch {
- public:
-  explicit request_batch(task_request t)
-      : task_batch(t.entry, t.fn_word, 1), payload_(std::move(t.payload)), sink_(std::move(t.sink)) {}
-  void payload(std::size_t, std::vector<std::byte>& out) const override {
-    out.assign(payload_.begin(), payload_.end());
-  }
-  void deliver(std::span<const task_outcome> outcomes) noexcept override {
-    for (const task_outcome& o : outcomes) {
-      if (o.error)
-        sink_->failed(o.error);
-      else
-        deliver_outcome(*sink_, o.ok, o.bytes, o.pid);
-    }
-  }
-
- private:
-  std::vector<std::byte> payload_;
-  std::shared_ptr<task_sink> sink_;
-};
-
 class runtime final : public pool_runtime, public std::enable_shared_from_this<runtime> {
  public:
   explicit runtime(pool_options o) : opts_(std::move(o)) {

@@ -169,6 +169,29 @@ class task_batch {
   std::size_t size_;
 };
 
+// A task_request (the task_runtime interface) as a batch of one: the local pool and the MPI
+// pool's rank 0 take a task handed to submit() this way.
+class request_batch final : public task_batch {
+ public:
+  explicit request_batch(task_request t)
+      : task_batch(t.entry, t.fn_word, 1), payload_(std::move(t.payload)), sink_(std::move(t.sink)) {}
+  void payload(std::size_t, std::vector<std::byte>& out) const override {
+    out.assign(payload_.begin(), payload_.end());
+  }
+  void deliver(std::span<const task_outcome> outcomes) noexcept override {
+    for (const task_outcome& o : outcomes) {
+      if (o.error)
+        sink_->failed(o.error);
+      else
+        deliver_outcome(*sink_, o.ok, o.bytes, o.pid);
+    }
+  }
+
+ private:
+  std::vector<std::byte> payload_;
+  std::shared_ptr<task_sink> sink_;
+};
+
 // Jobs posted to a result thread (callbacks attached to results already complete), run there
 // in order. A job that throws is reported on stderr and dropped.
 class posted_jobs {
