@@ -64,7 +64,7 @@ using u32 = std::uint32_t;
 
 constexpr u64 root_magic = 0x52474e4d4b4d4853ull;  // "SHMKMNGR"
 // 2: fast-setter and scanner slots in the root; 3: setter slots owned by a thread, and fast
-// sets without a fence (`light`).
+// sets without a fence (`light`), compact dict tables with inline values.
 constexpr u32 root_layout = 3;
 constexpr std::size_t journal_capacity = 6;
 constexpr std::size_t max_name = 200;
@@ -135,7 +135,11 @@ struct container_block {
 // entry, so that a fast set's store (which misses when another process set a value of that
 // cache line last) touches no line that a lookup reads: slots, positions and keys stay in
 // every reader's cache while values change. In insertion order, keys used in the order they
-// were added walk both arrays in order, which the hardware prefetches.
+// were added walk both arrays in order, which the hardware prefetches, and processes setting
+// the same keys in that order pay one miss per line of 8 values rather than one per set. The
+// price: keys added one after another share a line of values, so processes that each set
+// their own such key (a counter per worker) contend for that line (about 40 ns per set
+// against 25 ns for keys 8 positions apart, on the 2-CPU machine of docs/BENCHMARKS.md).
 struct table_block {  // followed by `capacity` slots, then dense_capacity() entries, values
   u64 capacity;       // a power of two
   u64 count;          // live entries
@@ -261,6 +265,17 @@ enum light_state : u32 {
   light_banning = 3,   // as clearing, then banned: a drainer could not call heavy_fence()
   light_banned = 4,    // off for good in this segment; drainers fence normally
 };
+// manager_root::light holds a state in its low 3 bits and a generation above them, which each
+// switch on raises: a drainer's switch from clearing (or banning) back to off compares the
+// whole word it read, so it cannot succeed against the clearing of a later generation (an
+// ABA that would let it end a switch whose setters it never fenced).
+constexpr u32 light_state_bits = 3;
+constexpr u32 state_of(u32 light) { return light & ((1u << light_state_bits) - 1); }
+constexpr u32 with_state(u32 light, u32 state) {
+  return (light & ~((1u << light_state_bits) - 1)) | state;
+}
+static_assert(state_of(with_state(light_on + (5u << light_state_bits), light_clearing)) ==
+              light_clearing);
 
 struct manager_root {
   // The writers' lock and the word every reader checks: one cache line, since a writer
@@ -271,8 +286,9 @@ struct manager_root {
   std::atomic<u64> directory{0};
   u64 magic = root_magic;
   u32 layout = root_layout;
-  // A light_state: whether fast sets may skip their fence (see fast_set). Every fast set reads
-  // it; setters turn it on after a quiet spell, drainers turn it off.
+  // A light_state and its generation (see state_of()): whether fast sets may skip their fence
+  // (see fast_set). Every fast set reads it; setters turn it on after a quiet spell, drainers
+  // turn it off.
   std::atomic<u32> light{light_off};
   // Bit i: the snapshot claiming scanners[i] is running; fast sets stay off meanwhile. Every
   // fast set reads it; only snapshots write it, so its line stays in every reader's cache
@@ -731,7 +747,9 @@ std::vector<std::pair<u64, u64>> reachable(const space& s) {
 //       of `light` < S's gate loads in the seq_cst total order, and S sees the gate closed.
 //       Or W1 precedes W0: the first write after W1 was a drainer's switch to clearing or
 //       banning (C1), and W0 is, or follows, a switch from there to off or banned (C0) made by
-//       a drainer D'' that read C1's value, then called heavy_fence() and drained. S read
+//       a drainer D'' that read C1's value (the switch compares the whole word, whose
+//       generation W1 raised: a clearing read before W1 cannot be ended after it), then
+//       called heavy_fence() and drained. S read
 //       `light` before C1, so (as in (b), with D''s fence) S's slot store was visible to D'''s
 //       drain, which waited for S to finish before C0; D read C0 or a later read-modify-write
 //       (every write to `light` is one, so C0's release sequence goes on): S's store happens
@@ -790,31 +808,38 @@ void drain_slots(manager_root* r) {
 void drain_setters(manager_root* r) {
   std::atomic_thread_fence(std::memory_order_seq_cst);
   u32 l = r->light.load(std::memory_order_seq_cst);
-  if (l == light_off || l == light_banned) [[likely]] {
+  if (state_of(l) == light_off || state_of(l) == light_banned) [[likely]] {
     drain_slots(r);
     return;
   }
   // Light sets are (or were just) on: switch them off, since drainers come, and fence them.
   // seq_cst: read-modify-writes only (see (c) above). On failure `l` is what we found.
-  if (l == light_on &&
-      r->light.compare_exchange_strong(l, light_clearing, std::memory_order_seq_cst))
-    l = light_clearing;
+  if (state_of(l) == light_on &&
+      r->light.compare_exchange_strong(l, with_state(l, light_clearing),
+                                       std::memory_order_seq_cst))
+    l = with_state(l, light_clearing);
   if (heavy_fence()) [[likely]] {
     drain_slots(r);
     // We read `l` (clearing or banning) before our heavy fence and drained after it: every
-    // setter that read light_on before that switch is done (see (c)).
-    if (l == light_clearing || l == light_banning)
-      r->light.compare_exchange_strong(l, l == light_clearing ? light_off : light_banned,
-                                       std::memory_order_seq_cst);
+    // setter that read light_on of this generation before that switch is done (see (c)). The
+    // compare-and-swap takes the whole word: a later generation's clearing is not ours.
+    if (state_of(l) == light_clearing || state_of(l) == light_banning)
+      r->light.compare_exchange_strong(
+          l, with_state(l, state_of(l) == light_clearing ? light_off : light_banned),
+          std::memory_order_seq_cst);
     return;
   }
-  r->light.exchange(light_banning, std::memory_order_seq_cst);
+  u32 banning = r->light.load(std::memory_order_seq_cst);
+  while (!r->light.compare_exchange_weak(banning, with_state(banning, light_banning),
+                                         std::memory_order_seq_cst)) {
+  }
+  banning = with_state(banning, light_banning);
   std::atomic<u32> never{0};
   const time_point until = clock::now() + std::chrono::milliseconds(10);
   while (clock::now() < until) futex_wait(&never, 0, until);
   drain_slots(r);
-  u32 banning = light_banning;
-  r->light.compare_exchange_strong(banning, light_banned, std::memory_order_seq_cst);
+  r->light.compare_exchange_strong(banning, with_state(banning, light_banned),
+                                   std::memory_order_seq_cst);
 }
 
 // A scanner killed in its snapshot leaves its bit up, which keeps fast sets off (every set
@@ -1177,7 +1202,10 @@ struct table_view {
   u64 cap;
   const u64* slots;
   const u64* entries() const noexcept { return slots + cap; }
-  const u64* values() const noexcept { return slots + cap + dense_capacity(cap); }
+  // The value word of position `pos`.
+  const u64* value(u64 pos) const noexcept {
+    return slots + cap + dense_capacity(cap) + pos;
+  }
   // The entry at the position a live slot names; throws torn when it cannot be right.
   u64 entry_of(u64 slot) const {
     const u64 pos = slot_pos(slot);
@@ -1205,7 +1233,7 @@ table_view table_of(const space& s, u64 root) {
 bytes_view value_of(const table_view& tv, u64 pos, const entry_block* en, u64 key_len,
                     u64 value_len) {
   const std::byte* at = inline_value(value_len)
-                            ? reinterpret_cast<const std::byte*>(tv.values() + pos)
+                            ? reinterpret_cast<const std::byte*>(tv.value(pos))
                             : reinterpret_cast<const std::byte*>(en) + entry_value_at(key_len);
   return {at, static_cast<std::size_t>(value_len)};
 }
@@ -1247,9 +1275,9 @@ probe_result probe(const space& s, u64 root, key_ref key, bool to_write = false)
     const u64 e = tv.entry_of(slot);
     const u64 pos = slot_pos(slot);
     if (to_write)
-      __builtin_prefetch(tv.values() + pos, 1);
+      __builtin_prefetch(tv.value(pos), 1);
     else
-      __builtin_prefetch(tv.values() + pos, 0);
+      __builtin_prefetch(tv.value(pos), 0);
     const u64 esize = s.check_block(e, block_kind::entry, sizeof(entry_block));
     const auto* en = payload<entry_block>(s, e);
     const u64 key_len = load(en->key_len);
@@ -1342,8 +1370,11 @@ setter_slot* own_setter_slot(manager_root* r, u64 me) {
     if (!register_light_fences()) return;
     st.light_for = me;
   }
-  u32 off = light_off;
-  r->light.compare_exchange_strong(off, light_on, std::memory_order_seq_cst);
+  // From off only, to the next generation's on (see state_of()).
+  u32 l = r->light.load(std::memory_order_seq_cst);
+  if (state_of(l) != light_off) return;
+  r->light.compare_exchange_strong(l, with_state(l + (1u << light_state_bits), light_on),
+                                   std::memory_order_seq_cst);
 }
 
 }  // namespace
@@ -1401,7 +1432,7 @@ bool fast_set(manager_core& core, u64 root, key_ref key, const value_source& val
     light_fence();
     // seq_cst, all the gate loads: the load half of the handshake; `light` first.
     const bool light =
-        st.light_for == me && r->light.load(std::memory_order_seq_cst) == light_on;
+        st.light_for == me && state_of(r->light.load(std::memory_order_seq_cst)) == light_on;
     if (!light) std::atomic_thread_fence(std::memory_order_seq_cst);
     const bool closed = r->lock.owner.load(std::memory_order_seq_cst) != 0 ||
                         r->scanning.load(std::memory_order_seq_cst) != 0;
@@ -2244,14 +2275,14 @@ detail_lines inspect_manager(const segment_header&, std::span<const std::byte> p
   // relaxed: a report of the moment, ordered with nothing (as the lock word above).
   const u64 owned = r->setters_owned.load(std::memory_order_relaxed);
   if (owned != 0) {
-    const u32 light = r->light.load(std::memory_order_relaxed);
+    const u32 light = state_of(r->light.load(std::memory_order_relaxed));
     lines.emplace_back(
         "fast sets",
-        fmt::format("{}, {} setter slots owned",
+        fmt::format("{}, {} setter slot{} owned",
                     light == light_on                                  ? "without a fence"
                     : light == light_banned || light == light_banning ? "fenced for good"
                                                                        : "fenced",
-                    std::popcount(owned)));
+                    std::popcount(owned), std::popcount(owned) == 1 ? "" : "s"));
   }
   if ((r->version.load(std::memory_order_relaxed) & 1) != 0 ||
       r->busy.load(std::memory_order_relaxed) != 0)

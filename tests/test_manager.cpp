@@ -102,6 +102,38 @@ BOOST_AUTO_TEST_CASE(dict_calls) {
   mgr.verify();
 }
 
+// Snapshots list a dict's keys in insertion order, as Python's dict: a present key set again
+// (in place, or with a value of another size, which moves it to the heap) keeps its place, a
+// key erased and set again goes last, and the order survives the table's growth.
+BOOST_AUTO_TEST_CASE(dict_snapshots_in_insertion_order) {
+  shmkit::manager mgr;
+  auto d = mgr.dict<std::string, std::string>("order");
+  d.set("c", "1");
+  d.set("a", "2");
+  d.set("b", "3");
+  d.set("a", "two");                    // same key, same place
+  d.set("c", std::string(200, 'x'));    // a value out of the table now: same place
+  d.update("b", [](std::string& v) { v += "!"; });
+  BOOST_TEST((d.keys() == std::vector<std::string>{"c", "a", "b"}));
+  BOOST_TEST(d.erase("c"));
+  d.set("c", "back");
+  BOOST_TEST((d.keys() == std::vector<std::string>{"a", "b", "c"}));
+  std::vector<std::string> want{"a", "b", "c"};
+  for (int i = 0; i < 5000; ++i) {  // grows the table many times
+    want.push_back("k" + std::to_string(i));
+    d.set(want.back(), "v");
+    if (i % 7 == 0) {
+      BOOST_TEST_REQUIRE(d.erase(want[want.size() / 2]));
+      want.erase(want.begin() + static_cast<std::ptrdiff_t>(want.size() / 2));
+    }
+  }
+  BOOST_TEST((d.keys() == want));
+  const auto items = d.items();
+  BOOST_TEST_REQUIRE(items.size() == want.size());
+  for (std::size_t i = 0; i < want.size(); ++i) BOOST_TEST(items[i].first == want[i]);
+  mgr.verify();
+}
+
 BOOST_AUTO_TEST_CASE(dict_of_codec_types) {
   shmkit::manager mgr;
   auto d = mgr.dict<std::pair<int, std::string>, std::map<std::string, std::vector<double>>>("m");
@@ -820,7 +852,7 @@ BOOST_AUTO_TEST_CASE(inspected_by_the_shmkit_command) {
   BOOST_TEST(lines["  scores"] == "shared_dict<std::string, int>, 2 entries");
   BOOST_TEST(lines["  samples"] == "shared_list<double>, 1 items");
   BOOST_TEST(contains(lines["memory"], "free"));
-  BOOST_TEST(lines["fast sets"] == "fenced, 1 setter slots owned");
+  BOOST_TEST(lines["fast sets"] == "fenced, 1 setter slot owned");
 }
 
 BOOST_AUTO_TEST_CASE(stats_are_consistent) {

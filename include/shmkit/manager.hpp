@@ -9,12 +9,14 @@
 //   exception, unordered containers as keys).
 // - Producers:consumers: any number of processes and threads. Every call is atomic: a reader
 //   sees a container before a write or after it, never between; keys(), values(), items()
-//   and to_vector() are snapshots of one moment. update(key, fn) is an atomic
-//   read-modify-write.
+//   and to_vector() are snapshots of one moment. A dict's snapshots list its keys in
+//   insertion order, as Python's dict does (setting a present key keeps its place; a key
+//   erased and set again goes last). update(key, fn) is an atomic read-modify-write.
 // - Progress: writers serialise on one robust mutex per manager (all its containers), with one
 //   exception: shared_dict::set() of a key already present, when the value's encoding keeps
 //   its size and fits in 8 bytes (long, double, any raw type up to 8 bytes), is lock-free:
-//   one atomic store into the entry, which it makes only while no writer holds the mutex and
+//   one atomic store into the key's value word in the dict's table, with no locked
+//   instruction (see docs/ARCHITECTURE.md), which it makes only while no writer holds the mutex and
 //   no snapshot is being read (it takes the mutex instead otherwise). Readers take no lock:
 //   they read, check a version word, and retry if a write overlapped; after a few overlaps,
 //   or while a write is being published, they wait on the writers' mutex. Many readers never
