@@ -4,10 +4,6 @@
 // Manager().dict()/.list() (bench_manager.py, when python3 exists) and a
 // boost::interprocess::map (vector for the list) in a managed_shared_memory under an
 // interprocess_mutex, all in the same run. Keys: 1000 strings "key0".."key999"; values long.
-// With 2 processes, each walks all the keys in order, process p starting p * 500 keys in (the
-// two half the key set apart, as processes that start at different moments are); and one set
-// row has them start at the same key at the same moment, the worst case for a shared cache
-// line (each set then waits for the line the other process's set of that key took).
 #include <atomic>
 #include <boost/container/map.hpp>
 #include <boost/interprocess/allocators/allocator.hpp>
@@ -45,9 +41,9 @@ struct start_line {
   std::atomic<int> go{0};
 };
 
-// Runs body(n, p) in `procs` forked processes p = 0, 1, ... that start together; returns all
-// their operations per second (median of three runs).
-double run(int procs, long n, const std::function<void(long, int)>& body) {
+// Runs body(n) in `procs` forked processes that start together; returns all their operations
+// per second (median of three runs).
+double run(int procs, long n, const std::function<void(long)>& body) {
   void* mem = ::mmap(nullptr, sizeof(start_line), PROT_READ | PROT_WRITE,
                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   auto* line = new (mem) start_line;
@@ -57,11 +53,11 @@ double run(int procs, long n, const std::function<void(long, int)>& body) {
     line->go.store(0);
     std::vector<pid_t> kids;
     for (int p = 0; p < procs; ++p)
-      kids.push_back(fork_run([&, p] {
+      kids.push_back(fork_run([&] {
         line->ready.fetch_add(1);
         while (line->go.load() == 0) {
         }
-        body(n, p);
+        body(n);
       }));
     while (line->ready.load() != procs) {
     }
@@ -76,9 +72,9 @@ double run(int procs, long n, const std::function<void(long, int)>& body) {
 
 // --- Python's Manager ----------------------------------------------------------------------
 
-double python(const char* op, long n, int procs, long stagger = 500) {
-  const std::string cmd = fmt::format("python3 {}/bench_manager.py {} {} {} {} 2>/dev/null",
-                                      SHMKIT_BENCH_DIR, op, n, procs, stagger);
+double python(const char* op, long n, int procs) {
+  const std::string cmd = fmt::format("python3 {}/bench_manager.py {} {} {} 2>/dev/null",
+                                      SHMKIT_BENCH_DIR, op, n, procs);
   std::FILE* f = ::popen(cmd.c_str(), "r");
   if (f == nullptr) return 0.0 / 0.0;
   double v = 0.0 / 0.0;
@@ -191,62 +187,46 @@ int main() {
 
   for (int procs : {1, 2}) {
     const std::string p = procs == 1 ? "1 process" : "2 processes";
-    // Process q's i-th key: all the keys in order, from q * stagger on.
-    auto key_of = [&k](long i, int q, long stagger) -> const std::string& {
-      return k[static_cast<std::size_t>((i + q * stagger) % 1000)];
-    };
-    auto dict_sets = [&](long stagger) {
-      return run(procs, n, [&, stagger](long m, int q) {
-        for (long i = 0; i < m; ++i) d.set(key_of(i, q, stagger), i);
-      });
-    };
-    const double s_set = dict_sets(500);
-    const double b_set = run(procs, n, [&](long m, int q) {
-      for (long i = 0; i < m; ++i) b.set(key_of(i, q, 500), i);
+    const double s_set = run(procs, n, [&](long m) {
+      for (long i = 0; i < m; ++i) d.set(k[static_cast<std::size_t>(i % 1000)], i);
+    });
+    const double b_set = run(procs, n, [&](long m) {
+      for (long i = 0; i < m; ++i) b.set(k[static_cast<std::size_t>(i % 1000)], i);
     });
     t.row("dict set, " + p, "ops/s", better::higher, s_set,
           {{"python Manager().dict()", python("set", py_n, procs)},
            {"boost map + interprocess_mutex", b_set}});
-    if (procs == 2) {
-      const double s_lock = dict_sets(0);
-      const double b_lock = run(procs, n, [&](long m, int) {
-        for (long i = 0; i < m; ++i) b.set(key_of(i, 0, 0), i);
-      });
-      t.row("dict set, 2 processes in lockstep (same key, same moment)", "ops/s", better::higher,
-            s_lock,
-            {{"python Manager().dict()", python("set", py_n, procs, 0)},
-             {"boost map + interprocess_mutex", b_lock}});
-    }
 
-    const double s_get = run(procs, n, [&](long m, int q) {
+    const double s_get = run(procs, n, [&](long m) {
       long x = 0;
-      for (long i = 0; i < m; ++i) x += d.get(key_of(i, q, 500));
+      for (long i = 0; i < m; ++i) x += d.get(k[static_cast<std::size_t>(i % 1000)]);
       sink = x;
     });
-    const double b_get = run(procs, n, [&](long m, int q) {
+    const double b_get = run(procs, n, [&](long m) {
       long x = 0;
-      for (long i = 0; i < m; ++i) x += b.get(key_of(i, q, 500));
+      for (long i = 0; i < m; ++i) x += b.get(k[static_cast<std::size_t>(i % 1000)]);
       sink = x;
     });
     t.row("dict get, " + p, "ops/s", better::higher, s_get,
           {{"python Manager().dict()", python("get", py_n, procs)},
            {"boost map + interprocess_mutex", b_get}});
 
-    const double s_upd = run(procs, n, [&](long m, int q) {
-      for (long i = 0; i < m; ++i) d.update(key_of(i, q, 500), [](long& v) { ++v; });
+    const double s_upd = run(procs, n, [&](long m) {
+      for (long i = 0; i < m; ++i)
+        d.update(k[static_cast<std::size_t>(i % 1000)], [](long& v) { ++v; });
     });
-    const double b_upd = run(procs, n, [&](long m, int q) {
-      for (long i = 0; i < m; ++i) b.update(key_of(i, q, 500));
+    const double b_upd = run(procs, n, [&](long m) {
+      for (long i = 0; i < m; ++i) b.update(k[static_cast<std::size_t>(i % 1000)]);
     });
     t.row("dict update (+1), " + p, "ops/s", better::higher, s_upd,
           {{"python d[k] = d[k] + 1 (not atomic)", python("update", py_n, procs)},
            {"boost map + interprocess_mutex", b_upd}});
 
-    const double s_push = run(procs, n, [&](long m, int) {
+    const double s_push = run(procs, n, [&](long m) {
       for (long i = 0; i < m; ++i) l.push_back(i);
     });
     l.clear();
-    const double b_push = run(procs, n, [&](long m, int) {
+    const double b_push = run(procs, n, [&](long m) {
       for (long i = 0; i < m; ++i) b.push_back(i);
     });
     b.clear_vector();
