@@ -377,7 +377,7 @@ std::uint64_t queue_ring::frontier(bool consumer) const noexcept {
     if ((consumer ? queue_view::consumer(w, lap(p)) : queue_view::producer(w, lap(p))) !=
         queue_view::passed)
       break;
-    p += queue_view::passed_by(w, lap(p));
+    p += queue_view::passed_by(w, lap(p), cap_);
   }
   return p;
 }

@@ -91,3 +91,33 @@ BOOST_AUTO_TEST_CASE(queue_slot_of_a_far_lap_does_not_livelock_try_get) {
   });
   BOOST_CHECK_EQUAL(wait_exit(child, std::chrono::seconds(20)), 0);
 }
+
+// fuzz_queue_reader: a corrupted slot word claiming a run longer than the ring (64 positions
+// on a ring of 4) of the walker's lap carried try_get's walk exactly 16 laps on, back to the
+// same slot seen the same way (claim words keep their lap mod 16): try_get never returned. A
+// walker now passes at most the capacity, as no real run covers more.
+BOOST_AUTO_TEST_CASE(queue_claim_run_longer_than_the_ring_does_not_livelock_try_get) {
+  namespace sd = shmkit::detail;
+  const std::string name = unique_name("queue");
+  shmkit::queue_options opts;
+  opts.heap_bytes = 4096;
+  shmkit::queue<std::string> q(shmkit::create_only, name, 4, opts);
+  {
+    raw_mapping raw(name);
+    auto* st = reinterpret_cast<sd::queue_state*>(raw.payload());
+    auto* slots = reinterpret_cast<sd::queue_slot*>(raw.payload() + st->slots_offset);
+    // Every slot: a consumer's claim of lap 0 covering 64 positions, by a process that lives
+    // (this one), which the consumers' walker at lap 0 passes over.
+    for (std::uint64_t i = 0; i < st->capacity; ++i)
+      slots[i].seq.store(sd::seqw::claim_word(0, true, sd::self_identity(), 64));
+  }
+  const pid_t child = spawn([&] {
+    for (int i = 0; i < 5; ++i) {
+      try {
+        (void)q.try_get();
+      } catch (const shmkit::error&) {
+      }
+    }
+  });
+  BOOST_CHECK_EQUAL(wait_exit(child, std::chrono::seconds(20)), 0);
+}

@@ -102,10 +102,12 @@ constexpr int lap_delta(std::uint64_t w, std::uint64_t lap) noexcept {
   return d >= 8 ? d - 16 : d;
 }
 static_assert(run_of(claim_word(5, true, 77, 16)) == 16 && run_of(claim_word(5, false, 77)) == 1 &&
-              run_of(claim_word(5, true, 77, 12)) == 12 && run_of(claim_word(5, true, 77, 24)) == 24 &&
-              run_of(claim_word(5, true, 77, 32)) == 32 && run_of(claim_word(5, true, 77, 64)) == 64 &&
-              run_floor(13) == 12 && run_floor(15) == 12 && run_floor(16) == 16 && run_floor(31) == 24 && run_floor(63) == 32 &&
-              run_floor(64) == 64);
+              run_of(claim_word(5, true, 77, 12)) == 12 &&
+              run_of(claim_word(5, true, 77, 24)) == 24 &&
+              run_of(claim_word(5, true, 77, 32)) == 32 &&
+              run_of(claim_word(5, true, 77, 64)) == 64 && run_floor(13) == 12 &&
+              run_floor(15) == 12 && run_floor(16) == 16 && run_floor(31) == 24 &&
+              run_floor(63) == 32 && run_floor(64) == 64);
 static_assert(lap_delta(claim_word(17, false, 1), 18) == -1 &&
               lap_delta(claim_word(17, false, 1), 15) == 2 &&
               claimant(claim_word(3, true, id_mask, 16)) == id_mask);
@@ -529,9 +531,11 @@ inline kind producer(std::uint64_t w, std::uint64_t L) noexcept {
 }
 
 // How far a walker moves past a slot of lap L it found passed with word w: over the whole
-// run of a claim of that lap, else to the next position.
-inline std::uint64_t passed_by(std::uint64_t w, std::uint64_t L) noexcept {
-  return seqw::is_claim(w) && seqw::lap_delta(w, L) == 0 ? seqw::run_of(w) : 1;
+// run of a claim of that lap (at most the capacity `cap`: no claim covers more, and a
+// corrupted word saying more must not carry a walker a whole number of 16-lap cycles, back
+// to the same slot seen the same way, for ever), else to the next position.
+inline std::uint64_t passed_by(std::uint64_t w, std::uint64_t L, std::uint64_t cap) noexcept {
+  return seqw::is_claim(w) && seqw::lap_delta(w, L) == 0 ? std::min(seqw::run_of(w), cap) : 1;
 }
 
 // The slot of position c (lap L) seen by a consumer.
@@ -670,7 +674,7 @@ inline bool queue_ring::try_claim(bool consumer, std::uint64_t n, queue_run& run
       // p was claimed (perhaps by a claimant that died before moving the counter): walk on,
       // or jump to the counter if it is further. acquire: as at the top.
       walked = true;
-      p = std::max(p + queue_view::passed_by(w, L), counter.load(std::memory_order_acquire));
+      p = std::max(p + queue_view::passed_by(w, L, cap_), counter.load(std::memory_order_acquire));
       continue;
     }
     // acquire: as at the top; reading the counter again after w is the bracket recovery
