@@ -216,6 +216,9 @@ void queue_check_identity();
 void queue_check_opened(const queue_state* st, std::size_t payload, bool joinable,
                         std::size_t slot_bytes, const std::string& what);
 
+// Set by a thread that has just woken a sleeper, for its next wait (see queue_ring::block()).
+inline thread_local bool woke_sleeper = false;
+
 // The queue's protocol on a waitpoint (its fields, not its wait_until/notify): a sleeper
 // counts itself in `waiters` before each sleep and a waker takes the counts it serves, so a
 // sleeper that was woken but has not run yet is not woken again by every later waker (with
@@ -226,9 +229,6 @@ void queue_check_opened(const queue_state* st, std::size_t payload, bool joinabl
 // Wakes up to n sleepers (INT_MAX: all) that a waker has seen counted (see wake() and
 // queue_run::sleepers for the two ways of seeing them): takes their counts and makes the
 // system call.
-// Set by a thread that has just woken a sleeper, for its next wait (see queue_ring::block()).
-inline thread_local bool woke_sleeper = false;
-
 inline void wake_counted(waitpoint& wp, int n) noexcept {
   // relaxed: the caller's fence or seq_cst load ordered us; seq below carries the wake-up.
   std::uint32_t counted = wp.waiters.load(std::memory_order_relaxed);
