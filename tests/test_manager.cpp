@@ -153,6 +153,30 @@ BOOST_AUTO_TEST_CASE(dict_of_codec_types) {
   mgr.verify();
 }
 
+// A string key is hashed from its length and characters as they are (hash_prefixed), any
+// other key from its encoding (hash_bytes): the two must agree, or a key set through one
+// path would not be found through the other (a std::string and the same bytes in a
+// std::vector<char> encode alike). Lengths around every branch of the hash: 0..130.
+BOOST_AUTO_TEST_CASE(string_keys_hash_as_their_encoding) {
+  namespace sd = shmkit::detail;
+  for (std::size_t n = 0; n <= 130; ++n) {
+    std::string s;
+    for (std::size_t i = 0; i < n; ++i) s.push_back(static_cast<char>('a' + (i * 7 + n) % 26));
+    const sd::encoded k(s);
+    BOOST_TEST_REQUIRE(k.bytes().size() == n + 8);
+    BOOST_TEST(k.key().hash == sd::hash_bytes(k.bytes()), "length " << n);
+    const sd::encoded as_vector(std::vector<char>(s.begin(), s.end()));
+    BOOST_TEST(as_vector.key().hash == k.key().hash, "length " << n);
+  }
+  // Through the dict: keys of every length found again, and absent keys absent.
+  shmkit::manager mgr;
+  auto d = mgr.dict<std::string, int>("lengths");
+  for (int n = 0; n <= 130; ++n) d.set(std::string(static_cast<std::size_t>(n), 'k'), n);
+  for (int n = 0; n <= 130; ++n) BOOST_TEST(d.get(std::string(static_cast<std::size_t>(n), 'k')) == n);
+  BOOST_TEST(!d.contains(std::string(131, 'k')));
+  mgr.verify();
+}
+
 BOOST_AUTO_TEST_CASE(list_calls) {
   shmkit::manager mgr;
   auto ints = mgr.list<int>("ints");  // raw items live in the slots

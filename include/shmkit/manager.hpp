@@ -76,25 +76,40 @@ class shared_list;
 
 namespace detail {
 
-// A key or value encoded on the stack (or the heap past 112 bytes), and its hash.
+// Strings of raw characters: encoded as their length (8 bytes), then their characters.
+template <class T>
+inline constexpr bool is_raw_string = false;
+template <class C, class Tr, class A>
+inline constexpr bool is_raw_string<std::basic_string<C, Tr, A>> = is_raw<C>;
+
+// A key encoded on the stack (or the heap past 112 bytes), and its hash. Handed on by
+// reference (key()): a key_ref copied by value soon after it was built is read back with wider
+// loads than the stores that built it, which wait for those stores to reach the cache.
 class encoded {
  public:
   template <class T>
-  explicit encoded(const T& v) : n_(encoded_size(v)) {
-    p_ = n_ <= sizeof small_ ? small_ : (big_ = std::make_unique<std::byte[]>(n_)).get();
-    encode_into(v, std::span<std::byte>(p_, n_));
+  explicit encoded(const T& v) {
+    const std::size_t n = encoded_size(v);
+    std::byte* p = n <= sizeof small_ ? small_ : (big_ = std::make_unique<std::byte[]>(n)).get();
+    encode_into(v, std::span<std::byte>(p, n));
+    // A string's encoding is its length, then its characters: hashed from the two as they
+    // are, not read back from the buffer just written (see hash_bytes()).
+    if constexpr (is_raw_string<T>)
+      key_ = {{p, n},
+              hash_prefixed(to_little_endian(v.size()), std::as_bytes(std::span(v.data(), v.size())))};
+    else
+      key_ = {{p, n}, hash_bytes({p, n})};
   }
   encoded(const encoded&) = delete;
   encoded& operator=(const encoded&) = delete;
 
-  bytes_view bytes() const noexcept { return {p_, n_}; }
-  key_ref key() const noexcept { return {bytes(), hash_bytes(bytes())}; }
+  bytes_view bytes() const noexcept { return key_.data; }
+  const key_ref& key() const noexcept { return key_; }
 
  private:
   alignas(8) std::byte small_[112];
   std::unique_ptr<std::byte[]> big_;
-  std::byte* p_;
-  std::size_t n_;
+  key_ref key_;
 };
 
 // The value_source that encodes v (which must outlive it).

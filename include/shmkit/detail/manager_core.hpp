@@ -46,6 +46,8 @@ struct key_ref {
 
 // A 64-bit hash of bytes, the same in every process and every build of this layout version.
 std::uint64_t hash_bytes(bytes_view data) noexcept;
+// hash_bytes() of the 8 bytes of `first` (as memcpy puts them in memory) followed by `rest`.
+std::uint64_t hash_prefixed(std::uint64_t first, bytes_view rest) noexcept;
 
 // Fault injection for the crash tests: when set, a write calls it at each step of its commit
 // (a test makes it end the process there, as kill -9 would). nullptr in normal use.
@@ -137,14 +139,14 @@ class manager_core {
   // on_value may be called more than once (a read that overlapped a write is retried): only
   // the last call counts. Bytes passed to it may be garbage when a retry follows, and
   // on_value may throw then (the throw is absorbed when a retry follows).
-  bool dict_find(std::uint64_t root, key_ref key, function_ref<void(bytes_view)> on_value);
-  bool dict_contains(std::uint64_t root, key_ref key);
-  void dict_set(std::uint64_t root, key_ref key, value_source value);
+  bool dict_find(std::uint64_t root, const key_ref& key, function_ref<void(bytes_view)> on_value);
+  bool dict_contains(std::uint64_t root, const key_ref& key);
+  void dict_set(std::uint64_t root, const key_ref& key, const value_source& value);
   // fn receives the current value's bytes (nullptr when absent) and returns the new value;
   // it runs under the write lock and may throw (nothing changes then).
-  void dict_update(std::uint64_t root, key_ref key,
+  void dict_update(std::uint64_t root, const key_ref& key,
                    function_ref<value_source(const bytes_view*)> fn);
-  bool dict_erase(std::uint64_t root, key_ref key);
+  bool dict_erase(std::uint64_t root, const key_ref& key);
   std::size_t dict_size(std::uint64_t root);
   void dict_clear(std::uint64_t root);
   // A consistent snapshot: restart() discards what visit() collected so far (the pass
@@ -153,12 +155,12 @@ class manager_core {
                  function_ref<void(bytes_view key, bytes_view value)> visit);
 
   // --- shared_list ------------------------------------------------------------------------
-  void list_push_back(std::uint64_t root, value_source item);
+  void list_push_back(std::uint64_t root, const value_source& item);
   std::size_t list_size(std::uint64_t root);
   // Throws std::out_of_range (naming `what`) when i >= size.
   void list_at(std::uint64_t root, std::size_t i, function_ref<void(bytes_view)> on_item,
                const std::string& what);
-  void list_set(std::uint64_t root, std::size_t i, value_source item, const std::string& what);
+  void list_set(std::uint64_t root, std::size_t i, const value_source& item, const std::string& what);
   // Calls on_item with the last item (under the write lock), then removes it. Throws
   // std::out_of_range on an empty list.
   void list_pop_back(std::uint64_t root, function_ref<void(bytes_view)> on_item,
