@@ -253,14 +253,22 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   // tiny task's round trip then costs no hand-over between threads and no system call in the
   // parent. Results are only ever taken under token_, so they are handled in queue order
   // (which the death reports and probes rely on), whoever takes them. The spin adapts per
-  // thread: halved each time it ends in vain, doubled when it catches the result.
+  // thread: halved each time it ends in vain, doubled when it catches the result. A thread
+  // whose task has just woken a sleeping worker (woke_sleeper, set by the inbox's put) spins
+  // the full max_help whatever its record, as a queue's waiter does (queue_ring::block()):
+  // the answer comes after the worker's wake-up latency (tens of microseconds on a virtual
+  // machine), and a wait that sleeps through it costs two more wake-ups (the result thread,
+  // then this one), which kept a pool of idle workers at ~25 us per apply_async(f).get()
+  // instead of ~1.4 us once it had fallen into that state.
   bool help(const std::function<bool()>& done) override {
     if (done()) return true;
     if (on_callback_thread()) return false;
     thread_local std::chrono::nanoseconds budget = max_help;
+    const bool woke = woke_sleeper;
+    woke_sleeper = false;
     auto* sh = shared_.state();
     sh->polling.fetch_add(1, std::memory_order_seq_cst);
-    const auto end = clock::now() + budget;
+    const auto end = clock::now() + (woke ? max_help : budget);
     bool ok = false;
     for (unsigned n = 1;; ++n) {
       if (done()) {
@@ -1090,6 +1098,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       pack.payload.clear();
     };
     try {
+      bool after_batch = false;
       for (bool leave = false; !leave;) {
         // release: pairs with the supervisor's load after waitpid(); the order of these
         // stores is what the death report relies on.
@@ -1098,6 +1107,21 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         // there to run while the parent, seeing these results, tops the inbox up again.
         // Never more than the worker may still run.
         const std::size_t room = max > 0 ? static_cast<std::size_t>(max - done) : max_depth;
+        // After a batch, the next task of a caller that waits for each result before it sends
+        // the next (apply_async(f).get() in a loop) comes one round trip later: spun for up
+        // to max_help before the inbox's own wait (a brief spin, then sleep). Without it,
+        // once the round trip had grown past that brief spin (a worker woken from sleep
+        // answers after its wake-up latency), every worker slept between tasks and the
+        // round trip stayed at the wake-up latency (~23 us on a virtual machine, not ~1 us).
+        // Briefly with the CPU held (the next task of a quick caller comes within a
+        // microsecond or two), then yielding it: on a machine with fewer CPUs than workers
+        // and parent, a spinning worker must not keep the parent, which makes the next task,
+        // off a CPU (spinning without yielding made round trips of ~220 us there).
+        if (after_batch && !spin_until([&] { return !inbox.empty(); }, spin_budget / 2)) {
+          const auto end = clock::now() + max_help;
+          while (inbox.empty() && clock::now() < end) std::this_thread::yield();
+        }
+        after_batch = true;
         inbox.get_many(tasks, std::min(room, max_depth / 2));
         clock::time_point held_since{};
         auto began = clock::now();  // of the next task (one clock read per task)
