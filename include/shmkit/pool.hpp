@@ -62,6 +62,7 @@
 #include "shmkit/codec.hpp"
 #include "shmkit/detail/task.hpp"
 #include "shmkit/error.hpp"
+#include "shmkit/progress.hpp"  // with_progress(pool.imap(...)), spelled in the Pool contract
 
 namespace shmkit {
 
