@@ -213,60 +213,7 @@ spin_record& spin_record_of(const void* wp) noexcept {
   return r;
 }
 
-// The spin budget of a wait on wp now (see above); clears woke_sleeper.
-std::chrono::nanoseconds spin_for(spin_record& rec, std::chrono::nanoseconds spin) noexcept {
-  const bool probe = ++rec.waits % 16 == 0;
-  const auto budget = woke_sleeper ? std::max<std::chrono::nanoseconds>(spin, woken_spin)
-                      : probe      ? spin
-                                   : spin / (1u << std::min(rec.misses, 7u));
-  woke_sleeper = false;
-  return budget;
-}
-
 }  // namespace
-
-queue_ring::await_result queue_ring::await_one(bool consumer) noexcept {
-  waitpoint& wp = consumer ? st_->not_empty : st_->not_full;
-  spin_record& rec = spin_record_of(&wp);
-  const auto budget = spin_for(rec, spin_budget);
-  // acquire: as in try_claim() (where to look only; the caller's claim decides).
-  const std::uint64_t p = std::max(counter_of(consumer).load(std::memory_order_acquire),
-                                   hint_of(consumer));
-  const std::uint64_t L = lap(p);
-  const std::atomic<std::uint64_t>& s = word(p);
-  const std::uint64_t want = consumer ? seqw::full_word(L) : seqw::free_word(L);
-  std::uint64_t seen = want;  // no word seen yet (want ends the wait before it is compared)
-  time_point end{};
-  for (unsigned i = 1;; ++i) {
-    // relaxed: only says when to try; the caller's try_one() reads the word again with
-    // acquire and claims it with a seq_cst compare-and-swap.
-    const std::uint64_t w = s.load(std::memory_order_relaxed);
-    if (w == want) {
-      rec.misses = 0;
-      return await_result::ready;
-    }
-    // Spin on only while the slot is on its way to `want` for this position: empty or being
-    // written (consumer), full or being read a lap before (producer). Anything else (a skip,
-    // another claimant took p, a corrupted word) is the slow path's to sort out.
-    if (w != seen) {
-      seen = w;
-      const queue_view::kind k = consumer ? queue_view::consumer(w, L) : queue_view::producer(w, L);
-      if (k != queue_view::blocked) return await_result::other;
-    }
-    cpu_relax();
-    // The clock every 16 looks, first at the 16th (a clock read is some 20 ns here: most
-    // waits of a busy exchange end sooner); the budget counts from there. close() is
-    // noticed there too (the slow path throws, or drains).
-    if (i % 16 == 0) {
-      const time_point now = clock::now();
-      if (i == 16) end = now + budget;
-      if (now >= end) break;
-      if (closed()) return await_result::other;
-    }
-  }
-  rec.misses = std::min(rec.misses + 1, 16u);
-  return await_result::spun;
-}
 
 template <class Attempt>
 bool queue_ring::block(waitpoint& wp, Attempt&& attempt, std::optional<time_point> until,
@@ -274,7 +221,11 @@ bool queue_ring::block(waitpoint& wp, Attempt&& attempt, std::optional<time_poin
   bool poll = false;
   if (spin > spin.zero()) {
     spin_record& rec = spin_record_of(&wp);
-    const auto budget = spin_for(rec, spin);
+    const bool probe = ++rec.waits % 16 == 0;
+    const auto budget = woke_sleeper ? std::max<std::chrono::nanoseconds>(spin, woken_spin)
+                        : probe      ? spin
+                                     : spin / (1u << std::min(rec.misses, 7u));
+    woke_sleeper = false;
     // One pause between looks (a pause is tens of cycles on current x86: more would add
     // that much to every hand-over caught while spinning); the clock every 16 looks.
     const auto end = clock::now() + budget;
@@ -365,12 +316,12 @@ bool attempt_and_recover(Ring& ring, bool consumer, std::uint64_t n, queue_run& 
 }  // namespace
 
 bool queue_ring::claim(bool consumer, std::uint64_t n, queue_run& run,
-                       std::optional<time_point> until, bool spun) {
+                       std::optional<time_point> until) {
   stall_watch watch;
   waitpoint& wp = consumer ? st_->not_empty : st_->not_full;
   return block(
       wp, [&](bool& poll) { return attempt_and_recover(*this, consumer, n, run, watch, poll); },
-      until, spun ? std::chrono::nanoseconds(0) : spin_budget);
+      until, spin_budget);
 }
 
 bool queue_ring::claim_now(bool consumer, std::uint64_t n, queue_run& run) {

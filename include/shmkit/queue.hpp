@@ -305,17 +305,15 @@ class queue {
   }
 
   // Takes `n` positions (at least one): the inline fast path first, then the ring's waiting
-  // or non-waiting slow path. False on timeout or (try_only) when blocked. `spun`: as for
-  // queue_ring::claim().
+  // or non-waiting slow path. False on timeout or (try_only) when blocked.
   bool claim(bool consumer, std::uint64_t n, detail::queue_run& run,
-             std::optional<detail::time_point> until, bool try_only, bool spun = false) {
+             std::optional<detail::time_point> until, bool try_only) {
     if (consumer || !ring_.closed()) {
       if (n == 1 && ring_.try_claim_one(consumer, run)) return true;
       detail::queue_obstacle ob;
       if (ring_.try_claim(consumer, n, run, ob)) return true;
     }
-    return try_only ? ring_.claim_now(consumer, n, run)
-                    : ring_.claim(consumer, n, run, until, spun);
+    return try_only ? ring_.claim_now(consumer, n, run) : ring_.claim(consumer, n, run, until);
   }
 
   // Writes a raw value into its claimed slot (its start).
@@ -333,21 +331,22 @@ class queue {
   }
   // One message into (producer: use fills the slot) or out of (consumer: use reads it) a
   // queue whose messages travel as raw bytes in their slot; use must not throw. The ring's
-  // inline path first; unless try_only, the ring's spin on the position it looks at
-  // (await_one) and the inline path again whenever that position is ready; then the slow
-  // path (claim()). False on timeout or (try_only) when blocked. Throws like put() / get().
+  // inline one-message path (try_one), again after each of a few pauses unless try_only
+  // (the answer of a peer busy exchanging messages with us comes within a few: measured,
+  // this beats starting the ring's out-of-line wait at once), then the slow path (claim()).
+  // False on timeout or (try_only) when blocked. Throws like put() / get().
   template <class Use>
   bool one(bool consumer, std::optional<detail::time_point> until, bool try_only, Use use) {
-    using await_result = detail::queue_ring::await_result;
     // A producer looks at close() before it claims, as claim() does.
-    if ((consumer || !ring_.closed()) && ring_.try_one(consumer, use)) return true;
-    await_result r = await_result::other;
+    auto attempt = [&] { return (consumer || !ring_.closed()) && ring_.try_one(consumer, use); };
+    if (attempt()) return true;
     if (!try_only)
-      while ((r = ring_.await_one(consumer)) == await_result::ready &&
-             (consumer || !ring_.closed()))
-        if (ring_.try_one(consumer, use)) return true;
+      for (int look = 0; look < 8; ++look) {
+        detail::cpu_relax();
+        if (attempt()) return true;
+      }
     detail::queue_run run;
-    if (!claim(consumer, 1, run, until, try_only, r == await_result::spun)) return false;
+    if (!claim(consumer, 1, run, until, try_only)) return false;
     if (consumer)
       ring_.take_run(run, use);
     else

@@ -341,19 +341,7 @@ class queue_ring {
   // Claims at least one position, waiting until `until` (nullopt: no limit). Returns false on
   // timeout. Producers: throws closed_error once closed. Consumers: throws closed_error when
   // closed and nothing is left (a message still being written is waited for).
-  // `spun`: the caller has just spun in await_one() in vain; no second spin, straight to
-  // sleeping.
-  bool claim(bool consumer, std::uint64_t n, queue_run& run, std::optional<time_point> until,
-             bool spun = false);
-  // The spin of a wait for one message (consumer) or one free slot, on the slot word of
-  // the position where this handle's try_one() looks, as claim() would spin before
-  // sleeping: `ready` as soon as it holds what try_one() wants there; `spun` when the spin
-  // ended in vain (the caller then takes claim(..., spun = true)); `other` when the queue is
-  // closed or the slot shows anything else (a skip, another claimant took the position:
-  // the caller takes claim()). Claims nothing; out of line, so that the inline path stays
-  // short.
-  enum class await_result { ready, spun, other };
-  await_result await_one(bool consumer) noexcept;
+  bool claim(bool consumer, std::uint64_t n, queue_run& run, std::optional<time_point> until);
   // One attempt, no waiting, but recovers a dead claimant in the way if it has been in the
   // way long enough. Throws like claim().
   bool claim_now(bool consumer, std::uint64_t n, queue_run& run);
