@@ -417,6 +417,49 @@ BOOST_AUTO_TEST_CASE(many_processes_exactly_once, *boost::unit_test::timeout(120
   ::munmap(seen, producers * per);
 }
 
+// Two processes answering each other through two small queues: every get waits for the
+// other side's put (the one-message paths: queue_ring::try_one() and await_one()), on a
+// joinable_queue too (each get counted before its slot is freed), and with get(), get(T&)
+// and get_for() in turn.
+BOOST_AUTO_TEST_CASE(ping_pong_between_processes, *boost::unit_test::timeout(120)) {
+  constexpr std::uint64_t rounds = 20000;
+  shmkit::queue<std::uint64_t> there(4);
+  shmkit::joinable_queue<std::uint64_t> back(2);
+  pid_t child = spawn([&] {
+    std::uint64_t v = 0;
+    for (std::uint64_t i = 0; i < rounds; ++i) {
+      there.get(v);
+      CHILD_CHECK(v == 3 * i + 1);
+      back.put(v + 1);
+    }
+    CHILD_CHECK(there.get() == 0);  // the last message: then the parent closes
+    try {
+      (void)there.get();
+      CHILD_CHECK(false);
+    } catch (const shmkit::closed_error&) {
+    }
+  });
+  std::uint64_t bad = 0;
+  for (std::uint64_t i = 0; i < rounds; ++i) {
+    there.put(3 * i + 1);
+    std::uint64_t r = 0;
+    switch (i % 3) {
+      case 0: r = back.get(); break;
+      case 1: back.get(r); break;
+      default: r = back.get_for(60s).value_or(0);
+    }
+    bad += r != 3 * i + 2;
+    back.task_done();
+  }
+  BOOST_TEST(bad == 0u);
+  BOOST_TEST(back.join_for(10s));
+  BOOST_CHECK_THROW(back.task_done(), std::logic_error);
+  there.put(0);
+  while (there.size() != 0) std::this_thread::sleep_for(1ms);
+  there.close();
+  BOOST_TEST(wait_exit(child) == 0);
+}
+
 BOOST_AUTO_TEST_CASE(joinable_task_done_and_join, *boost::unit_test::timeout(120)) {
   shmkit::joinable_queue<int> q(8);
   BOOST_CHECK_THROW(q.task_done(), std::logic_error);

@@ -58,9 +58,12 @@
 //    handle's last claim on that side (also at most F), whichever is further, and walks past
 //    claimed slots, so where it looks is at most F too. It moves the counter past its claim
 //    when it walked past others' claims, or when the counter lags four (at most capacity)
-//    positions behind its claim; a waiter blocked at a position moves the counter up to it.
-//    So the counter lags F by less than four positions plus the claims in flight (fewer than
-//    a lap) while claimants finish, and a claimant that dies, wherever, never stops it.
+//    positions behind its claim (a put or get of one raw message right after its slot's
+//    last store, so that nothing stands between its claim and that store; other calls right
+//    after the claim); a waiter blocked at a position moves the counter up to it. So the
+//    counter lags F by at most four positions plus the claims in flight (fewer than a lap),
+//    under two laps, while claimants finish, and a claimant that dies, wherever, never
+//    stops it.
 // 3. A waiter blocked by the same claim word for a few milliseconds asks whether the owner
 //    lives (identity_alive: /proc, pid + start time, zombies dead). If not, it replaces that
 //    exact word by one compare-and-swap: a dead producer's claim becomes skip(L) (consumers
@@ -209,9 +212,7 @@ class queue {
   // unspecified.
   void get(T& out) {
     if constexpr (compact) {
-      detail::queue_run run;
-      claim(true, 1, run, std::nullopt, false);
-      ring_.take_run(run, [&](const std::byte* s) noexcept { read_compact(s, out); });
+      one(true, std::nullopt, false, [&](const std::byte* s) noexcept { read_compact(s, out); });
     } else {
       receive_with(std::nullopt, false, [&](std::uint64_t pos, bool& heap) {
         take_into(pos, heap, out);
@@ -328,6 +329,30 @@ class queue {
     detail::queue_obstacle ob;
     return ring_.try_claim(true, n, run, ob);
   }
+  // One message into (producer: use fills the slot) or out of (consumer: use reads it) a
+  // queue whose messages travel as raw bytes in their slot; use must not throw. The ring's
+  // inline one-message path (try_one), again after each of a few pauses unless try_only
+  // (the answer of a peer busy exchanging messages with us comes within a few: measured,
+  // this beats starting the ring's out-of-line wait at once), then the slow path (claim()).
+  // False on timeout or (try_only) when blocked. Throws like put() / get().
+  template <class Use>
+  bool one(bool consumer, std::optional<detail::time_point> until, bool try_only, Use use) {
+    // A producer looks at close() before it claims, as claim() does.
+    auto attempt = [&] { return (consumer || !ring_.closed()) && ring_.try_one(consumer, use); };
+    if (attempt()) return true;
+    if (!try_only)
+      for (int look = 0; look < 8; ++look) {
+        detail::cpu_relax();
+        if (attempt()) return true;
+      }
+    detail::queue_run run;
+    if (!claim(consumer, 1, run, until, try_only)) return false;
+    if (consumer)
+      ring_.take_run(run, use);
+    else
+      ring_.publish(run, use);
+    return true;
+  }
   // Reads the value of a compact slot (its start).
   static void read_compact(const std::byte* slot, T& out) noexcept {
     std::memcpy(static_cast<void*>(std::addressof(out)), slot + sizeof(std::uint64_t), sizeof(T));
@@ -406,12 +431,10 @@ class joinable_queue : public queue<T> {
 
 template <class T>
 bool queue<T>::send(const T& v, std::optional<detail::time_point> until, bool try_only) {
-  detail::queue_run run;
   if constexpr (raw_inline) {
-    if (!claim(false, 1, run, until, try_only)) return false;
-    ring_.publish(run, [&](std::byte* slot) noexcept { fill_raw(slot, v); });
-    return true;
+    return one(false, until, try_only, [&](std::byte* slot) noexcept { fill_raw(slot, v); });
   } else {
+    detail::queue_run run;
     const std::size_t n = encoded_size(v);
     if (n <= detail::queue_inline_bytes) {
       std::array<std::byte, detail::queue_inline_bytes> buf;
@@ -435,9 +458,9 @@ bool queue<T>::send(const T& v, std::optional<detail::time_point> until, bool tr
       }
       ring_.hand_over(run.first, *b, static_cast<std::uint32_t>(n));
     }
+    ring_.publish(run);
+    return true;
   }
-  ring_.publish(run);
-  return true;
 }
 
 template <class T>
@@ -518,10 +541,8 @@ auto queue<T>::receive_with(std::optional<detail::time_point> until, bool try_on
 template <class T>
 std::optional<T> queue<T>::receive(std::optional<detail::time_point> until, bool try_only) {
   if constexpr (compact) {
-    detail::queue_run run;
-    if (!claim(true, 1, run, until, try_only)) return std::nullopt;
     std::optional<T> v;
-    ring_.take_run(run, [&](const std::byte* s) noexcept { v.emplace(read_compact(s)); });
+    one(true, until, try_only, [&](const std::byte* s) noexcept { v.emplace(read_compact(s)); });
     return v;
   }
   return receive_with(until, try_only,

@@ -272,7 +272,8 @@ struct queue_run {
   std::uint64_t first = 0;
   std::uint64_t count = 0;
   // The other side's sleepers (not_empty's for a producer, not_full's for a consumer), read
-  // with a seq_cst load after the run's last seq_cst claim compare-and-swap. A sleeper
+  // with a seq_cst load after the run's last seq_cst claim compare-and-swap (try_one():
+  // after the slot's last store too, which changes nothing below). A sleeper
   // counts itself (seq_cst), then looks at the slot it waits for (seq_cst load in
   // try_claim()): either it sees our claim word or a later state, or it precedes our claim
   // in the total order of seq_cst operations and we see its count here (Dekker, with the
@@ -328,6 +329,14 @@ class queue_ring {
   // first holds just what it wants (free; or a message, not a skip) and nobody takes it
   // first. False in any other case, which try_claim() then handles.
   bool try_claim_one(bool consumer, queue_run& run) noexcept;
+  // One whole put (consumer false) or get of a single message, inline: claims the slot as
+  // try_claim_one() does, calls use(slot) (fill it, or read it; must not throw), then makes
+  // the slot's last store (full, or free for the next lap) before this handle's bookkeeping
+  // (hint, counter, the other side's sleepers): the other side may be waiting for that
+  // store, and every instruction between the claim and it is latency to it. False, having
+  // done nothing, in any case try_claim_one() refuses.
+  template <class Use>
+  bool try_one(bool consumer, Use&& use) noexcept;
 
   // Claims at least one position, waiting until `until` (nullopt: no limit). Returns false on
   // timeout. Producers: throws closed_error once closed. Consumers: throws closed_error when
@@ -588,6 +597,40 @@ inline bool queue_ring::try_claim_one(bool consumer, queue_run& run) noexcept {
                                  std::memory_order_seq_cst, std::memory_order_relaxed))
     return false;
   finish_claim(consumer, c, p, p + 1, false, run);
+  return true;
+}
+
+template <class Use>
+inline bool queue_ring::try_one(bool consumer, Use&& use) noexcept {
+  // acquire: as in try_claim().
+  const std::uint64_t c = counter_of(consumer).load(std::memory_order_acquire);
+  const std::uint64_t p = std::max(c, hint_of(consumer));
+  const std::uint64_t L = lap(p);
+  std::byte* const slot = slot_at(index(p));
+  std::atomic<std::uint64_t>& s = *reinterpret_cast<std::atomic<std::uint64_t>*>(slot);
+  std::uint64_t w = consumer ? seqw::full_word(L) : seqw::free_word(L);
+  // acquire: as in try_claim() (only a look before the compare-and-swap, which decides).
+  if (s.load(std::memory_order_acquire) != w) return false;
+  // seq_cst: as in try_claim(); relaxed on failure: nothing was taken.
+  if (!s.compare_exchange_strong(w, seqw::claim_word(L, consumer, self_identity()),
+                                 std::memory_order_seq_cst, std::memory_order_relaxed))
+    return false;
+  use(slot);
+  if (consumer) {
+    count_gotten();  // before the release: see queue.hpp, point 6
+    // release: as in release().
+    s.store(seqw::free_word(L + 1), std::memory_order_release);
+  } else {
+    // release: as in publish().
+    s.store(seqw::full_word(L), std::memory_order_release);
+  }
+  // The bookkeeping after that store: the hint (process-local), the counter move when due
+  // (queue.hpp, point 2: a claim finished but not yet passed by the counter lags it as one in
+  // flight would), and the sleepers, read after our seq_cst claim as queue_run::sleepers
+  // needs.
+  queue_run run;
+  finish_claim(consumer, c, p, p + 1, false, run);
+  if (run.sleepers != 0) wake_counted(consumer ? st_->not_full : st_->not_empty, 1);
   return true;
 }
 
