@@ -994,6 +994,14 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   [[noreturn]] void supervise() {
     reset_signals();
     ::signal(SIGPIPE, SIG_IGN);
+    // The workers' statuses are ours to collect whatever the caller does with SIGCHLD: a
+    // caller that ignores it (or sets SA_NOCLDWAIT), as daemons do, would have its children,
+    // our workers, reaped by the kernel, and a dead worker's status (which task it held, how
+    // it ended) lost with them.
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    ::sigaction(SIGCHLD, &dfl, nullptr);
     auto* sh = shared_.state();
     std::map<pid_t, int> children;
     for (int i = 0; i < nworkers_; ++i) children.emplace(spawn_worker(i), i);

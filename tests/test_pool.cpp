@@ -327,6 +327,32 @@ BOOST_AUTO_TEST_CASE(a_worker_that_aborts_fails_map_with_worker_lost, *utf::time
   BOOST_CHECK((pool.map(abort_on_7, safe) == safe));
 }
 
+// A caller that ignores SIGCHLD (as daemons do) has its children reaped by the kernel: the
+// pool's workers are the supervisor's children, and the supervisor collects their statuses
+// whatever the caller's disposition. Run in a child, whose disposition the test may change.
+BOOST_AUTO_TEST_CASE(a_caller_ignoring_sigchld_still_gets_worker_lost_and_replacements,
+                     *utf::timeout(180)) {
+  const pid_t child = spawn([] {
+    ::signal(SIGCHLD, SIG_IGN);
+    shmkit::pool pool(2);
+    CHILD_CHECK(pool.apply(square, 3L) == 9);
+    bool lost = false;
+    try {
+      pool.apply(abort_on_7, 7);
+    } catch (const shmkit::worker_lost_error&) {
+      lost = true;
+    }
+    CHILD_CHECK(lost);
+    CHILD_CHECK(pool.apply(square, 4L) == 16);
+    // Idle workers killed: replaced, and the pool goes on.
+    for (pid_t p : pool.worker_pids()) ::kill(p, SIGKILL);
+    std::vector<long> items(100, 2);
+    const auto got = pool.map(square, items);
+    CHILD_CHECK(got.size() == 100 && got[99] == 4);
+  });
+  BOOST_CHECK_EQUAL(wait_exit(child), 0);
+}
+
 // Workers take many tiny tasks at once and send their results together: a worker dying in
 // the middle of such a batch costs the tasks it took, each failing with worker_lost_error
 // (never hanging, never a wrong value), and the rest complete.
