@@ -698,30 +698,36 @@ class pool_front {
   // failed chunk; the pool stays usable.
   template <class F, std::ranges::sized_range Items>
   auto map(F f, const Items& items, std::size_t chunksize = 0) {
-    return map_async(std::move(f), items, chunksize).get();
+    detail::check_sendable<std::decay_t<F>>();
+    if constexpr (detail::sendable_callable<std::decay_t<F>>) return map_async(std::move(f), items, chunksize).get();
   }
 
   template <class F, std::ranges::sized_range Items>
   auto map_async(F f, const Items& items, std::size_t chunksize = 0) {
     using Fd = std::decay_t<F>;
     detail::check_sendable<Fd>();
-    using Item = std::remove_cvref_t<std::ranges::range_value_t<Items>>;
-    using R = detail::map_result_t<Fd, Item>;
-    return chunked<R, Item>(f, items, chunksize, &detail::map_entry<Fd, Item>);
+    if constexpr (detail::sendable_callable<Fd>) {  // else only the assertion's message
+      using Item = std::remove_cvref_t<std::ranges::range_value_t<Items>>;
+      using R = detail::map_result_t<Fd, Item>;
+      return chunked<R, Item>(f, items, chunksize, &detail::map_entry<Fd, Item>);
+    }
   }
 
   // f(std::get<I>(t)...) for each tuple t of items, in order.
   template <class F, std::ranges::sized_range Items>
   auto starmap(F f, const Items& items, std::size_t chunksize = 0) {
-    return starmap_async(std::move(f), items, chunksize).get();
+    detail::check_sendable<std::decay_t<F>>();
+    if constexpr (detail::sendable_callable<std::decay_t<F>>) return starmap_async(std::move(f), items, chunksize).get();
   }
   template <class F, std::ranges::sized_range Items>
   auto starmap_async(F f, const Items& items, std::size_t chunksize = 0) {
     using Fd = std::decay_t<F>;
     detail::check_sendable<Fd>();
-    using Tuple = std::remove_cvref_t<std::ranges::range_value_t<Items>>;
-    using R = detail::starmap_result_t<Fd, Tuple>;
-    return chunked<R, Tuple>(f, items, chunksize, &detail::starmap_entry<Fd, Tuple>);
+    if constexpr (detail::sendable_callable<Fd>) {  // else only the assertion's message
+      using Tuple = std::remove_cvref_t<std::ranges::range_value_t<Items>>;
+      using R = detail::starmap_result_t<Fd, Tuple>;
+      return chunked<R, Tuple>(f, items, chunksize, &detail::starmap_entry<Fd, Tuple>);
+    }
   }
 
   // Lazy, ordered: results in the order of items, each as soon as it and those before it are
@@ -739,23 +745,27 @@ class pool_front {
   // f(args...) in a worker, waiting for the result.
   template <class F, class... Args>
   auto apply(F f, Args&&... args) {
-    return apply_async(std::move(f), std::forward<Args>(args)...).get();
+    detail::check_sendable<std::decay_t<F>>();
+    if constexpr (detail::sendable_callable<std::decay_t<F>>)
+      return apply_async(std::move(f), std::forward<Args>(args)...).get();
   }
 
   template <class F, class... Args>
   auto apply_async(F f, Args&&... args) {
     using Fd = std::decay_t<F>;
     detail::check_sendable<Fd>();
-    using R = detail::apply_result_t<Fd, Args...>;
-    static_assert(std::is_void_v<R> || encodable<R>,
-                  "shmkit::pool: the result type of f must be a codec type");
-    auto state = detail::make_async_state<R>(rt_);
-    auto payload = encode(std::tuple<detail::state_t<Fd>, std::tuple<std::decay_t<Args>...>>(
-        detail::state_of(f), std::tuple<std::decay_t<Args>...>(std::forward<Args>(args)...)));
-    rt_->submit_batch(std::make_shared<detail::single_batch<R>>(
-        &detail::apply_entry<Fd, std::decay_t<Args>...>, detail::word_of(f), std::move(payload),
-        state));
-    return async_result<R>(std::move(state));
+    if constexpr (detail::sendable_callable<Fd>) {  // else only the assertion's message
+      using R = detail::apply_result_t<Fd, Args...>;
+      static_assert(std::is_void_v<R> || encodable<R>,
+                    "shmkit::pool: the result type of f must be a codec type");
+      auto state = detail::make_async_state<R>(rt_);
+      auto payload = encode(std::tuple<detail::state_t<Fd>, std::tuple<std::decay_t<Args>...>>(
+          detail::state_of(f), std::tuple<std::decay_t<Args>...>(std::forward<Args>(args)...)));
+      rt_->submit_batch(std::make_shared<detail::single_batch<R>>(
+          &detail::apply_entry<Fd, std::decay_t<Args>...>, detail::word_of(f),
+          std::move(payload), state));
+      return async_result<R>(std::move(state));
+    }
   }
 
   // No new tasks; the workers leave once the queued ones are done (see join()).
@@ -799,16 +809,19 @@ class pool_front {
   auto stream(F f, const Items& items, std::size_t chunksize, bool ordered) {
     using Fd = std::decay_t<F>;
     detail::check_sendable<Fd>();
-    using Item = std::remove_cvref_t<std::ranges::range_value_t<Items>>;
-    using R = detail::map_result_t<Fd, Item>;
-    static_assert(encodable<R>, "shmkit::pool: the result type of f must be a codec type");
-    if (chunksize == 0) chunksize = 1;
-    const std::size_t n = std::ranges::size(items);
-    auto s = std::make_shared<detail::stream_state<R>>(n, chunksize, ordered, rt_);
-    if (n != 0)
-      rt_->submit_batch(std::make_shared<detail::chunk_batch<Fd, Item, detail::stream_state<R>>>(
-          &detail::map_entry<Fd, Item>, f, items, chunksize, s));
-    return result_stream<R>(std::move(s));
+    if constexpr (detail::sendable_callable<Fd>) {  // else only the assertion's message
+      using Item = std::remove_cvref_t<std::ranges::range_value_t<Items>>;
+      using R = detail::map_result_t<Fd, Item>;
+      static_assert(encodable<R>, "shmkit::pool: the result type of f must be a codec type");
+      if (chunksize == 0) chunksize = 1;
+      const std::size_t n = std::ranges::size(items);
+      auto s = std::make_shared<detail::stream_state<R>>(n, chunksize, ordered, rt_);
+      if (n != 0)
+        rt_->submit_batch(
+            std::make_shared<detail::chunk_batch<Fd, Item, detail::stream_state<R>>>(
+                &detail::map_entry<Fd, Item>, f, items, chunksize, s));
+      return result_stream<R>(std::move(s));
+    }
   }
 };
 

@@ -38,9 +38,13 @@ concept stateless_callable = std::is_class_v<F> && std::is_empty_v<F> &&
                              std::is_default_constructible_v<F> &&
                              std::is_trivially_copyable_v<F>;
 
+// A callable with state travels as its encoding and is rebuilt by decoding it, which needs a
+// default-constructible type: a lambda that captures is neither (and its captures, references
+// included, are not the codec's to judge), so it is refused at compile time.
 template <class F>
 concept sendable_callable =
-    function_pointer<F> || stateless_callable<F> || (std::is_class_v<F> && encodable<F>);
+    function_pointer<F> || stateless_callable<F> ||
+    (std::is_class_v<F> && encodable<F> && std::is_default_constructible_v<F>);
 
 // What of a callable travels in the payload: nothing, or the callable itself.
 struct no_state {};
