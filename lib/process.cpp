@@ -7,6 +7,7 @@
 #include <bit>
 #include <cerrno>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <fmt/format.h>
@@ -15,11 +16,15 @@
 #include <ext/stdio_sync_filebuf.h>
 #endif
 #include <new>
+#include <optional>
 #include <poll.h>
 #include <sched.h>
 #include <stdexcept>
 #include <string_view>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <thread>
@@ -209,10 +214,71 @@ std::string non_std_message(const std::string& type) {
   }
 }
 
-void write_record(result_record* r, std::string_view type, std::string_view message,
-                  std::string_view trace = {}) noexcept {
+// A message longer than the record holds travels whole in a shared-memory object of its own,
+// named after the parent (the process that started the child) and the child, which the parent
+// reads and removes when it reaps the child (take_spilled_message()); the record keeps the
+// cut text too, for a parent that cannot read the object. Plain write()s: no mapping, so a
+// full /dev/shm fails the write (the cut text is then all there is), never raises SIGBUS.
+std::string spill_name(pid_t parent, pid_t child) {
+  return fmt::format("/shmkit.process-message-{}-{}", parent, child);
+}
+
+bool spill_message(pid_t parent, std::string_view message) noexcept {
+  try {
+    const std::string name = spill_name(parent, ::getpid());
+    int fd = ::shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == EEXIST) {  // left by an earlier child of this pid: not ours to keep
+      ::shm_unlink(name.c_str());
+      fd = ::shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    }
+    if (fd < 0) return false;
+    std::size_t done = 0;
+    while (done < message.size()) {
+      const ssize_t n = ::write(fd, message.data() + done, message.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      done += static_cast<std::size_t>(n);
+    }
+    ::close(fd);
+    if (done == message.size()) return true;
+    ::shm_unlink(name.c_str());
+  } catch (...) {
+  }
+  return false;
+}
+
+// The parent's side: the whole message of `child`, `len` bytes, or nullopt; the object is
+// removed either way.
+std::optional<std::string> take_spilled_message(pid_t child, std::size_t len) {
+  const std::string name = spill_name(::getpid(), child);
+  const int fd = ::shm_open(name.c_str(), O_RDONLY | O_CLOEXEC, 0);
+  ::shm_unlink(name.c_str());
+  if (fd < 0) return std::nullopt;
+  std::optional<std::string> text;
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && static_cast<std::size_t>(st.st_size) == len) {
+    std::string s(len, '\0');
+    std::size_t done = 0;
+    while (done < len) {
+      const ssize_t n = ::pread(fd, s.data() + done, len - done, static_cast<off_t>(done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      done += static_cast<std::size_t>(n);
+    }
+    if (done == len) text = std::move(s);
+  }
+  ::close(fd);
+  return text;
+}
+
+void write_record(result_record* r, pid_t parent, std::string_view type,
+                  std::string_view message, std::string_view trace = {}) noexcept {
   r->type_len = put_bounded(r->type_name, result_record::type_capacity, type);
   r->message_len = put_bounded(r->message, result_record::message_capacity, message);
+  // Longer than the record: message_len says the whole length when the object holds it.
+  if (message.size() > result_record::message_capacity && message.size() <= UINT32_MAX &&
+      spill_message(parent, message))
+    r->message_len = static_cast<std::uint32_t>(message.size());
   r->trace_len = put_bounded(r->trace, result_record::trace_capacity, trace);
   // release: pairs with the acquire load in process::reap(); the fields above are complete
   // before the parent can see written == 1 (a child killed before this line reports nothing).
@@ -261,17 +327,17 @@ bool iostreams_buffer_apart() noexcept {
   } catch (const std::exception& e) {
     code = 1;
     try {
-      write_record(rec, demangle(typeid(e).name()), e.what(), last_throw_trace());
+      write_record(rec, parent, demangle(typeid(e).name()), e.what(), last_throw_trace());
     } catch (...) {
-      write_record(rec, "std::exception", "(the exception's text could not be recorded)");
+      write_record(rec, parent, "std::exception", "(the exception's text could not be recorded)");
     }
   } catch (...) {
     code = 1;
     try {
       const std::string type = current_exception_type_name();
-      write_record(rec, type, non_std_message(type), last_throw_trace());
+      write_record(rec, parent, type, non_std_message(type), last_throw_trace());
     } catch (...) {
-      write_record(rec, "unknown", "(a non-std exception that could not be recorded)");
+      write_record(rec, parent, "unknown", "(a non-std exception that could not be recorded)");
     }
   }
   if (flush_iostreams) {
@@ -426,14 +492,21 @@ bool process::reap(bool block) {
         auto field = [](const char* text, std::uint32_t len, std::size_t cap) {
           return std::string(text, std::min<std::size_t>(len, cap));
         };
+        std::string message = field(rec->message, rec->message_len, sizeof rec->message);
+        if (rec->message_len > sizeof rec->message)  // spilled whole (see spill_message())
+          if (auto whole = detail::take_spilled_message(pid_, rec->message_len))
+            message = std::move(*whole);
         failure_ = std::make_unique<remote_error>(
-            field(rec->type_name, rec->type_len, sizeof rec->type_name),
-            field(rec->message, rec->message_len, sizeof rec->message), pid_,
-            field(rec->trace, rec->trace_len, sizeof rec->trace));
+            field(rec->type_name, rec->type_len, sizeof rec->type_name), std::move(message),
+            pid_, field(rec->trace, rec->trace_len, sizeof rec->trace));
       } catch (...) {
         // Out of memory while copying: report what can be reported without allocating more.
         failure_.reset();
       }
+    } else if (code_ != 0) {
+      // Killed (or ended) while spilling a long message, before publishing the record: the
+      // object, if any, is nobody else's to remove.
+      ::shm_unlink(detail::spill_name(::getpid(), pid_).c_str());
     }
   }
   release_slot();

@@ -124,6 +124,17 @@ int open_fds() {
   return n;
 }
 
+// Names in /dev/shm that start with `prefix`.
+std::vector<std::string> shm_entries_with(std::string_view prefix) {
+  std::vector<std::string> found;
+  if (DIR* d = ::opendir("/dev/shm")) {
+    while (dirent* e = ::readdir(d))
+      if (std::string_view(e->d_name).starts_with(prefix)) found.emplace_back(e->d_name);
+    ::closedir(d);
+  }
+  return found;
+}
+
 // Children of this process that are zombies (state Z in /proc/<pid>/stat).
 std::vector<int> zombie_children() {
   std::vector<int> z;
@@ -372,6 +383,22 @@ BOOST_AUTO_TEST_CASE(traceback_is_of_the_exception_that_escaped) {
   BOOST_TEST(b.type_name() == "std::runtime_error");
   BOOST_TEST(occurrences(b.traceback(), "shmkit_test_throw_deep") >= 1, b.traceback());
   BOOST_TEST(b.traceback().find("shmkit_test_throw_other") == std::string::npos, b.traceback());
+}
+
+// Messages longer than the child's record (a few KiB) come back whole, through an object of
+// their own that the parent removes; a child killed while it writes one leaves nothing.
+BOOST_AUTO_TEST_CASE(long_messages_come_back_whole) {
+  for (std::size_t n : {std::size_t(3000), std::size_t(5000), std::size_t(100000),
+                        std::size_t(1) << 20}) {
+    std::string text(n, 'x');
+    for (std::size_t i = 0; i < n; i += 97) text[i] = static_cast<char>('a' + (i / 97) % 26);
+    process p([&text] { throw std::runtime_error(text); });
+    p.start();
+    p.join();
+    auto e = expect_remote([&] { p.rethrow_if_failed(); });
+    BOOST_TEST(std::string(e.what()) == text, "length " << n);
+  }
+  BOOST_TEST(shm_entries_with("shmkit.process-message-").empty());
 }
 
 BOOST_AUTO_TEST_CASE(user_exception_comes_back) {
