@@ -437,19 +437,6 @@ BOOST_AUTO_TEST_CASE(thrown_string_and_class_are_reported) {
   BOOST_TEST(std::string(ec.what()).find("not derived from std::exception") != std::string::npos);
 }
 
-BOOST_AUTO_TEST_CASE(long_message_is_cut_with_a_marker) {
-  const std::string big(100000, 'm');
-  process p([&] { throw std::runtime_error(big); });
-  p.start();
-  p.join();
-  auto e = expect_remote([&] { p.rethrow_if_failed(); });
-  const std::string what = e.what();
-  BOOST_TEST(what.size() < 4096u);
-  BOOST_TEST(what.size() > 3000u);
-  BOOST_TEST(what.find("[cut: 100000 bytes in all]") != std::string::npos);
-  BOOST_TEST(what.substr(0, 100) == big.substr(0, 100));
-}
-
 BOOST_AUTO_TEST_CASE(killed_child_reports_no_exception) {
   process p = start_paused();
   p.kill();
