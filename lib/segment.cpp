@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <optional>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -148,12 +149,33 @@ struct mapping {
   std::size_t size;
 };
 
+// Whether the creator of the unfinished segment open as `fd` is gone: nobody holds its
+// creation lock (see segment::create()) and it is still unfinished once we hold the lock
+// ourselves (`h` mapped: its ready word; else the file is still empty). A creator that
+// publishes stores `ready` before it drops the lock, so one that finished just now is seen.
+bool creation_abandoned(int fd, const segment_header* h) noexcept {
+  if (::flock(fd, LOCK_SH | LOCK_NB) != 0) return false;  // the creator is at work
+  bool abandoned;
+  if (h != nullptr) {
+    // acquire: pairs with the release store of `ready` in segment::publish().
+    abandoned = h->ready.load(std::memory_order_acquire) != ready_word;
+  } else {
+    struct stat st {};
+    abandoned = ::fstat(fd, &st) == 0 && st.st_size == 0;
+  }
+  ::flock(fd, LOCK_UN);
+  return abandoned;
+}
+
+constexpr std::string_view never_finished = "was never finished";
+
 // Maps a segment someone else made, waits (bounded) for its creator to publish it, and checks
 // its header against `spec`. One mapping of the whole file serves both the check and the use.
 mapping check_header(int fd, std::string_view name, segment_spec spec) {
   const std::string what = what_of(name, spec);
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   auto pause = std::chrono::microseconds(50);
+  std::optional<std::chrono::steady_clock::time_point> empty_since;
   for (;;) {
     struct stat st {};
     if (::fstat(fd, &st) != 0)
@@ -163,6 +185,18 @@ mapping check_header(int fd, std::string_view name, segment_spec spec) {
       throw error(fmt::format("shmkit: '{}' is not a shmkit object: {} bytes, smaller than a "
                               "shmkit header (expected {})",
                               name, file_size, what));
+    // Empty and unlocked: a creator that died before sizing the file, or one between its
+    // exclusive create and its lock (a few instructions): judged only once it has lasted.
+    if (file_size == 0 && creation_abandoned(fd, nullptr)) {
+      const auto now = std::chrono::steady_clock::now();
+      if (!empty_since) empty_since = now;
+      if (now - *empty_since > std::chrono::milliseconds(100))
+        throw error(fmt::format("shmkit: {} {}: its creator died before sizing it (remove "
+                                "it: shmkit::remove(), or `shmkit gc`)",
+                                what, never_finished));
+    } else {
+      empty_since.reset();
+    }
     if (file_size >= payload_alignment) {
       void* p = ::mmap(nullptr, file_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
       if (p == MAP_FAILED)
@@ -180,9 +214,12 @@ mapping check_header(int fd, std::string_view name, segment_spec spec) {
       } else if (state == header_state::unfinished) {
         const std::uint64_t creator = h->creator;
         if (creator != 0 && !identity_alive(creator))
-          problem = fmt::format("shmkit: {} was never finished: its creator (pid {}) died while "
-                                "building it",
-                                what, identity_pid(creator));
+          problem = fmt::format("shmkit: {} {}: its creator (pid {}) died while building it",
+                                what, never_finished, identity_pid(creator));
+        else if (creation_abandoned(fd, h))
+          problem = fmt::format("shmkit: {} {}: its creator died while building it (remove "
+                                "it: shmkit::remove(), or `shmkit gc`)",
+                                what, never_finished);
         else
           wait = true;
       } else if (state == header_state::incompatible) {
@@ -276,6 +313,7 @@ std::string kind_name(std::uint32_t kind) {
 segment::~segment() {
   if (base_ != nullptr) ::munmap(base_, mapped_);
   if (fd_ >= 0) ::close(fd_);
+  if (creating_fd_ >= 0) ::close(creating_fd_);
   if (owns_name_ && owner_pid_ == identity_pid(process_identity())) {
     // Remove the name only if it still refers to the file we created: after an explicit
     // remove() somebody else may have made a new object of the same name.
@@ -333,7 +371,17 @@ segment segment::create(std::string_view name, segment_spec spec, std::size_t pa
   }
   const int fd = shm->get_mapping_handle().handle;
   segment s;
+  // The creation lock, held until publish(): an opener that finds the object unfinished and
+  // the lock free knows its creator died (check_header()), and open_or_create takes the name
+  // over (take_over_abandoned()). A taker may have judged this file abandoned between our
+  // exclusive create and the lock: then the name no longer leads to our file, and we step
+  // aside as if it had existed.
+  struct stat mine {}, named {};
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0 || ::fstat(fd, &mine) != 0 ||
+      ::stat(("/dev/shm/" + file).c_str(), &named) != 0 || named.st_ino != mine.st_ino)
+    throw error(fmt::format("shmkit: cannot create {}: the name already exists", what));
   try {
+    s.creating_fd_ = dup_cloexec(fd);
     s.base_ = size_reserve_map(fd, total, what);
     if (growable) s.fd_ = dup_cloexec(fd);
   } catch (...) {
@@ -373,6 +421,37 @@ segment segment::open(std::string_view name, segment_spec spec, bool growable) {
   return s;
 }
 
+namespace {
+// Removes the name `file` if it still leads to a segment whose creator died before publishing
+// it. Under the creation lock, taken exclusively, so that of several processes doing this at
+// once one removes it and the others then find the new object (or none); and only if the name
+// still leads to the file we judged.
+void take_over_abandoned(const std::string& file) noexcept {
+  const int fd = ::shm_open(("/" + file).c_str(), O_RDWR | O_CLOEXEC, 0);
+  if (fd < 0) return;
+  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
+    struct stat mine {}, named {};
+    bool abandoned = ::fstat(fd, &mine) == 0;
+    if (abandoned && static_cast<std::size_t>(mine.st_size) >= sizeof(segment_header)) {
+      void* p = ::mmap(nullptr, sizeof(segment_header), PROT_READ, MAP_SHARED, fd, 0);
+      if (p == MAP_FAILED) {
+        abandoned = false;
+      } else {
+        // acquire: pairs with the release store of `ready` in segment::publish().
+        abandoned = static_cast<const segment_header*>(p)->ready.load(
+                        std::memory_order_acquire) != ready_word;
+        ::munmap(p, sizeof(segment_header));
+      }
+    }
+    if (abandoned && ::stat(("/dev/shm/" + file).c_str(), &named) == 0 &&
+        named.st_ino == mine.st_ino)
+      ::shm_unlink(("/" + file).c_str());
+    ::flock(fd, LOCK_UN);
+  }
+  ::close(fd);
+}
+}  // namespace
+
 segment segment::open_or_create(std::string_view name, segment_spec spec, std::size_t payload,
                                 bool& created, permissions perms, bool growable) {
   validate_name(name);
@@ -390,8 +469,11 @@ segment segment::open_or_create(std::string_view name, segment_spec spec, std::s
       created = false;
       return s;
     } catch (const error& e) {
-      if (attempt >= 8 || std::string_view(e.what()).find("no object of that name") ==
-                              std::string_view::npos)
+      const std::string_view why = e.what();
+      if (attempt >= 8) throw;
+      if (why.find(never_finished) != std::string_view::npos)
+        take_over_abandoned(file_name(name));  // then create it again
+      else if (why.find("no object of that name") == std::string_view::npos)
         throw;
     }
   }
@@ -401,6 +483,11 @@ void segment::publish() noexcept {
   // release: pairs with the acquire load of `ready` in check_header(); the header and the
   // payload built before this are visible to every opener that sees ready_word.
   header()->ready.store(ready_word, std::memory_order_release);
+  if (creating_fd_ >= 0) {  // after the store: an opener that takes the lock sees it ready
+    ::flock(creating_fd_, LOCK_UN);
+    ::close(creating_fd_);
+    creating_fd_ = -1;
+  }
 }
 
 void segment::grow(std::size_t total) {

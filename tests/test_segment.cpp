@@ -5,6 +5,9 @@
 #define BOOST_TEST_MODULE segment
 #include <boost/test/unit_test.hpp>
 
+#include <atomic>
+#include <chrono>
+#include <csignal>
 #include <cstring>
 #include <fcntl.h>
 #include <string>
@@ -12,6 +15,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
+#include <vector>
 
 #include "shmkit/detail/identity.hpp"
 #include "shmkit/detail/segment.hpp"
@@ -254,6 +258,57 @@ BOOST_AUTO_TEST_CASE(a_creator_that_died_while_building_is_reported) {
   auto msg = message_of([&] { sd::segment::open(name, {sd::object_kind::event}); });
   BOOST_TEST_MESSAGE(msg);
   BOOST_CHECK(contains(msg, "died while building it"));
+}
+
+// A creator killed before it wrote anything (an empty file), or after it sized the file but
+// before its header (all zeros): open_only says so at once (well within the 10 s an opener
+// waits for a live creator), and open_or_create takes the name over and makes the object.
+BOOST_AUTO_TEST_CASE(open_or_create_takes_over_a_name_whose_creator_died_early) {
+  for (std::size_t bytes : {std::size_t(0), std::size_t(8192)}) {
+    const std::string name = unique_name("abandoned");
+    name_guard g(name);
+    std::vector<unsigned char> zeros(bytes);
+    write_file(name, zeros.data(), zeros.size());  // no creation lock held: its creator is gone
+    const auto t0 = std::chrono::steady_clock::now();
+    auto msg = message_of([&] { shmkit::shared_memory m(shmkit::open_only, name); });
+    BOOST_TEST_MESSAGE(msg);
+    BOOST_CHECK(contains(msg, "was never finished"));
+    BOOST_CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(9));
+    shmkit::shared_memory made(shmkit::open_or_create, name, 100);
+    BOOST_CHECK_EQUAL(made.size(), 100u);
+    std::memcpy(made.data(), "fresh", 6);
+    shmkit::shared_memory again(shmkit::open_only, name);
+    BOOST_CHECK(std::memcmp(again.data(), "fresh", 6) == 0);
+  }
+}
+
+// Many processes at once on one name with open_or_create, some of them killed while they may
+// be creating it: the survivors all end up on one object, and nobody waits out the 10 s.
+BOOST_AUTO_TEST_CASE(open_or_create_races_with_creators_killed) {
+  for (int round = 0; round < 20; ++round) {
+    const std::string name = unique_name("race");
+    name_guard g(name);
+    std::vector<pid_t> victims, survivors;
+    for (int i = 0; i < 3; ++i)
+      victims.push_back(shmkit::test::spawn([&] {
+        shmkit::shared_memory m(shmkit::open_or_create, name, 1 << 20);
+        m.release_name();
+        ::pause();
+      }));
+    ::usleep(static_cast<useconds_t>(round * 50));
+    for (pid_t v : victims) ::kill(v, SIGKILL);
+    for (int i = 0; i < 3; ++i)
+      survivors.push_back(shmkit::test::spawn([&] {
+        shmkit::shared_memory m(shmkit::open_or_create, name, 1 << 20);
+        m.release_name();
+        auto* counter = reinterpret_cast<std::atomic<int>*>(m.data());
+        counter->fetch_add(1);
+      }));
+    for (pid_t v : victims) shmkit::test::wait_exit(v);
+    for (pid_t s : survivors) BOOST_CHECK_EQUAL(shmkit::test::wait_exit(s, std::chrono::seconds(60)), 0);
+    shmkit::shared_memory m(shmkit::open_only, name);
+    BOOST_CHECK_EQUAL(reinterpret_cast<std::atomic<int>*>(m.data())->load(), 3);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(an_opener_waits_for_the_creator_to_publish) {

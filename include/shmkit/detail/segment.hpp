@@ -154,6 +154,7 @@ class segment {
     std::swap(owns_name_, other.owns_name_);
     std::swap(owner_pid_, other.owner_pid_);
     std::swap(inode_, other.inode_);
+    std::swap(creating_fd_, other.creating_fd_);
   }
   void remap(std::size_t total);
 
@@ -164,6 +165,9 @@ class segment {
   bool owns_name_ = false;
   int owner_pid_ = 0;  // the process whose destructor may remove the name
   unsigned long inode_ = 0;  // of the file created, so that only that file is removed
+  // A named segment being created: a descriptor holding the file's creation lock (flock)
+  // until publish(), so that openers tell a creator at work from one that died (-1 after).
+  int creating_fd_ = -1;
 };
 
 }  // namespace shmkit::detail
