@@ -4,6 +4,8 @@
 #include "shmkit/sync.hpp"
 
 #include <algorithm>
+#include <cerrno>
+#include <csignal>
 #include <climits>
 #include <limits>
 #include <new>
@@ -84,7 +86,7 @@ bool mutex_state::lock_slow(std::optional<time_point> deadline) {
 
 bool mutex_state::try_take_over(std::uint64_t holder) noexcept {
   // Per thread: which lock refused us, by which holder, since when. Only a refusal by the same
-  // holder for try_lock_liveness makes us look (a busy lock changes hands all the time).
+  // holder for try_lock_liveness makes us read /proc (a busy lock changes hands all the time).
   struct refusal {
     const mutex_state* lock = nullptr;
     std::uint64_t holder = 0;
@@ -94,10 +96,16 @@ bool mutex_state::try_take_over(std::uint64_t holder) noexcept {
   const time_point now = clock::now();
   if (last.lock != this || last.holder != holder) {
     last = {this, holder, now};
-    return false;
+    // A first refusal by this holder: the cheap look (one system call, no /proc) whether its
+    // thread exists at all, so that a try_lock() right after the holder died and was reaped
+    // takes the lock, as the contract's "the next locker acquires it" says. A zombie or a
+    // reused id still exists: those wait for the /proc look, try_lock_liveness later.
+    if (!(::kill(static_cast<pid_t>(identity_pid(holder)), 0) != 0 && errno == ESRCH))
+      return false;
+  } else {
+    if (now - last.since < try_lock_liveness) return false;
+    last.since = now;
   }
-  if (now - last.since < try_lock_liveness) return false;
-  last.since = now;
   if (!take_over_if_dead(owner, holder, self_identity())) return false;
   died.store(1, std::memory_order_relaxed);  // read by ourselves, published by unlock
   last = {};

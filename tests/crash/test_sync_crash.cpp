@@ -131,6 +131,26 @@ BOOST_AUTO_TEST_CASE(try_lock_alone_takes_over_from_a_dead_holder, *utf::timeout
   r.unlock();
 }
 
+// A holder killed and reaped (its thread gone): the very next try_lock() takes the lock, as
+// "the next locker acquires it" says, with no retry loop.
+BOOST_AUTO_TEST_CASE(first_try_lock_after_a_reaped_holder_takes_over, *utf::timeout(120)) {
+  shmkit::mutex m;
+  shmkit::recursive_mutex r;
+  in_shm<steps> st;
+  children kids;
+  const pid_t victim = spawn_holder(kids, st->holding, [&] {
+    m.lock();
+    r.lock();
+  });
+  kids.kill(victim);  // kill -9 and reap
+  BOOST_REQUIRE(m.try_lock());
+  BOOST_CHECK(m.owner_died());
+  m.unlock();
+  BOOST_REQUIRE(r.try_lock());
+  BOOST_CHECK(r.owner_died());
+  r.unlock();
+}
+
 BOOST_AUTO_TEST_CASE(recursive_mutex_holder_killed_at_depth_three, *utf::timeout(120)) {
   shmkit::recursive_mutex m;
   in_shm<steps> st;
