@@ -111,6 +111,10 @@ struct result_msg {
 };
 
 constexpr std::uint64_t getting = ~std::uint64_t(0);
+// A worker's `current` when its initializer failed: it never took a task, and no replacement
+// would do better, so the supervisor stops replacing it and the pool breaks (every task fails
+// with the initializer's error instead of waiting for ever for a worker).
+constexpr std::uint64_t initializer_failed = ~std::uint64_t(0) - 1;
 constexpr std::size_t max_depth = 1024;     // tasks queued per worker, at most
 constexpr std::size_t initial_depth = 16;   // the same before the worker reported a run time
 constexpr std::size_t inbox_capacity = max_depth + 8;
@@ -533,12 +537,16 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
       batch_.push_back(std::move(*m));
     }
     if (batch_.empty()) return false;
+    std::string broke;
     {
       std::lock_guard lk(m_);
+      const bool was_broken = broken_;
       for (auto& r : batch_) handle_locked(r, done_);
       dispatch_locked(done_);
+      if (broken_ && !was_broken) broke = broken_why_;
     }
     finished(done_.deliver());
+    if (!broke.empty()) fail_everything(std::make_exception_ptr(worker_lost_error(broke)));
     return true;
   }
 
@@ -673,6 +681,14 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
 
   void worker_ended_locked(const result_msg& m, done_list& done) {
     if (m.slot < 0 || m.slot >= nworkers_) return;
+    if (m.task == initializer_failed && !broken_ && !terminated_) {
+      // Not replaced (see initializer_failed): the pool breaks; take_results() fails what is
+      // pending once m_ is released.
+      broken_ = true;
+      broken_why_ = fmt::format("shmkit::pool: the worker initializer failed in worker {} (pid "
+                                "{}; its message is on stderr): the pool has no workers",
+                                m.slot, m.pid);
+    }
     auto& book = slots_[m.slot];
     const std::string why =
         fmt::format("shmkit::pool: worker {} (pid {}) {} while running a task", m.slot, m.pid,
@@ -1037,7 +1053,8 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         }
       }
       const bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-      const bool replace = !sh->terminating.load() && (!sh->stopping.load() || !clean);
+      const bool replace = !sh->terminating.load() && (!sh->stopping.load() || !clean) &&
+                           m.task != initializer_failed;
       if (replace) children.emplace(spawn_worker(slot), slot);
       if (children.empty()) break;
     }
@@ -1072,12 +1089,19 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     auto& inbox = *inboxes_[slot];
     reset_signals();
     if (opts_.initializer) {
+      auto fail = [&](const char* what) {
+        std::fprintf(stderr, "shmkit::pool: worker initializer failed: %s\n", what);
+        std::fflush(nullptr);
+        // release: pairs with the supervisor's load after waitpid(), as for tasks below.
+        ws.current.store(initializer_failed, std::memory_order_release);
+        std::_Exit(2);
+      };
       try {
         opts_.initializer();
       } catch (const std::exception& e) {
-        std::fprintf(stderr, "shmkit::pool: worker initializer failed: %s\n", e.what());
-        std::fflush(nullptr);
-        std::_Exit(2);
+        fail(e.what());
+      } catch (...) {
+        fail("an exception not derived from std::exception");
       }
     }
     long done = 0;

@@ -444,6 +444,21 @@ BOOST_AUTO_TEST_CASE(the_initializer_runs_in_every_worker, *utf::timeout(120)) {
   BOOST_CHECK_EQUAL(init_value, 0);  // not in the parent
 }
 
+// An initializer that throws leaves the pool without workers: rather than replacing them for
+// ever while the tasks wait, the pool breaks, and every task fails saying why.
+BOOST_AUTO_TEST_CASE(a_failing_initializer_fails_the_tasks_instead_of_hanging,
+                     *utf::timeout(120)) {
+  shmkit::pool pool(shmkit::pool_options{
+      .processes = 2, .initializer = [] { throw std::runtime_error("no config"); }});
+  try {
+    pool.map(square, std::vector<long>(100, 2L));
+    BOOST_FAIL("map returned");
+  } catch (const shmkit::worker_lost_error& e) {
+    BOOST_TEST(std::string(e.what()).find("initializer failed") != std::string::npos, e.what());
+  }
+  BOOST_CHECK_THROW(pool.apply(square, 3L), shmkit::worker_lost_error);
+}
+
 BOOST_AUTO_TEST_CASE(a_multithreaded_parent_gets_correct_results_after_replacements,
                      *utf::timeout(180)) {
   shmkit::pool pool(shmkit::pool_options{.processes = 2, .maxtasksperchild = 3});

@@ -70,6 +70,9 @@ struct pool_options {
   // Worker processes; 0 means cpu_count().
   int processes = 0;
   // Runs once in every worker when it starts (any callable: workers are forked, not sent it).
+  // If it throws, the worker prints the message on stderr and ends, and the pool breaks: no
+  // worker is started again, and every pending and later task fails with worker_lost_error
+  // saying so (a pool of workers that cannot start would otherwise wait for ever).
   std::function<void()> initializer = {};
   // A worker retires and is replaced after this many tasks (chunks); 0 means never.
   long maxtasksperchild = 0;
