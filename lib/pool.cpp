@@ -263,16 +263,24 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   // the answer comes after the worker's wake-up latency (tens of microseconds on a virtual
   // machine), and a wait that sleeps through it costs two more wake-ups (the result thread,
   // then this one), which kept a pool of idle workers at ~25 us per apply_async(f).get()
-  // instead of ~1.4 us once it had fallen into that state.
+  // instead of ~1.4 us once it had fallen into that state. Likewise a thread that gave up
+  // and is back within max_help (its result came soon after it slept, and it has already
+  // sent the next task): the spin was nearly enough, and a spin halved again would miss
+  // every answer that takes two wake-ups, for good (~20 us round trips after a stream of
+  // imap results had worn the budget down to min_help).
   bool help(const std::function<bool()>& done) override {
     if (done()) return true;
     if (on_callback_thread()) return false;
     thread_local std::chrono::nanoseconds budget = max_help;
+    thread_local clock::time_point gave_up{};
+    const auto start = clock::now();
+    if (gave_up != clock::time_point{} && start - gave_up < max_help) budget = max_help;
+    gave_up = {};
     const bool woke = woke_sleeper;
     woke_sleeper = false;
     auto* sh = shared_.state();
     sh->polling.fetch_add(1, std::memory_order_seq_cst);
-    const auto end = clock::now() + (woke ? max_help : budget);
+    const auto end = start + (woke ? max_help : budget);
     bool ok = false;
     for (unsigned n = 1;; ++n) {
       if (done()) {
@@ -295,6 +303,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
     // is left to the result thread (Dekker with results_sent()).
     if (sh->polling.fetch_sub(1, std::memory_order_seq_cst) == 1 && !results_->empty()) kick();
     budget = ok ? std::min(budget * 2, max_help) : std::max(budget / 2, min_help);
+    if (!ok) gave_up = clock::now();
     return ok;
   }
 
