@@ -19,15 +19,14 @@
 // have not arrived; if any of those is dead (a zombie counts as dead), the barrier breaks:
 // every waiter, and every later arrival, throws shmkit::broken_barrier_error. So a party that
 // dies before its first arrival, or after passing the barrier, never leaves the others waiting
-// forever; and neither does any other process that dies still holding a handle while a round
-// waits, which is why a forked helper that is not a party must not die holding a handle
-// inherited from its parent while a round is in progress (it breaks the barrier): it destroys
-// that handle first, or exits only between rounds. A party that leaves for good while the
-// others go on with new members breaks the next round the same way, unless it destroyed its
-// handles before that round began. A child killed in the first instructions after fork(),
-// before its fork handler ran, is not known. The table has min(2 * parties, max_seats) seats
-// (at least 8); processes and threads beyond that arrive and wait normally but are not
-// watched.
+// forever. The price: any process that ends still holding a handle (a forked helper that is
+// not a party, a child that called exec()) breaks the round in progress, or a later one that
+// waits past a slice, as a party would; a helper destroys the handle it inherited first, or is
+// forked before the barrier is made. A party that leaves for good while the others go on with
+// new members breaks the next round the same way, unless it destroyed its handles before that
+// round began. A child killed in the first instructions after fork(), before its fork handler
+// ran, is not known. The table has min(2 * parties, max_seats) seats (at least 8); processes
+// and threads beyond that arrive and wait normally but are not watched.
 #pragma once
 
 #include <atomic>
