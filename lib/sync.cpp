@@ -374,7 +374,7 @@ barrier_seat* seat_of(barrier_state& s, std::uint64_t self, std::uint32_t round,
                                           r != barrier_seat::attached
                                     : r != round && !identity_alive(who);
       if (!take) continue;
-      // relaxed: seats are hints read on slow paths. Until we store `never`, the seat shows
+      // relaxed: seats are hints read on slow paths. Until we store `claim_as`, the seat shows
       // us (alive) with the old party's round, which can make no waiter break the barrier.
       if (seat.who.compare_exchange_strong(who, self, std::memory_order_relaxed)) {
         // release: pairs with party_missing()'s acquire load of `round` (an attached mark
@@ -483,22 +483,24 @@ void barrier_state::detach(std::uint64_t who) noexcept {
   barrier_seat* table = seat_table();
   for (std::uint32_t i = 0; i < seats; ++i) {
     barrier_seat& seat = table[i];
-    // relaxed: only this process stores its own identity into a seat or frees it; others
-    // only take it over once it is dead, which it is not.
-    if (seat.who.load(std::memory_order_relaxed) != who) continue;
+    // relaxed: a hint; the compare-and-swap below decides.
+    std::uint64_t mine = seat.who.load(std::memory_order_relaxed);
+    if (mine != who) continue;
     // acquire: pairs with the seq_cst compare-and-swaps that count arrivals.
     const std::uint64_t w = word.load(std::memory_order_acquire);
     const std::uint32_t round = round_of(w);
-    const std::uint32_t r = seat.round.load(std::memory_order_relaxed);  // our own store
+    // relaxed: our own store (only a taker of a stale seat also writes it, after taking
+    // `who`, which makes the compare-and-swap below fail).
+    const std::uint32_t r = seat.round.load(std::memory_order_relaxed);
     const bool in_progress = (w & broken_bit) == 0 && static_cast<std::uint32_t>(w) != 0;
     // The round in progress counts on us (we arrived in the last one, or in this one, and
     // others have arrived): keep the seat, so that our death breaks the round.
     if (in_progress && (r == round || r == ((round - 1) & round_mask))) return;
-    // release: pairs with party_missing()'s acquire loads; the seat is unwatched before it
-    // is free, so no waiter sees a free seat with our old mark.
-    seat.round.store(barrier_seat::never, std::memory_order_release);
-    // release: pairs with the relaxed loads in seat_of(), which read it as a hint only.
-    seat.who.store(0, std::memory_order_release);
+    // Free it, unless a taker of stale seats got it first. The seat keeps our mark until its
+    // next claimant stores its own: a free seat (who 0) is never counted (party_missing()),
+    // and until then the claimant, alive, shows in it as in seat_of().
+    // relaxed: seats are hints read on slow paths, as in seat_of().
+    seat.who.compare_exchange_strong(mine, 0, std::memory_order_relaxed);
     return;
   }
 }
