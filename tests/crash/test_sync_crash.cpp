@@ -344,6 +344,8 @@ BOOST_AUTO_TEST_CASE(barrier_opener_killed_before_its_first_arrival, *utf::timeo
   const pid_t victim = kids.spawn([&] {
     CHILD_CHECK(reaches(st->blocking, 1));
     shmkit::barrier mine(shmkit::open_only, name);
+    // A second mapping of the same barrier, destroyed: `mine` still holds it.
+    { shmkit::barrier again(shmkit::open_only, name); }
     st->holding.store(1);
     park_forever();
   });
