@@ -40,7 +40,7 @@
 namespace shmkit::detail {
 
 struct barrier_seat {
-  std::atomic<std::uint64_t> who{0};        // identity of the party, 0 = free
+  std::atomic<std::uint64_t> who{0};        // identity of the party or holder, 0 = free
   std::atomic<std::uint32_t> round{never};  // the round it last arrived in, or a mark below
   std::uint32_t reserved = 0;
 
