@@ -3,14 +3,19 @@
 // the reader-writer lock, the barrier) and the handles' constructors and error messages.
 #include "shmkit/sync.hpp"
 
+#include <pthread.h>
+#include <unistd.h>
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <climits>
 #include <limits>
+#include <mutex>
 #include <new>
 #include <stdexcept>
+#include <string>
 #include <system_error>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -351,9 +356,12 @@ constexpr std::uint64_t make_word(std::uint32_t round, std::uint32_t arrived) no
 }
 
 // The seat of `self`, claiming one if needed: its own, else a free one, else one whose party
-// took part in neither this round nor the last (stale), else one whose party is dead. nullptr
-// when all seats are held by live, current parties (then this party is not watched).
-barrier_seat* seat_of(barrier_state& s, std::uint64_t self, std::uint32_t round) {
+// took part in neither this round nor the last (stale), else one whose party is dead. A seat
+// claimed here gets the mark `claim_as` (never for an arrival, attached for a process that
+// attaches). nullptr when all seats are held by live, current parties or attached processes
+// (then `self` is not watched). Atomics only, but for identity_alive() on a full table.
+barrier_seat* seat_of(barrier_state& s, std::uint64_t self, std::uint32_t round,
+                      std::uint32_t claim_as) noexcept {
   barrier_seat* seats = s.seat_table();
   const std::uint32_t n = s.seats;
   const std::uint32_t start = static_cast<std::uint32_t>(identity_pid(self)) % n;
@@ -366,16 +374,20 @@ barrier_seat* seat_of(barrier_state& s, std::uint64_t self, std::uint32_t round)
       barrier_seat& seat = seats[(start + i) % n];
       std::uint64_t who = seat.who.load(std::memory_order_relaxed);
       const std::uint32_t r = seat.round.load(std::memory_order_relaxed);
-      // Free; or stale (its party took part in neither this round nor the last, and has
-      // arrived at least once); or dead and not counted in this round.
+      // Free; or stale (its party took part in neither this round nor the last, has arrived
+      // at least once, and is not an attached process waiting to arrive); or dead and not
+      // counted in this round.
       const bool take = pass == 0   ? who == 0
-                        : pass == 1 ? r != round && r != previous && r != barrier_seat::never
+                        : pass == 1 ? r != round && r != previous && r != barrier_seat::never &&
+                                          r != barrier_seat::attached
                                     : r != round && !identity_alive(who);
       if (!take) continue;
-      // relaxed: seats are hints read on slow paths. Until we store `never`, the seat shows
+      // relaxed: seats are hints read on slow paths. Until we store `claim_as`, the seat shows
       // us (alive) with the old party's round, which can make no waiter break the barrier.
       if (seat.who.compare_exchange_strong(who, self, std::memory_order_relaxed)) {
-        seat.round.store(barrier_seat::never, std::memory_order_relaxed);
+        // release: pairs with party_missing()'s acquire load of `round` (an attached mark
+        // is read together with `who`, stored just before).
+        seat.round.store(claim_as, std::memory_order_release);
         return &seat;
       }
     }
@@ -383,16 +395,21 @@ barrier_seat* seat_of(barrier_state& s, std::uint64_t self, std::uint32_t round)
   return nullptr;
 }
 
-// True when a party that arrived in the previous round has not arrived in `round` and is dead.
+// True when a seat waited for in `round` belongs to a dead process or thread: a party that
+// arrived in the previous round but not in this one, or an attached process that has not
+// arrived since it attached.
 bool party_missing(barrier_state& s, std::uint32_t round) {
   barrier_seat* seats = s.seat_table();
   const std::uint32_t previous = (round - 1) & barrier_state::round_mask;
   for (std::uint32_t i = 0; i < s.seats; ++i) {
-    // acquire: pairs with the release store of `round` after a party's arrival.
-    if (seats[i].round.load(std::memory_order_acquire) != previous) continue;
+    // acquire: pairs with the release stores of `round` after a party's arrival and in
+    // seat_of() (attached), so `who` read next is the one that stored it, or newer.
+    const std::uint32_t r = seats[i].round.load(std::memory_order_acquire);
+    if (r != previous && r != barrier_seat::attached) continue;
+    // relaxed: ordered after the acquire load above; re-checked by the load below.
     const std::uint64_t who = seats[i].who.load(std::memory_order_relaxed);
-    if (who != 0 && !identity_alive(who) &&
-        seats[i].round.load(std::memory_order_acquire) == previous)
+    // acquire: as above. The seat still shows `r`: nobody took it over meanwhile.
+    if (who != 0 && !identity_alive(who) && seats[i].round.load(std::memory_order_acquire) == r)
       return true;
   }
   return false;
@@ -427,7 +444,7 @@ barrier_state::outcome barrier_state::arrive_and_wait(std::optional<time_point> 
   // what the other parties wrote before arriving is visible once we pass.
   std::uint64_t w = word.load(std::memory_order_acquire);
   if (w & broken_bit) return outcome::broken;
-  barrier_seat* seat = seat_of(*this, self, round_of(w));
+  barrier_seat* seat = seat_of(*this, self, round_of(w), barrier_seat::never);
   std::uint32_t round;
   for (;;) {
     if (w & broken_bit) return outcome::broken;
@@ -463,6 +480,37 @@ barrier_state::outcome barrier_state::arrive_and_wait(std::optional<time_point> 
   }
   // Timed out: break the round, unless it completed just now.
   return break_round(*this, round) ? outcome::timed_out : outcome::passed;
+}
+
+void barrier_state::attach(std::uint64_t who) noexcept {
+  // relaxed: the round only judges which seats are stale (a hint, as in seat_of()).
+  seat_of(*this, who, round_of(word.load(std::memory_order_relaxed)), barrier_seat::attached);
+}
+
+void barrier_state::detach(std::uint64_t who) noexcept {
+  barrier_seat* table = seat_table();
+  for (std::uint32_t i = 0; i < seats; ++i) {
+    barrier_seat& seat = table[i];
+    // relaxed: a hint; the compare-and-swap below decides.
+    std::uint64_t mine = seat.who.load(std::memory_order_relaxed);
+    if (mine != who) continue;
+    // acquire: pairs with the seq_cst compare-and-swaps that count arrivals.
+    const std::uint64_t w = word.load(std::memory_order_acquire);
+    const std::uint32_t round = round_of(w);
+    // relaxed: our own store (only a taker of a stale seat also writes it, after taking
+    // `who`, which makes the compare-and-swap below fail).
+    const std::uint32_t r = seat.round.load(std::memory_order_relaxed);
+    const bool in_progress = (w & broken_bit) == 0 && static_cast<std::uint32_t>(w) != 0;
+    // The round in progress counts on us (we arrived in the last one, or in this one, and
+    // others have arrived): keep the seat, so that our death breaks the round.
+    if (in_progress && (r == round || r == ((round - 1) & round_mask))) return;
+    // Free it, unless a taker of stale seats got it first. The seat keeps our mark until its
+    // next claimant stores its own: a free seat (who 0) is never counted (party_missing()),
+    // and until then the claimant, alive, shows in it as in seat_of().
+    // relaxed: seats are hints read on slow paths, as in seat_of().
+    seat.who.compare_exchange_strong(mine, 0, std::memory_order_relaxed);
+    return;
+  }
 }
 
 void barrier_state::abort() noexcept {
@@ -584,19 +632,70 @@ std::uint32_t checked_parties(std::size_t parties) {
 std::size_t seat_bytes(std::uint32_t parties) {
   return detail::barrier_state::bytes_for(parties) - sizeof(detail::barrier_state);
 }
+
+// The barriers this process holds handles on, and how many handles each: at fork() a child
+// inherits a copy of every handle, so its fork handler attaches it to each of these. Locked
+// across fork() (prepare locks, the parent and child handlers unlock), so that no other thread
+// changes it meanwhile and the child inherits it consistent. Handles on one named barrier
+// opened twice map it at two addresses: they are told apart by name.
+struct barrier_registry {
+  struct entry {
+    detail::barrier_state* state;
+    int handles;
+    std::string name;  // empty when anonymous or a view
+  };
+  std::mutex lock;
+  std::vector<entry> entries;
+};
+
+barrier_registry& barriers() {
+  // Never destroyed: handles in statics are destroyed after it would be.
+  static barrier_registry* r = new barrier_registry;
+  return *r;
+}
+
+void barriers_before_fork() noexcept { barriers().lock.lock(); }
+void barriers_after_fork_in_parent() noexcept { barriers().lock.unlock(); }
+
+// Async-signal-safe only (the child of a multi-threaded parent): no allocation, no locks. Not
+// process_identity(): its cache may not be refreshed yet in this child (the order of fork
+// handlers registered by different files is unspecified); identity_of() makes no allocation
+// and takes no lock (open, read and close /proc/<pid>/stat, snprintf of one integer, as
+// lib/pipe.cpp's child handler does). attach() is atomics on shared memory (and, when the
+// seat table is full, identity_alive(), the same reads of /proc). Without /proc (0) the child
+// is not watched.
+void barriers_after_fork_in_child() noexcept {
+  barrier_registry& r = barriers();
+  if (!r.entries.empty())
+    if (const std::uint64_t me = detail::identity_of(::getpid()); me != 0)
+      for (const auto& e : r.entries) e.state->attach(me);
+  r.lock.unlock();
+}
+
+[[maybe_unused]] const int barrier_fork_hooks_registered = [] {
+  barriers();  // built before any fork handler can run
+  ::pthread_atfork(&barriers_before_fork, &barriers_after_fork_in_parent,
+                   &barriers_after_fork_in_child);
+  return 0;
+}();
 }  // namespace
 
 barrier::barrier(std::size_t parties)
     : sync_handle(object_kind::barrier, seat_bytes(checked_parties(parties)),
-                  checked_parties(parties)) {}
+                  checked_parties(parties)) {
+  join();
+}
 barrier::barrier(create_only_t, std::string_view name, std::size_t parties, permissions perms)
     : sync_handle(create_only, name, object_kind::barrier, seat_bytes(checked_parties(parties)),
-                  perms, checked_parties(parties)) {}
+                  perms, checked_parties(parties)) {
+  join();
+}
 barrier::barrier(open_only_t, std::string_view name)
     : sync_handle(open_only, name, object_kind::barrier) {
   if (extra_size() < state()->seats * sizeof(detail::barrier_seat))
     throw error(fmt::format("shmkit: {} is corrupted: {} seats do not fit in {} bytes",
                             describe("barrier"), state()->seats, extra_size()));
+  join();
 }
 barrier::barrier(open_or_create_t, std::string_view name, std::size_t parties, permissions perms)
     : sync_handle(open_or_create, name, object_kind::barrier, seat_bytes(checked_parties(parties)),
@@ -604,6 +703,60 @@ barrier::barrier(open_or_create_t, std::string_view name, std::size_t parties, p
   if (extra_size() < state()->seats * sizeof(detail::barrier_seat))
     throw error(fmt::format("shmkit: {} is corrupted: {} seats do not fit in {} bytes",
                             describe("barrier"), state()->seats, extra_size()));
+  join();
+}
+
+barrier::~barrier() { leave(); }
+
+barrier& barrier::operator=(barrier&& other) noexcept {
+  if (this != &other) {
+    leave();
+    sync_handle::operator=(std::move(other));
+  }
+  return *this;
+}
+
+void barrier::join() noexcept {
+  detail::barrier_state* s = state();
+  if (s == nullptr) return;
+  try {
+    barrier_registry& r = barriers();
+    std::lock_guard g(r.lock);
+    auto it = std::find_if(r.entries.begin(), r.entries.end(),
+                           [&](const auto& e) { return e.state == s; });
+    if (it != r.entries.end())
+      ++it->handles;
+    else
+      r.entries.push_back({s, 1, name()});
+  } catch (...) {
+    // No memory for the entry: children forked later are not attached (not watched).
+  }
+  s->attach(detail::process_identity());
+}
+
+void barrier::leave() noexcept {
+  detail::barrier_state* s = state();
+  if (s == nullptr) return;
+  bool last = true;
+  {
+    barrier_registry& r = barriers();
+    std::lock_guard g(r.lock);
+    auto it = std::find_if(r.entries.begin(), r.entries.end(),
+                           [&](const auto& e) { return e.state == s; });
+    if (it != r.entries.end()) {
+      if (--it->handles > 0) {
+        last = false;
+      } else {
+        const std::string gone = std::move(it->name);
+        r.entries.erase(it);
+        // Another mapping of the same named barrier is still held.
+        if (!gone.empty())
+          last = std::none_of(r.entries.begin(), r.entries.end(),
+                              [&](const auto& e) { return e.name == gone; });
+      }
+    }
+  }
+  if (last) s->detach(detail::process_identity());
 }
 
 void barrier::arrive_and_wait() { wait_impl(std::nullopt); }

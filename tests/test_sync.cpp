@@ -10,9 +10,11 @@
 #include <chrono>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <system_error>
 #include <thread>
+#include <vector>
 
 #include "shmkit/detail/rwlock_state.hpp"
 #include "shmkit/sync.hpp"
@@ -644,6 +646,117 @@ BOOST_AUTO_TEST_CASE(barrier_timeout_breaks_it_for_the_others, *utf::timeout(120
   BOOST_CHECK(!b.wait_for(100ms));
   BOOST_CHECK(b.broken());
   BOOST_CHECK(kids.all_ok());
+}
+
+// Every process holding a barrier handle counts as a party (a dead one breaks the barrier):
+// these check that the living ones, and those that let go of their handles, never do.
+
+BOOST_AUTO_TEST_CASE(barrier_party_that_exits_after_the_last_round_breaks_nothing,
+                     *utf::timeout(240)) {
+  constexpr int rounds = 3;
+  // A child that inherited the handle and ends (_Exit, handle not destroyed) after the last
+  // round.
+  {
+    shmkit::barrier b(2);
+    children kids;
+    const pid_t c = kids.spawn([&] {
+      for (int r = 0; r < rounds; ++r) CHILD_CHECK(b.wait_for(60s));
+    });
+    for (int r = 0; r < rounds; ++r) BOOST_CHECK(b.wait_for(60s));
+    BOOST_CHECK_EQUAL(kids.wait(c), 0);
+    BOOST_CHECK(!b.broken());
+  }
+  // Parties that open a named barrier, take their rounds and destroy their handle, one after
+  // the other: the barrier goes on with the next one, though the first has died meanwhile.
+  const std::string name = unique_name("barrier");
+  name_guard guard(name);
+  struct flags {
+    std::atomic<int> go[2];
+  };
+  in_shm<flags> f;
+  children kids;
+  pid_t c[2];
+  for (int k = 0; k < 2; ++k)  // forked before the barrier exists: no inherited handle
+    c[k] = kids.spawn([&, k] {
+      CHILD_CHECK(reaches(f->go[k], 1));
+      shmkit::barrier mine(shmkit::open_only, name);
+      for (int r = 0; r < rounds; ++r) CHILD_CHECK(mine.wait_for(60s));
+    });
+  shmkit::barrier b(shmkit::create_only, name, 2);
+  for (int k = 0; k < 2; ++k) {
+    f->go[k].store(1);
+    for (int r = 0; r < rounds; ++r) BOOST_CHECK(b.wait_for(60s));
+    BOOST_CHECK_EQUAL(kids.wait(c[k]), 0);
+  }
+  BOOST_CHECK(!b.broken());
+}
+
+BOOST_AUTO_TEST_CASE(barrier_parties_forked_one_at_a_time, *utf::timeout(240)) {
+  // The early ones wait through several liveness checks while the later ones are forked.
+  constexpr int procs = 3, rounds = 5;
+  shmkit::barrier b(procs + 1);
+  children kids;
+  for (int p = 0; p < procs; ++p) {
+    kids.spawn([&] {
+      for (int r = 0; r < rounds; ++r) CHILD_CHECK(b.wait_for(60s));
+    });
+    std::this_thread::sleep_for(350ms);
+  }
+  for (int r = 0; r < rounds; ++r) BOOST_CHECK(b.wait_for(60s));
+  BOOST_CHECK(kids.all_ok());
+  BOOST_CHECK(!b.broken());
+}
+
+BOOST_AUTO_TEST_CASE(barrier_helper_that_drops_its_inherited_handle_breaks_nothing,
+                     *utf::timeout(240)) {
+  std::optional<shmkit::barrier> b;
+  b.emplace(2);
+  in_shm<std::atomic<int>> dropped;
+  children kids;
+  // A helper forked for other work: it holds a copy of the handle until it destroys it.
+  const pid_t helper = kids.spawn([&] {
+    b.reset();
+    dropped->store(1);
+  });
+  BOOST_REQUIRE(reaches(*dropped, 1));
+  BOOST_CHECK_EQUAL(kids.wait(helper), 0);  // dead (and reaped) before the round below
+  kids.spawn([&] {
+    std::this_thread::sleep_for(400ms);  // the parent waits through liveness checks
+    CHILD_CHECK(b->wait_for(60s));
+  });
+  BOOST_CHECK(b->wait_for(60s));
+  BOOST_CHECK(kids.all_ok());
+  BOOST_CHECK(!b->broken());
+}
+
+BOOST_AUTO_TEST_CASE(barrier_threads_of_two_processes_as_parties, *utf::timeout(240)) {
+  constexpr int threads = 2, rounds = 100;
+  struct progress {
+    std::atomic<int> round[2 * threads];
+  };
+  shmkit::barrier b(2 * threads);
+  in_shm<progress> pr;
+  // Each process runs `threads` parties, numbered from `first`; true when all went well.
+  auto run = [&](int first) {
+    std::atomic<bool> ok{true};
+    std::vector<std::thread> ts;
+    for (int t = first; t < first + threads; ++t)
+      ts.emplace_back([&, t] {
+        for (int r = 1; r <= rounds; ++r) {
+          pr->round[t].store(r);
+          if (!b.wait_for(60s)) ok = false;
+          for (const auto& seen : pr->round)
+            if (const int v = seen.load(); v != r && v != r + 1) ok = false;
+        }
+      });
+    for (auto& t : ts) t.join();
+    return ok.load();
+  };
+  children kids;
+  kids.spawn([&] { CHILD_CHECK(run(threads)); });
+  BOOST_CHECK(run(0));
+  BOOST_CHECK(kids.all_ok());
+  BOOST_CHECK(!b.broken());
 }
 
 // --- reader-writer lock (detail, embedded by the manager)

@@ -16,7 +16,8 @@
 // - kill -9 at any instruction: a mutex or recursive_mutex whose holder died is taken over by
 //   the next locker (waiters check the holder's pid and start time every 150 ms), and
 //   owner_died() tells that locker until mark_consistent() or unlock(); a barrier whose party
-//   died breaks, and its waiters throw broken_barrier_error; a condition_variable waiter
+//   died breaks, and its waiters throw broken_barrier_error (every process holding a barrier
+//   handle counts as a party, see barrier below); a condition_variable waiter
 //   re-locks its mutex under the same rule. A semaphore count taken by a dead process stays
 //   taken (that is the semaphore's meaning). A killed sleeper only costs later wakers a
 //   needless futex_wake call.
@@ -269,6 +270,22 @@ class event : public detail::sync_handle<detail::event_state> {
 // A cyclic barrier for a fixed number of parties (Python's Barrier, std::barrier's
 // arrive_and_wait). Once broken (abort(), a wait_for timeout, a dead party) it stays broken:
 // every waiter and every later arrival throws broken_barrier_error.
+// Who counts as a party when one dies: every process holding a handle on the barrier, made,
+// opened, or inherited through fork() (raw fork() included, so also the children of
+// shmkit::process and shmkit::pool, and a forked child that calls exec(), until it ends),
+// until it has destroyed its handles. One that ends still holding a handle (kill -9, a crash,
+// _exit, exit() with the handle alive) breaks the round in progress, or, if it ended between
+// rounds, a later round (the first in which a waiter waits past a liveness check, 150 ms),
+// whether it ever arrived or not: the barrier cannot tell a helper from a party that died
+// before its first arrival. So a forked helper process that is not a party must not end
+// holding a barrier handle before the barrier's last round: it destroys the handle it
+// inherited first (say, a std::optional<barrier> reset in the child), or it is forked before
+// the barrier is made (make pools and helper processes first). Destroying the last handle
+// stops counting the process, unless the round in progress waits for it (it arrived in the
+// previous round and others have arrived in this one); a party that ends after the last round
+// breaks nothing. Threads of one process count one by one once they have arrived. Not
+// watched: a child killed before its first instructions after fork() ran, and processes and
+// threads beyond the barrier's seats (2 * parties, at least 8).
 class barrier : public detail::sync_handle<detail::barrier_state> {
  public:
   // Throws std::invalid_argument when parties is 0 (or above UINT32_MAX).
@@ -282,7 +299,10 @@ class barrier : public detail::sync_handle<detail::barrier_state> {
   // segment. (A template so that barrier(0) stays an invalid party count, not a null view.)
   template <class State>
     requires std::is_same_v<State, detail::barrier_state>
-  explicit barrier(State* state) noexcept : sync_handle(state) {}
+  explicit barrier(State* state) noexcept : sync_handle(state) { join(); }
+  barrier(barrier&&) noexcept = default;
+  barrier& operator=(barrier&& other) noexcept;
+  ~barrier();
 
   // Waits until all parties have arrived in this round. Throws broken_barrier_error when the
   // barrier is or becomes broken.
@@ -302,6 +322,10 @@ class barrier : public detail::sync_handle<detail::barrier_state> {
 
  private:
   bool wait_impl(std::optional<detail::time_point> deadline);
+  // Counts this handle in the process's registry and attaches the process (see above).
+  void join() noexcept;
+  // Uncounts it, and detaches the process when it was its last handle on the barrier.
+  void leave() noexcept;
 };
 
 }  // namespace shmkit

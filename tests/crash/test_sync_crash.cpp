@@ -7,8 +7,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <mutex>
 #include <shared_mutex>
+#include <string>
+#include <thread>
 
 #include "shmkit/detail/rwlock_state.hpp"
 #include "shmkit/sync.hpp"
@@ -295,6 +298,78 @@ BOOST_AUTO_TEST_CASE(barrier_party_dead_before_the_others_arrive, *utf::timeout(
   BOOST_REQUIRE(reaches(st->holding, 1));
   kids.kill(victim);
   BOOST_CHECK_THROW(b.arrive_and_wait(), shmkit::broken_barrier_error);  // round 1
+}
+
+// A party killed before its first arrival: it holds a handle (inherited through fork, or
+// opened by name), so the barrier knows it and breaks instead of waiting for it forever. Each
+// survivor waits with wait_for(60s): a barrier that does not break fails the check (returns
+// false) instead of hanging the test.
+BOOST_AUTO_TEST_CASE(barrier_party_killed_before_its_first_arrival, *utf::timeout(120)) {
+  shmkit::barrier b(2);
+  in_shm<steps> st;
+  children kids;
+  // The victim inherited `b` through fork and is killed while "working", before arriving.
+  kids.kill(spawn_holder(kids, st->holding, [] {}));
+  BOOST_CHECK_THROW(b.wait_for(60s), shmkit::broken_barrier_error);
+  BOOST_CHECK(b.broken());
+}
+
+BOOST_AUTO_TEST_CASE(barrier_party_killed_before_arriving_while_the_other_waits,
+                     *utf::timeout(120)) {
+  shmkit::barrier b(2);
+  in_shm<steps> st;
+  children kids;
+  const pid_t victim = spawn_holder(kids, st->holding, [] {});
+  // A thread of this process kills the victim once the main thread waits (not a forked
+  // killer: it would hold the barrier too, and its own end would break it).
+  std::thread killer([&] {
+    if (shmkit::test::eventually([&] { return b.n_waiting() == 1; })) ::kill(victim, SIGKILL);
+  });
+  BOOST_CHECK_THROW(b.wait_for(60s), shmkit::broken_barrier_error);
+  killer.join();
+  kids.kill(victim);  // reaps it
+}
+
+BOOST_AUTO_TEST_CASE(barrier_opener_killed_before_its_first_arrival, *utf::timeout(120)) {
+  const std::string name = shmkit::test::unique_name("barrier");
+  shmkit::test::name_guard guard(name);
+  in_shm<steps> st;
+  children kids;
+  // Forked before the barrier exists, so the victim's only handle is the one it opens.
+  const pid_t victim = kids.spawn([&] {
+    CHILD_CHECK(reaches(st->blocking, 1));
+    shmkit::barrier mine(shmkit::open_only, name);
+    // A second mapping of the same barrier, destroyed: `mine` still holds it.
+    { shmkit::barrier again(shmkit::open_only, name); }
+    st->holding.store(1);
+    park_forever();
+  });
+  shmkit::barrier b(shmkit::create_only, name, 2);
+  st->blocking.store(1);
+  BOOST_REQUIRE(reaches(st->holding, 1));
+  kids.kill(victim);
+  BOOST_CHECK_THROW(b.wait_for(60s), shmkit::broken_barrier_error);
+}
+
+// The price of counting every holder: a forked helper that is not a party, killed while it
+// still holds the handle it inherited, breaks the round in progress too.
+BOOST_AUTO_TEST_CASE(barrier_helper_killed_holding_a_handle_breaks_it, *utf::timeout(120)) {
+  shmkit::barrier b(2);
+  in_shm<steps> st;
+  children kids;
+  const pid_t party = kids.spawn([&] {
+    try {
+      b.arrive_and_wait();
+    } catch (const shmkit::broken_barrier_error&) {
+      return;
+    }
+    CHILD_CHECK(!"passed a barrier whose other holder died");
+  });
+  const pid_t helper = spawn_holder(kids, st->holding, [] {});
+  BOOST_REQUIRE(shmkit::test::eventually([&] { return b.n_waiting() == 1; }));
+  kids.kill(helper);
+  BOOST_CHECK_EQUAL(kids.wait(party, 60s), 0);
+  BOOST_CHECK(b.broken());
 }
 
 BOOST_AUTO_TEST_CASE(rwlock_reader_killed_does_not_block_writers, *utf::timeout(120)) {

@@ -6,16 +6,27 @@
 // broken bit, so arriving, completing a round and breaking are each one compare-and-swap and
 // a process killed at any instruction leaves the word consistent.
 //
-// Dead parties: each thread that arrives records its identity in a seat, with the round it
-// last arrived in. A waiter sleeps in slices of liveness_slice; after each it looks at the
-// seats of parties that arrived in the previous round but not yet in this one, and if any of
-// those is dead, the barrier breaks: every waiter, and every later arrival, throws
-// shmkit::broken_barrier_error. So a party that has passed the barrier once and then dies
-// never leaves the others waiting forever. A party that dies before it ever arrived is not
-// known to the barrier (use wait_for to bound that wait). A party that leaves for good while
-// the others go on with new members breaks the next round the same way: a barrier's parties
-// are expected to stay until the last round. The table has min(2 * parties, max_seats) seats;
-// parties beyond that arrive and wait normally but are not watched.
+// Dead parties. Every process that holds a handle on the barrier counts as a party until it
+// has destroyed its handles: making or opening a handle attaches the process (its identity goes
+// into a seat marked `attached`, "holds a handle, has not arrived yet"), and so does inheriting
+// handles through fork() (a pthread_atfork handler in lib/sync.cpp attaches the child before
+// fork() returns in it); destroying its last handle on the barrier detaches it (frees its
+// seat), unless the round in progress is waiting for it (it arrived in the previous round and
+// others have arrived in this one). Each thread that arrives records its identity in a seat
+// with the round it last arrived in (a process's main thread shares its process's seat).
+// A waiter sleeps in slices of liveness_slice; after each it looks at the seats of parties
+// that arrived in the previous round but not yet in this one, and of attached processes that
+// have not arrived; if any of those is dead (a zombie counts as dead), the barrier breaks:
+// every waiter, and every later arrival, throws shmkit::broken_barrier_error. So a party that
+// dies before its first arrival, or after passing the barrier, never leaves the others waiting
+// forever. The price: any process that ends still holding a handle (a forked helper that is
+// not a party, a child that called exec()) breaks the round in progress, or a later one that
+// waits past a slice, as a party would; a helper destroys the handle it inherited first, or is
+// forked before the barrier is made. A party that leaves for good while the others go on with
+// new members breaks the next round the same way, unless it destroyed its handles before that
+// round began. A child killed in the first instructions after fork(), before its fork handler
+// ran, is not known. The table has min(2 * parties, max_seats) seats (at least 8); processes
+// and threads beyond that arrive and wait normally but are not watched.
 #pragma once
 
 #include <atomic>
@@ -29,11 +40,14 @@
 namespace shmkit::detail {
 
 struct barrier_seat {
-  std::atomic<std::uint64_t> who{0};        // identity of the party, 0 = free
-  std::atomic<std::uint32_t> round{never};  // the round it last arrived in
+  std::atomic<std::uint64_t> who{0};        // identity of the party or holder, 0 = free
+  std::atomic<std::uint32_t> round{never};  // the round it last arrived in, or a mark below
   std::uint32_t reserved = 0;
 
-  static constexpr std::uint32_t never = 0xffffffffu;  // no round has that number
+  // No round has these numbers (rounds are below 2^31).
+  static constexpr std::uint32_t never = 0xffffffffu;     // claimed, not yet arrived: not watched
+  static constexpr std::uint32_t attached = 0xfffffffeu;  // a process holding a handle, not yet
+                                                          // arrived: watched
 };
 
 struct barrier_state {
@@ -73,6 +87,14 @@ struct barrier_state {
   // became broken by someone else (abort, a timeout, a dead party). Does not throw
   // (lib/sync.cpp).
   outcome arrive_and_wait(std::optional<time_point> deadline) noexcept;
+
+  // Records process `who` (an identity, non-zero) as holding a handle: its seat, if it has
+  // one, else a free or stale seat marked `attached` (none free: not watched). Only atomics on
+  // this state and, when the table is full, identity_alive(): safe in a fork child handler.
+  void attach(std::uint64_t who) noexcept;
+  // Frees the seat of process `who` once it holds no handle any more, unless the round in
+  // progress waits for it (see above). Does not throw.
+  void detach(std::uint64_t who) noexcept;
 
   // Breaks the barrier: current and later waiters throw. Does not throw.
   void abort() noexcept;
