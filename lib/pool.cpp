@@ -44,6 +44,7 @@
 #include <unistd.h>
 #include <unordered_map>
 
+#include "shmkit/detail/barrier_state.hpp"
 #include "shmkit/detail/identity.hpp"
 #include "shmkit/detail/shared_object.hpp"
 #include "shmkit/process.hpp"
@@ -1017,6 +1018,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   // ---- supervisor side (a separate, single-threaded process) --------------------------
 
   [[noreturn]] void supervise() {
+    barrier_leave_all();  // no barrier's party (nor are the workers it forks)
     reset_signals();
     ::signal(SIGPIPE, SIG_IGN);
     // The workers' statuses are ours to collect whatever the caller does with SIGCHLD: a
@@ -1096,6 +1098,7 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
   [[noreturn]] void work(int slot) {
     auto& ws = shared_.state()->slots()[slot];
     auto& inbox = *inboxes_[slot];
+    barrier_leave_all();  // a task that arrives at a barrier seats this worker again
     reset_signals();
     if (opts_.initializer) {
       auto fail = [&](const char* what) {

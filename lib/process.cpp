@@ -31,6 +31,7 @@
 #include <typeinfo>
 #include <unistd.h>
 
+#include "shmkit/detail/barrier_state.hpp"
 #include "shmkit/detail/segment.hpp"
 #include "shmkit/detail/throw_trace.hpp"
 #include "shmkit/detail/type_tag.hpp"
@@ -340,6 +341,9 @@ bool iostreams_buffer_apart() noexcept {
       write_record(rec, parent, "unknown", "(a non-std exception that could not be recorded)");
     }
   }
+  // Ending normally: not a barrier party that died (the handles copied at fork are still in
+  // this memory, never destroyed).
+  barrier_leave_all();
   if (flush_iostreams) {
     flush_standard_streams();
   } else {

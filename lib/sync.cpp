@@ -672,6 +672,17 @@ void barriers_after_fork_in_child() noexcept {
   r.lock.unlock();
 }
 
+}  // namespace
+
+void detail::barrier_leave_all() noexcept {
+  barrier_registry& r = barriers();
+  std::lock_guard g(r.lock);
+  const std::uint64_t me = detail::process_identity();
+  for (const auto& e : r.entries) e.state->detach(me);
+  r.entries.clear();  // handles destroyed later find no entry, and detach again (no seat)
+}
+
+namespace {
 [[maybe_unused]] const int barrier_fork_hooks_registered = [] {
   barriers();  // built before any fork handler can run
   ::pthread_atfork(&barriers_before_fork, &barriers_after_fork_in_parent,

@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "shmkit/detail/rwlock_state.hpp"
+#include "shmkit/pool.hpp"
+#include "shmkit/process.hpp"
 #include "shmkit/sync.hpp"
 #include "support.hpp"
 #include "sync_support.hpp"
@@ -727,6 +729,32 @@ BOOST_AUTO_TEST_CASE(barrier_helper_that_drops_its_inherited_handle_breaks_nothi
   BOOST_CHECK(b->wait_for(60s));
   BOOST_CHECK(kids.all_ok());
   BOOST_CHECK(!b->broken());
+}
+
+// The library's own processes made after a barrier end without breaking it: a
+// shmkit::process child whose callable returns ends normally (its inherited handle is never
+// destroyed, yet it is no dead party), and a pool's workers and supervisor are no party at
+// all. Both end while the parent waits through liveness checks for the real second party.
+BOOST_AUTO_TEST_CASE(barrier_outlives_process_children_and_pools_made_after_it,
+                     *utf::timeout(240)) {
+  shmkit::barrier b(2);
+  {
+    shmkit::pool pool(2);
+    BOOST_CHECK_EQUAL(pool.apply(+[](int x) { return x + 1; }, 1), 2);
+    pool.close();
+    pool.join();
+  }
+  shmkit::process helper([] { std::this_thread::sleep_for(200ms); });
+  helper.start();
+  children kids;
+  kids.spawn([&] {
+    std::this_thread::sleep_for(600ms);  // the helper ends meanwhile
+    CHILD_CHECK(b.wait_for(60s));
+  });
+  BOOST_CHECK(b.wait_for(60s));
+  helper.join();
+  BOOST_CHECK(kids.all_ok());
+  BOOST_CHECK(!b.broken());
 }
 
 BOOST_AUTO_TEST_CASE(barrier_threads_of_two_processes_as_parties, *utf::timeout(240)) {

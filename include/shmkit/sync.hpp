@@ -271,21 +271,23 @@ class event : public detail::sync_handle<detail::event_state> {
 // arrive_and_wait). Once broken (abort(), a wait_for timeout, a dead party) it stays broken:
 // every waiter and every later arrival throws broken_barrier_error.
 // Who counts as a party when one dies: every process holding a handle on the barrier, made,
-// opened, or inherited through fork() (raw fork() included, so also the children of
-// shmkit::process and shmkit::pool, and a forked child that calls exec(), until it ends),
-// until it has destroyed its handles. One that ends still holding a handle (kill -9, a crash,
-// _exit, exit() with the handle alive) breaks the round in progress, or, if it ended between
-// rounds, a later round (the first in which a waiter waits past a liveness check, 150 ms),
-// whether it ever arrived or not: the barrier cannot tell a helper from a party that died
-// before its first arrival. So a forked helper process that is not a party must not end
-// holding a barrier handle before the barrier's last round: it destroys the handle it
-// inherited first (say, a std::optional<barrier> reset in the child), or it is forked before
-// the barrier is made (make pools and helper processes first). Destroying the last handle
-// stops counting the process, unless the round in progress waits for it (it arrived in the
-// previous round and others have arrived in this one); a party that ends after the last round
-// breaks nothing. Threads of one process count one by one once they have arrived. Not
-// watched: a child killed before its first instructions after fork() ran, and processes and
-// threads beyond the barrier's seats (2 * parties, at least 8).
+// opened, or inherited through fork() (raw fork() included, and a forked child that calls
+// exec(), until it ends), until it has destroyed its handles or ended normally as a
+// shmkit::process child (its callable returned or threw). A pool's supervisor and workers are
+// no party (unless a task arrives at the barrier, which seats its worker). One that ends
+// still holding a handle otherwise (kill -9, a crash, _exit, exit() with the handle alive)
+// breaks the round in progress, or, if it ended between rounds, a later round (the first in
+// which a waiter waits past a liveness check, 150 ms), whether it ever arrived or not: the
+// barrier cannot tell a helper from a party that died before its first arrival. So a raw
+// forked helper process that is not a party must not end holding a barrier handle before the
+// barrier's last round: it destroys the handle it inherited first (say, a
+// std::optional<barrier> reset in the child), or it is forked before the barrier is made.
+// Destroying the last handle (or a process child's normal end) stops counting the process,
+// unless the round in progress waits for it (it arrived in the previous round and others have
+// arrived in this one); a party that ends after the last round breaks nothing. Threads of one
+// process count one by one once they have arrived. Not watched: a child killed before its
+// first instructions after fork() ran, and processes and threads beyond the barrier's seats
+// (2 * parties, at least 8).
 class barrier : public detail::sync_handle<detail::barrier_state> {
  public:
   // Throws std::invalid_argument when parties is 0 (or above UINT32_MAX).

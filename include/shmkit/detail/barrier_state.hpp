@@ -107,4 +107,11 @@ struct barrier_state {
 };
 static_assert(sizeof(barrier_state) % alignof(barrier_seat) == 0);
 
+// This process stops counting as a party of every barrier it holds handles on, and its
+// children forked afterwards are not attached to them (lib/sync.cpp): for a process that ends
+// normally with handles still in its memory (a shmkit::process child whose callable returned
+// or threw), and for the library's own helper processes (a pool's supervisor and workers),
+// which are no barrier's parties unless a task arrives at one (arriving seats it again).
+void barrier_leave_all() noexcept;
+
 }  // namespace shmkit::detail

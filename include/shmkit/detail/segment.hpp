@@ -47,8 +47,9 @@ inline constexpr std::uint32_t ready_word = 0x59444552;     // "REDY"
 // The version of everything in a segment, the protocols between processes included: two builds
 // of different versions refuse each other's objects (segment::open says "incompatible")
 // instead of misreading them. 2: queues claim runs of slots, pipes publish with light fences,
-// dicts take lock-free fast sets.
-inline constexpr std::uint32_t layout_version = 2;
+// dicts take lock-free fast sets. 3: barrier seats of processes attached but not yet arrived,
+// a creation lock held on named segments until they are published.
+inline constexpr std::uint32_t layout_version = 3;
 inline constexpr std::size_t payload_alignment = 256;
 
 struct segment_header {
