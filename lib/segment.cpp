@@ -149,20 +149,39 @@ struct mapping {
   std::size_t size;
 };
 
-// Whether the creator of the unfinished segment open as `fd` is gone: nobody holds its
-// creation lock (see segment::create()) and it is still unfinished once we hold the lock
-// ourselves (`h` mapped: its ready word; else the file is still empty). A creator that
-// publishes stores `ready` before it drops the lock, so one that finished just now is seen.
-bool creation_abandoned(int fd, const segment_header* h) noexcept {
-  if (::flock(fd, LOCK_SH | LOCK_NB) != 0) return false;  // the creator is at work
-  bool abandoned;
+// Whether the name `file` (file_name()'s form) still leads to the file of inode `ino`: an
+// explicit remove() and a new object of the same name, or a take-over, may have replaced it.
+bool name_leads_to(const std::string& file, ino_t ino) noexcept {
+  struct stat st {};
+  return ::stat(("/dev/shm/" + file).c_str(), &st) == 0 && st.st_ino == ino;
+}
+
+// Whether the segment open as `fd` is still unfinished: its ready word unset (read from `h`
+// when the caller has the header mapped, else from a mapping of it made here), or the file
+// still empty.
+bool unfinished(int fd, const segment_header* h) noexcept {
   if (h != nullptr) {
     // acquire: pairs with the release store of `ready` in segment::publish().
-    abandoned = h->ready.load(std::memory_order_acquire) != ready_word;
-  } else {
-    struct stat st {};
-    abandoned = ::fstat(fd, &st) == 0 && st.st_size == 0;
+    return h->ready.load(std::memory_order_acquire) != ready_word;
   }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return false;
+  if (st.st_size == 0) return true;
+  if (static_cast<std::size_t>(st.st_size) < sizeof(segment_header)) return false;  // foreign
+  void* p = ::mmap(nullptr, sizeof(segment_header), PROT_READ, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return false;
+  const bool u = unfinished(fd, static_cast<const segment_header*>(p));
+  ::munmap(p, sizeof(segment_header));
+  return u;
+}
+
+// Whether the creator of the unfinished segment open as `fd` is gone: nobody holds its
+// creation lock (see segment::create()) and it is still unfinished once we hold the lock
+// ourselves. A creator that publishes stores `ready` before it drops the lock, so one that
+// finished just now is seen.
+bool creation_abandoned(int fd, const segment_header* h) noexcept {
+  if (::flock(fd, LOCK_SH | LOCK_NB) != 0) return false;  // the creator is at work
+  const bool abandoned = unfinished(fd, h);
   ::flock(fd, LOCK_UN);
   return abandoned;
 }
@@ -317,12 +336,8 @@ segment::~segment() {
   if (owns_name_ && owner_pid_ == identity_pid(process_identity())) {
     // Remove the name only if it still refers to the file we created: after an explicit
     // remove() somebody else may have made a new object of the same name.
-    const std::string path = "/dev/shm/" + std::string(name_prefix) + name_;
-    struct stat st {};
-    if (::stat(path.c_str(), &st) == 0 && st.st_ino == inode_) {
-      const std::string file = "/" + std::string(name_prefix) + name_;
-      ::shm_unlink(file.c_str());
-    }
+    const std::string file = std::string(name_prefix) + name_;
+    if (name_leads_to(file, static_cast<ino_t>(inode_))) ::shm_unlink(("/" + file).c_str());
   }
 }
 
@@ -376,9 +391,9 @@ segment segment::create(std::string_view name, segment_spec spec, std::size_t pa
   // over (take_over_abandoned()). A taker may have judged this file abandoned between our
   // exclusive create and the lock: then the name no longer leads to our file, and we step
   // aside as if it had existed.
-  struct stat mine {}, named {};
+  struct stat mine {};
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0 || ::fstat(fd, &mine) != 0 ||
-      ::stat(("/dev/shm/" + file).c_str(), &named) != 0 || named.st_ino != mine.st_ino)
+      !name_leads_to(file, mine.st_ino))
     throw error(fmt::format("shmkit: cannot create {}: the name already exists", what));
   try {
     s.creating_fd_ = dup_cloexec(fd);
@@ -394,8 +409,7 @@ segment segment::create(std::string_view name, segment_spec spec, std::size_t pa
   s.name_ = std::string(name);
   s.owns_name_ = true;
   s.owner_pid_ = identity_pid(process_identity());
-  struct stat st {};
-  if (::fstat(fd, &st) == 0) s.inode_ = st.st_ino;
+  s.inode_ = mine.st_ino;
   fill_header(s.base_, total, payload, spec);
   return s;
 }
@@ -430,21 +444,8 @@ void take_over_abandoned(const std::string& file) noexcept {
   const int fd = ::shm_open(("/" + file).c_str(), O_RDWR | O_CLOEXEC, 0);
   if (fd < 0) return;
   if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {
-    struct stat mine {}, named {};
-    bool abandoned = ::fstat(fd, &mine) == 0;
-    if (abandoned && static_cast<std::size_t>(mine.st_size) >= sizeof(segment_header)) {
-      void* p = ::mmap(nullptr, sizeof(segment_header), PROT_READ, MAP_SHARED, fd, 0);
-      if (p == MAP_FAILED) {
-        abandoned = false;
-      } else {
-        // acquire: pairs with the release store of `ready` in segment::publish().
-        abandoned = static_cast<const segment_header*>(p)->ready.load(
-                        std::memory_order_acquire) != ready_word;
-        ::munmap(p, sizeof(segment_header));
-      }
-    }
-    if (abandoned && ::stat(("/dev/shm/" + file).c_str(), &named) == 0 &&
-        named.st_ino == mine.st_ino)
+    struct stat mine {};
+    if (::fstat(fd, &mine) == 0 && unfinished(fd, nullptr) && name_leads_to(file, mine.st_ino))
       ::shm_unlink(("/" + file).c_str());
     ::flock(fd, LOCK_UN);
   }
