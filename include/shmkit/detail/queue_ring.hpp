@@ -476,6 +476,14 @@ class queue_ring {
   std::uint64_t hint_of(bool consumer) noexcept {
     return std::atomic_ref<std::uint64_t>(hints_[consumer ? 1 : 0]).load(std::memory_order_relaxed);
   }
+  // The first look of try_claim_one() and try_one(): claims the position p this handle looks
+  // at first (lap L, the counter read as c) if its slot holds just what the side wants;
+  // slot nullptr, having taken nothing, otherwise.
+  struct first_claim {
+    std::byte* slot = nullptr;
+    std::uint64_t c = 0, p = 0, L = 0;
+  };
+  first_claim claim_first(bool consumer) noexcept;
   // A claim of [p, end) made with the counter read as c: sets the hint, moves the counter
   // when due, reads the other side's sleepers, fills `run`.
   void finish_claim(bool consumer, std::uint64_t c, std::uint64_t p, std::uint64_t end, bool walked,
@@ -583,25 +591,7 @@ inline void queue_ring::finish_claim(bool consumer, std::uint64_t c, std::uint64
   run = {p, end - p, other.waiters.load(std::memory_order_seq_cst)};
 }
 
-inline bool queue_ring::try_claim_one(bool consumer, queue_run& run) noexcept {
-  // acquire: as in try_claim().
-  const std::uint64_t c = counter_of(consumer).load(std::memory_order_acquire);
-  const std::uint64_t p = std::max(c, hint_of(consumer));
-  const std::uint64_t L = lap(p);
-  std::atomic<std::uint64_t>& s = word(p);
-  std::uint64_t w = consumer ? seqw::full_word(L) : seqw::free_word(L);
-  // acquire: as in try_claim() (only a look before the compare-and-swap, which decides).
-  if (s.load(std::memory_order_acquire) != w) return false;
-  // seq_cst: as in try_claim(); relaxed on failure: try_claim() looks again.
-  if (!s.compare_exchange_strong(w, seqw::claim_word(L, consumer, self_identity()),
-                                 std::memory_order_seq_cst, std::memory_order_relaxed))
-    return false;
-  finish_claim(consumer, c, p, p + 1, false, run);
-  return true;
-}
-
-template <class Use>
-inline bool queue_ring::try_one(bool consumer, Use&& use) noexcept {
+inline queue_ring::first_claim queue_ring::claim_first(bool consumer) noexcept {
   // acquire: as in try_claim().
   const std::uint64_t c = counter_of(consumer).load(std::memory_order_acquire);
   const std::uint64_t p = std::max(c, hint_of(consumer));
@@ -610,11 +600,27 @@ inline bool queue_ring::try_one(bool consumer, Use&& use) noexcept {
   std::atomic<std::uint64_t>& s = *reinterpret_cast<std::atomic<std::uint64_t>*>(slot);
   std::uint64_t w = consumer ? seqw::full_word(L) : seqw::free_word(L);
   // acquire: as in try_claim() (only a look before the compare-and-swap, which decides).
-  if (s.load(std::memory_order_acquire) != w) return false;
-  // seq_cst: as in try_claim(); relaxed on failure: nothing was taken.
+  if (s.load(std::memory_order_acquire) != w) return {};
+  // seq_cst: as in try_claim(); relaxed on failure: nothing was taken (try_claim() looks
+  // again).
   if (!s.compare_exchange_strong(w, seqw::claim_word(L, consumer, self_identity()),
                                  std::memory_order_seq_cst, std::memory_order_relaxed))
-    return false;
+    return {};
+  return {slot, c, p, L};
+}
+
+inline bool queue_ring::try_claim_one(bool consumer, queue_run& run) noexcept {
+  const first_claim f = claim_first(consumer);
+  if (f.slot == nullptr) return false;
+  finish_claim(consumer, f.c, f.p, f.p + 1, false, run);
+  return true;
+}
+
+template <class Use>
+inline bool queue_ring::try_one(bool consumer, Use&& use) noexcept {
+  const auto [slot, c, p, L] = claim_first(consumer);
+  if (slot == nullptr) return false;
+  std::atomic<std::uint64_t>& s = *reinterpret_cast<std::atomic<std::uint64_t>*>(slot);
   use(slot);
   if (consumer) {
     count_gotten();  // before the release: see queue.hpp, point 6
