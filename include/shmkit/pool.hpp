@@ -313,12 +313,16 @@ inline std::size_t default_chunksize(std::size_t n, int workers, std::size_t ite
   return std::clamp<std::size_t>(python, 1, std::max<std::size_t>(cap, 1));
 }
 
+// Whether F may be sent, failing the compilation with the reason when not. Callers test it in
+// `if constexpr`, so that nothing else is compiled for a refused F: the assertion's message
+// is then the one error, not the first of pages from the codec's insides.
 template <class F>
-constexpr void check_sendable() {
+constexpr bool check_sendable() {
   static_assert(sendable_callable<F>,
                 "shmkit::pool: f must be a function pointer, a captureless lambda, or a callable "
                 "whose state the codec can serialize (give it a member `template <class Ar> void "
                 "serialize(Ar& ar)`); a lambda that captures cannot be sent to another process");
+  return sendable_callable<F>;
 }
 
 // The items of a map or imap, copied once, in blocks of whole chunks of about
@@ -701,15 +705,14 @@ class pool_front {
   // failed chunk; the pool stays usable.
   template <class F, std::ranges::sized_range Items>
   auto map(F f, const Items& items, std::size_t chunksize = 0) {
-    detail::check_sendable<std::decay_t<F>>();
-    if constexpr (detail::sendable_callable<std::decay_t<F>>) return map_async(std::move(f), items, chunksize).get();
+    if constexpr (detail::check_sendable<std::decay_t<F>>())
+      return map_async(std::move(f), items, chunksize).get();
   }
 
   template <class F, std::ranges::sized_range Items>
   auto map_async(F f, const Items& items, std::size_t chunksize = 0) {
     using Fd = std::decay_t<F>;
-    detail::check_sendable<Fd>();
-    if constexpr (detail::sendable_callable<Fd>) {  // else only the assertion's message
+    if constexpr (detail::check_sendable<Fd>()) {
       using Item = std::remove_cvref_t<std::ranges::range_value_t<Items>>;
       using R = detail::map_result_t<Fd, Item>;
       return chunked<R, Item>(f, items, chunksize, &detail::map_entry<Fd, Item>);
@@ -719,14 +722,13 @@ class pool_front {
   // f(std::get<I>(t)...) for each tuple t of items, in order.
   template <class F, std::ranges::sized_range Items>
   auto starmap(F f, const Items& items, std::size_t chunksize = 0) {
-    detail::check_sendable<std::decay_t<F>>();
-    if constexpr (detail::sendable_callable<std::decay_t<F>>) return starmap_async(std::move(f), items, chunksize).get();
+    if constexpr (detail::check_sendable<std::decay_t<F>>())
+      return starmap_async(std::move(f), items, chunksize).get();
   }
   template <class F, std::ranges::sized_range Items>
   auto starmap_async(F f, const Items& items, std::size_t chunksize = 0) {
     using Fd = std::decay_t<F>;
-    detail::check_sendable<Fd>();
-    if constexpr (detail::sendable_callable<Fd>) {  // else only the assertion's message
+    if constexpr (detail::check_sendable<Fd>()) {
       using Tuple = std::remove_cvref_t<std::ranges::range_value_t<Items>>;
       using R = detail::starmap_result_t<Fd, Tuple>;
       return chunked<R, Tuple>(f, items, chunksize, &detail::starmap_entry<Fd, Tuple>);
@@ -748,16 +750,14 @@ class pool_front {
   // f(args...) in a worker, waiting for the result.
   template <class F, class... Args>
   auto apply(F f, Args&&... args) {
-    detail::check_sendable<std::decay_t<F>>();
-    if constexpr (detail::sendable_callable<std::decay_t<F>>)
+    if constexpr (detail::check_sendable<std::decay_t<F>>())
       return apply_async(std::move(f), std::forward<Args>(args)...).get();
   }
 
   template <class F, class... Args>
   auto apply_async(F f, Args&&... args) {
     using Fd = std::decay_t<F>;
-    detail::check_sendable<Fd>();
-    if constexpr (detail::sendable_callable<Fd>) {  // else only the assertion's message
+    if constexpr (detail::check_sendable<Fd>()) {
       using R = detail::apply_result_t<Fd, Args...>;
       static_assert(std::is_void_v<R> || encodable<R>,
                     "shmkit::pool: the result type of f must be a codec type");
@@ -811,8 +811,7 @@ class pool_front {
   template <class F, class Items>
   auto stream(F f, const Items& items, std::size_t chunksize, bool ordered) {
     using Fd = std::decay_t<F>;
-    detail::check_sendable<Fd>();
-    if constexpr (detail::sendable_callable<Fd>) {  // else only the assertion's message
+    if constexpr (detail::check_sendable<Fd>()) {
       using Item = std::remove_cvref_t<std::ranges::range_value_t<Items>>;
       using R = detail::map_result_t<Fd, Item>;
       static_assert(encodable<R>, "shmkit::pool: the result type of f must be a codec type");
