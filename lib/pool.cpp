@@ -1152,15 +1152,15 @@ class runtime final : public pool_runtime, public std::enable_shared_from_this<r
         // Never more than the worker may still run.
         const std::size_t room = max > 0 ? static_cast<std::size_t>(max - done) : max_depth;
         // After a batch, the next task of a caller that waits for each result before it sends
-        // the next (apply_async(f).get() in a loop) comes one round trip later: spun for up
+        // the next (apply_async(f).get() in a loop) comes one round trip later: waited for up
         // to max_help before the inbox's own wait (a brief spin, then sleep). Without it,
         // once the round trip had grown past that brief spin (a worker woken from sleep
         // answers after its wake-up latency), every worker slept between tasks and the
         // round trip stayed at the wake-up latency (~23 us on a virtual machine, not ~1 us).
-        // Briefly with the CPU held (the next task of a quick caller comes within a
-        // microsecond or two), then yielding it: on a machine with fewer CPUs than workers
-        // and parent, a spinning worker must not keep the parent, which makes the next task,
-        // off a CPU (spinning without yielding made round trips of ~220 us there).
+        // The wait spins with the CPU held for a few microseconds (a quick caller's next task
+        // comes within one or two), then yields the CPU between looks: on a machine with
+        // fewer CPUs than workers and parent, a spinning worker must not keep the parent,
+        // which makes the next task, off a CPU (a 100 us spin made ~220 us round trips).
         if (after_batch && !spin_until([&] { return !inbox.empty(); }, spin_budget / 2)) {
           const auto end = clock::now() + max_help;
           while (inbox.empty() && clock::now() < end) std::this_thread::yield();

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <iostream>
 #ifdef __GLIBCXX__
@@ -21,7 +22,6 @@
 #include <sched.h>
 #include <stdexcept>
 #include <string_view>
-#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
